@@ -1,0 +1,122 @@
+"""The ``embedforge`` command: one subcommand per stage, plus ``run`` (the whole pipeline via dvc repro).
+
+User errors (bad params, bad data, missing files) print one message and exit
+non-zero; only bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+from embedforge import tracking
+from embedforge.config import load_params
+from embedforge.errors import UserError
+from embedforge.stages import STAGES, Stage, run_stage
+
+app = typer.Typer(
+    help="Train small, fast sentence-embedding models through a reproducible pipeline.\n\n"
+    "Each stage reads its section of params.yaml; --set dotted.key=value overrides any knob "
+    "for one invocation. EMBEDFORGE_MIRROR=PATH reads datasets from a local mirror.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ParamsOption = Annotated[Path | None, typer.Option("--params", "-p", help="Params file.", show_default="params.yaml")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override one param, e.g. --set train.lr=1e-4 (repeatable).", show_default=False),
+]
+
+
+def _settings(ctx: typer.Context, params: Path | None, overrides: list[str] | None) -> tuple[Path, list[str]]:
+    """Options given after the command win over the global ones given before it."""
+    global_params, global_overrides = ctx.obj or (Path("params.yaml"), [])
+    return params or global_params, [*global_overrides, *(overrides or [])]
+
+
+def _guarded(action: Callable[[], None]) -> None:
+    try:
+        action()
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    params: ParamsOption = None,
+    overrides: SetOption = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = (params or Path("params.yaml"), overrides or [])
+
+
+def _stage_command(stage: Stage) -> Callable[..., None]:
+    def command(ctx: typer.Context, params: ParamsOption = None, overrides: SetOption = None) -> None:
+        params_path, all_overrides = _settings(ctx, params, overrides)
+
+        def action() -> None:
+            metrics = run_stage(stage.name, load_params(params_path, all_overrides))
+            for key, value in metrics.items():
+                typer.echo(f"{key}: {value:g}")
+
+        _guarded(action)
+
+    return command
+
+
+for _stage in STAGES.values():
+    app.command(_stage.name, help=_stage.summary)(_stage_command(_stage))
+
+
+@app.command("params")
+def show_params(ctx: typer.Context, params: ParamsOption = None, overrides: SetOption = None) -> None:
+    """Print the fully resolved params (preset, params.yaml, environment and --set applied) as YAML."""
+    params_path, all_overrides = _settings(ctx, params, overrides)
+    _guarded(lambda: typer.echo(yaml.safe_dump(load_params(params_path, all_overrides).to_dict(), sort_keys=False)))
+
+
+@app.command("run")
+def run_pipeline(
+    ctx: typer.Context,
+    targets: Annotated[list[str] | None, typer.Argument(help="Stages to reproduce [default: all].")] = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Re-run stages even if unchanged.")] = False,
+    params: ParamsOption = None,
+) -> None:
+    """Run the pipeline with `dvc repro`: unchanged stages are skipped; one MLflow parent run holds every stage run."""
+    params_path, _ = _settings(ctx, params, None)
+
+    def action() -> None:
+        dvc = shutil.which("dvc")
+        if dvc is None:
+            raise UserError("dvc is not installed in this environment; install embedforge with its dependencies")
+        if not Path("dvc.yaml").is_file():
+            raise UserError(f"no dvc.yaml in {Path.cwd()}: run `embedforge run` from the project root")
+        cfg = load_params(params_path)
+        with tracking.start(cfg, "pipeline") as parent:
+            env = dict(os.environ)
+            if parent.run_id:
+                env[tracking.PARENT_RUN_ENV] = parent.run_id
+            command = [dvc, "repro", *(["--force"] if force else []), *(targets or [])]
+            done = subprocess.run(command, env=env, check=False)
+            if done.returncode:
+                error = UserError(f"dvc repro failed with exit code {done.returncode}")
+                error.exit_code = done.returncode
+                raise error
+
+    _guarded(action)

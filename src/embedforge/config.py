@@ -1,0 +1,288 @@
+"""The schema of params.yaml, presets, and overrides.
+
+Every knob of the pipeline lives here, once. Loading resolves, in order of
+increasing precedence: schema defaults < preset < params.yaml <
+EMBEDFORGE_MIRROR < ``--set`` overrides, then validates the result so that a bad
+value fails before any work starts, naming its dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from embedforge.errors import UserError
+
+PresetName = Literal["development", "research", "production"]
+DatasetName = Literal["snli", "stsb", "sick"]
+SplitName = str
+
+MIRROR_ENV = "EMBEDFORGE_MIRROR"
+
+
+class Section(BaseModel):
+    """Base of every params section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetSource(Section):
+    """Where one dataset comes from under each kind of source."""
+
+    hub_id: str = Field(min_length=1)
+    hub_config: str | None = None
+    archive: str | None = None
+    splits: list[SplitName] = Field(min_length=1)
+
+
+class DownloadParams(Section):
+    source: Literal["hub", "mirror", "archive"] = "hub"
+    mirror: str | None = None
+    limit: int | None = Field(default=None, gt=0)
+    optional_splits: list[SplitName] = ["test"]
+    drop_eval_overlap_from_train: bool = True
+    hub_timeout_s: float = Field(default=10.0, gt=0)
+    datasets: dict[DatasetName, DatasetSource] = {
+        "snli": DatasetSource(hub_id="stanfordnlp/snli", splits=["train", "validation", "test"]),
+        "stsb": DatasetSource(hub_id="mteb/stsbenchmark-sts", splits=["train", "validation", "test"]),
+        "sick": DatasetSource(hub_id="RobZamp/sick", splits=["train", "validation", "test"]),
+    }
+
+    @model_validator(mode="after")
+    def _source_has_location(self) -> DownloadParams:
+        if self.source == "mirror" and not self.mirror:
+            raise ValueError(
+                f"download.source is 'mirror' but download.mirror is empty: set download.mirror "
+                f"or the {MIRROR_ENV} environment variable"
+            )
+        if self.source == "archive":
+            missing = [name for name, ds in self.datasets.items() if not ds.archive]
+            if missing:
+                raise ValueError(
+                    "download.source is 'archive' but no archive is set for "
+                    + ", ".join(f"download.datasets.{name}.archive" for name in missing)
+                )
+        return self
+
+
+class ValidateParams(Section):
+    min_chars: int = Field(default=1, ge=1)
+    max_chars: int = Field(default=1000, gt=0)
+    max_duplicate_pair_rate: float = Field(default=0.01, ge=0, le=1)
+    max_leaked_pair_rate: float = Field(default=0.0, ge=0, le=1)
+    failed_rows_shown: int = Field(default=3, ge=1)
+    data_docs: bool = True
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> ValidateParams:
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"validate.min_chars ({self.min_chars}) must be <= validate.max_chars ({self.max_chars})")
+        return self
+
+
+class PrecomputeParams(Section):
+    teacher: str = "packaged:all-MiniLM-L6-v2"
+    datasets: list[DatasetName] = ["snli", "stsb", "sick"]
+    batch_size: int = Field(default=128, gt=0)
+    shard_size: int = Field(default=50_000, gt=0)
+    dtype: Literal["float16", "float32"] = "float16"
+    normalize: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class TokenizeParams(Section):
+    tokenizer: str = "teacher"
+    vocab_size: int = Field(default=30522, gt=0)
+    max_length: int = Field(default=128, ge=8)
+
+
+class ModelParams(Section):
+    kind: Literal["encoder"] = "encoder"
+    hidden_size: int = Field(default=384, gt=0)
+    num_layers: int = Field(default=6, gt=0)
+    num_heads: int = Field(default=12, gt=0)
+    intermediate_size: int = Field(default=1536, gt=0)
+    init: Literal["scratch", "teacher_layers"] = "teacher_layers"
+    teacher_layers: list[int] = [0, 3, 5]
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelParams:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads ({self.num_heads})"
+            )
+        return self
+
+
+class TrainParams(Section):
+    epochs: int = Field(default=3, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    lr: float = Field(default=5e-5, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class EvaluateParams(Section):
+    sts_splits: list[str] = ["stsb/validation", "sick/validation"]
+    similar_min: float = Field(default=0.7, ge=-1, le=1)
+    dissimilar_max: float = Field(default=0.5, ge=-1, le=1)
+    min_gap: float = Field(default=0.2, ge=0, le=2)
+
+
+class ReportParams(Section):
+    title: str = "embedforge report"
+
+
+class TrackingParams(Section):
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = Field(default="embedforge", min_length=1)
+
+
+class Params(Section):
+    preset: PresetName = "development"
+    seed: int = 42
+    download: DownloadParams = DownloadParams()
+    validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
+    precompute: PrecomputeParams = PrecomputeParams()
+    tokenize: TokenizeParams = TokenizeParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    report: ReportParams = ReportParams()
+    tracking: TrackingParams = TrackingParams()
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved params as params.yaml would spell them."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "development": {
+        "download": {"limit": 1000},
+        "model": {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "intermediate_size": 512},
+        "train": {"epochs": 1},
+    },
+    "research": {
+        "download": {"limit": 20_000},
+        "model": {"hidden_size": 384, "num_layers": 3, "num_heads": 12, "intermediate_size": 1536},
+        "train": {"epochs": 3},
+    },
+    "production": {
+        "download": {"limit": None},
+        "model": {"hidden_size": 384, "num_layers": 6, "num_heads": 12, "intermediate_size": 1536},
+        "train": {"epochs": 10},
+    },
+}
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` with ``override`` laid over it, merging nested dicts key by key."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split ``dotted.key=value`` into its key path and a YAML-typed value."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {item!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise UserError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from None
+    return key.strip().split("."), value
+
+
+def set_dotted(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+BOUNDS = {
+    "greater_than": ("gt", ">"),
+    "greater_than_equal": ("ge", ">="),
+    "less_than": ("lt", "<"),
+    "less_than_equal": ("le", "<="),
+}
+
+
+def _format_error(error: dict[str, Any]) -> str:
+    """One pydantic error as ``dotted.key: what is wrong, got value``."""
+    loc = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"{loc}: unknown key"
+    if error["type"] in BOUNDS:
+        name, symbol = BOUNDS[error["type"]]
+        message = f"must be {symbol} {error['ctx'][name]}"
+    else:
+        message = error["msg"].removeprefix("Value error, ")
+        message = message[0].lower() + message[1:]
+    if not loc or message.startswith(f"{loc}."):
+        return message
+    if "input" in error and not isinstance(error["input"], dict):
+        return f"{loc}: {message}, got {error['input']!r}"
+    return f"{loc}: {message}"
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Resolve and validate the params of a run; raise UserError naming every bad key."""
+    path = Path(path)
+    explicit = read_yaml(path)
+    mirror = os.environ.get(MIRROR_ENV)
+    if mirror:
+        explicit = deep_merge(explicit, {"download": {"source": "mirror", "mirror": mirror}})
+    for item in overrides or []:
+        key_path, value = parse_override(item)
+        set_dotted(explicit, key_path, value)
+
+    preset = explicit.get("preset", Params.model_fields["preset"].default)
+    if preset not in PRESETS:
+        raise UserError(f"{path}: preset: must be one of {', '.join(PRESETS)}, got {preset!r}")
+    resolved = deep_merge(PRESETS[preset], explicit)
+    try:
+        return Params.model_validate(resolved)
+    except ValidationError as exc:
+        lines = "\n".join(f"  {_format_error(err)}" for err in exc.errors())
+        raise UserError(f"{path}: invalid params\n{lines}") from None
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``: the dotted names MLflow and DVC show."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

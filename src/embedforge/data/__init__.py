@@ -1,0 +1,1 @@
+"""Dataset sources, the common raw schema, and the data expectations."""

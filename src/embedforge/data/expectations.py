@@ -1,0 +1,266 @@
+"""The data contract of a raw split, as one Great Expectations suite per dataset.
+
+Suites are built in code from ``DatasetSpec`` and ``ValidateParams`` so the
+contract changes with the params, not with files on disk. Validation runs in
+an in-memory GX context: GX writes nothing except the Data Docs site, and only
+when one is asked for. Results come back as plain dicts that name the failed
+expectation, its columns and a few offending rows, ready for JSON and for a
+readable summary.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+# GX reads this when a context is made; set it before the import so no run phones home.
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import great_expectations as gx  # noqa: E402
+import pandas as pd  # noqa: E402
+from great_expectations.core.expectation_validation_result import ExpectationValidationResult  # noqa: E402
+from great_expectations.data_context.types.base import (  # noqa: E402
+    DataContextConfig,
+    InMemoryStoreBackendDefaults,
+    ProgressBarsConfig,
+)
+
+from embedforge.config import ValidateParams  # noqa: E402
+from embedforge.data.schema import DATASETS, RAW_COLUMNS, DatasetSpec  # noqa: E402
+
+TRAIN_SPLIT = "train"
+SENTENCE_COLUMNS = ["sentence1", "sentence2"]
+LEAK_COLUMN = "pair_in_train"
+NUMERIC_TYPES = ["float64", "float32", "int64", "int32"]
+DOCS_SITE = "embedforge"
+OBSERVED_KEYS = ("observed_value", "element_count", "unexpected_count", "unexpected_percent", "missing_count")
+SHOWN_TEXT_CHARS = 80
+
+
+def pair_keys(frame: pd.DataFrame) -> pd.Series:
+    """The identity of each pair for leakage: texts with whitespace collapsed and case folded.
+
+    A pair with a missing sentence has no key (NA), so it never counts as leaked.
+    """
+
+    def normalised(column: str) -> pd.Series:
+        return frame[column].astype("str").str.split().str.join(" ").str.casefold()
+
+    return normalised("sentence1") + "\x1f" + normalised("sentence2")
+
+
+def flag_pairs_in_train(frame: pd.DataFrame, train: pd.DataFrame | None) -> pd.DataFrame:
+    """``frame`` plus LEAK_COLUMN, True where its pair also occurs in ``train``.
+
+    GX has no cross-batch expectation, so the lookup happens here and the suite
+    expects the flag to be False. Without a train split (or while validating the
+    train split itself, ``train=None``) nothing can leak. Missing sentence columns
+    are reported by the column expectations, so they count as no leak here.
+    """
+    comparable = train is not None and all(c in f for f in (frame, train) for c in SENTENCE_COLUMNS)
+    if not comparable:
+        return frame.assign(**{LEAK_COLUMN: False})
+    train_keys = set(pair_keys(train).dropna())
+    return frame.assign(**{LEAK_COLUMN: pair_keys(frame).isin(train_keys)})
+
+
+def build_suite(spec: DatasetSpec, params: ValidateParams) -> gx.ExpectationSuite:
+    """Every check a raw split of ``spec`` must pass before anything trains on it."""
+    expect = gx.expectations
+    expectations: list[Any] = [expect.ExpectColumnToExist(column=column) for column in RAW_COLUMNS]
+    for column in SENTENCE_COLUMNS:
+        expectations += [
+            expect.ExpectColumnValuesToBeOfType(column=column, type_="str"),
+            expect.ExpectColumnValuesToNotBeNull(column=column),
+            expect.ExpectColumnValuesToMatchRegex(
+                column=column, regex=r"\S", description=f"{column} is not empty or whitespace only"
+            ),
+            expect.ExpectColumnValueLengthsToBeBetween(
+                column=column, min_value=params.min_chars, max_value=params.max_chars
+            ),
+        ]
+    if spec.labels:
+        expectations += [
+            expect.ExpectColumnValuesToNotBeNull(column="label"),
+            expect.ExpectColumnValuesToBeInSet(column="label", value_set=list(spec.labels)),
+        ]
+    if spec.score_range:
+        low, high = spec.score_range
+        expectations += [
+            expect.ExpectColumnValuesToBeInTypeList(column="score", type_list=NUMERIC_TYPES),
+            expect.ExpectColumnValuesToNotBeNull(column="score"),
+            expect.ExpectColumnValuesToBeBetween(column="score", min_value=low, max_value=high),
+        ]
+    expectations += [
+        expect.ExpectCompoundColumnsToBeUnique(
+            column_list=SENTENCE_COLUMNS,
+            mostly=1 - params.max_duplicate_pair_rate,
+            description=(
+                f"Duplicates: at most {params.max_duplicate_pair_rate:.1%} of rows share their "
+                "(sentence1, sentence2) pair with another row"
+            ),
+        ),
+        expect.ExpectColumnValuesToBeInSet(
+            column=LEAK_COLUMN,
+            value_set=[False],
+            mostly=1 - params.max_leaked_pair_rate,
+            description=(
+                f"Leakage: at most {params.max_leaked_pair_rate:.1%} of rows repeat a (sentence1, sentence2) "
+                "pair of the train split (whitespace and case ignored)"
+            ),
+            meta={"check": "leakage", "shown_columns": SENTENCE_COLUMNS},
+        ),
+    ]
+    return gx.ExpectationSuite(name=spec.name, expectations=expectations)
+
+
+def plain(value: Any) -> Any:
+    """A JSON-ready copy of a value from pandas or GX: numpy scalars unwrapped, NaN as None."""
+    if isinstance(value, dict):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return None if pd.isna(value) else str(value)
+
+
+class SplitValidator:
+    """One GX context for a validation run: a suite per dataset, every split's result, and their Data Docs.
+
+    ``docs_dir`` is where ``build_docs`` renders the Data Docs site; without it no file is written.
+    """
+
+    def __init__(self, params: ValidateParams, docs_dir: Path | None = None) -> None:
+        self.params = params
+        sites = {}
+        if docs_dir is not None:
+            sites[DOCS_SITE] = {
+                "class_name": "SiteBuilder",
+                "show_how_to_buttons": False,
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            }
+        config = DataContextConfig(
+            store_backend_defaults=InMemoryStoreBackendDefaults(),
+            data_docs_sites=sites,
+            analytics_enabled=False,
+            progress_bars=ProgressBarsConfig(globally=False),
+        )
+        self.context = gx.get_context(mode="ephemeral", project_config=config)
+        self.datasource = self.context.data_sources.add_pandas("raw")
+        self.suites: dict[str, gx.ExpectationSuite] = {}
+
+    def suite(self, dataset: str) -> gx.ExpectationSuite:
+        if dataset not in self.suites:
+            self.suites[dataset] = self.context.suites.add(build_suite(DATASETS[dataset], self.params))
+        return self.suites[dataset]
+
+    def validate(
+        self, dataset: str, split: str, frame: pd.DataFrame, train: pd.DataFrame | None = None
+    ) -> dict[str, Any]:
+        """Validate one split against its dataset's suite; ``train`` is the split it must not leak into.
+
+        Returns ``{dataset, split, rows, success, expectations}`` where each expectation
+        is ``{expectation, columns, description, success, observed, failing_rows, error}``
+        and ``failing_rows`` holds up to ``failed_rows_shown`` of ``{row, values}``.
+        """
+        suite = self.suite(dataset)
+        flagged = flag_pairs_in_train(frame, train)
+        # "/" is not allowed in GX store keys, which Data Docs build from the asset name.
+        asset = self.datasource.add_dataframe_asset(f"{dataset}.{split}")
+        definition = self.context.validation_definitions.add(
+            gx.ValidationDefinition(
+                name=f"{dataset}.{split}", data=asset.add_batch_definition_whole_dataframe("whole"), suite=suite
+            )
+        )
+        result = definition.run(
+            batch_parameters={"dataframe": flagged},
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": self.params.failed_rows_shown},
+        )
+        # GX returns results grouped by metric, not in suite order; restore the order the suite reads in.
+        position = {expectation.id: index for index, expectation in enumerate(suite.expectations)}
+        ordered = sorted(result.results, key=lambda outcome: position[outcome.expectation_config.id])
+        return {
+            "dataset": dataset,
+            "split": split,
+            "rows": len(frame),
+            "success": bool(result.success),
+            "expectations": [describe_outcome(outcome, flagged) for outcome in ordered],
+        }
+
+    def build_docs(self) -> None:
+        self.context.build_data_docs(site_names=[DOCS_SITE])
+
+
+def describe_outcome(outcome: ExpectationValidationResult, frame: pd.DataFrame) -> dict[str, Any]:
+    """One expectation's result as plain data, with the offending rows read back from ``frame``."""
+    config = outcome.expectation_config
+    kwargs = config.kwargs
+    columns = kwargs.get("column_list") or ([kwargs["column"]] if "column" in kwargs else [])
+    shown = [column for column in (config.meta or {}).get("shown_columns", columns) if column in frame]
+    indices = [] if outcome.success else outcome.result.get("partial_unexpected_index_list") or []
+    return {
+        "expectation": config.type,
+        "columns": list(columns),
+        "description": config.description,
+        "success": bool(outcome.success),
+        "observed": {key: plain(outcome.result[key]) for key in OBSERVED_KEYS if key in outcome.result},
+        "failing_rows": [
+            {"row": plain(index), "values": {column: plain(frame.at[index, column]) for column in shown}}
+            for index in indices
+        ],
+        "error": exception_message(outcome),
+    }
+
+
+def exception_message(outcome: ExpectationValidationResult) -> str | None:
+    """Why GX could not evaluate an expectation (e.g. its column is missing), if it could not.
+
+    GX reports either one ``{raised_exception, exception_message}`` dict or one per failed metric.
+    """
+    info = outcome.exception_info or {}
+    reports = [info] if "raised_exception" in info else list(info.values())
+    messages = [report.get("exception_message") for report in reports if isinstance(report, dict)]
+    return next((message for message in messages if message), None)
+
+
+def describe_failures(split_result: dict[str, Any]) -> list[str]:
+    """One readable sentence per failed expectation of a ``SplitValidator.validate`` result."""
+    lines = []
+    for outcome in split_result["expectations"]:
+        if outcome["success"]:
+            continue
+        where = f"{split_result['dataset']}/{split_result['split']}"
+        what = f"{outcome['expectation']}({', '.join(outcome['columns'])})"
+        observed = outcome["observed"]
+        if outcome["error"]:
+            how = f"could not be evaluated: {outcome['error']}"
+        elif "unexpected_count" in observed:
+            how = f"failed for {observed['unexpected_count']} of {split_result['rows']} rows"
+        else:
+            how = f"failed (observed {_shorten(observed.get('observed_value'))})"
+        line = f"{where}: {what} {how}"
+        if outcome["description"]:
+            line += f" [{outcome['description']}]"
+        if outcome["failing_rows"]:
+            rows = "; ".join(
+                f"row {failing['row']}: "
+                + ", ".join(f"{column}={_shorten(value)}" for column, value in failing["values"].items())
+                for failing in outcome["failing_rows"]
+            )
+            line += f"; e.g. {rows}"
+        lines.append(line)
+    return lines
+
+
+def _shorten(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= SHOWN_TEXT_CHARS else text[: SHOWN_TEXT_CHARS - 3] + "..."

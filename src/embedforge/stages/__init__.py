@@ -1,0 +1,42 @@
+"""The pipeline's stages, in order. Each module has ``run(cfg) -> metrics`` and nothing about CLI or Prefect.
+
+``run_stage`` is the single entry point the CLI, dvc.yaml (through the CLI) and
+the Prefect flow use: it wraps a stage in its MLflow run.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from embedforge import tracking
+from embedforge.config import Params
+from embedforge.data.schema import RAW_DIR
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    summary: str
+    inputs: tuple[Path, ...] = ()
+
+    def module(self):
+        return importlib.import_module(f"embedforge.stages.{self.name}")
+
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        Stage("download", "Fetch SNLI, STS-B and SICK (hub, mirror or archives) into data/raw."),
+        Stage("validate", "Check data/raw against the Great Expectations suites.", (RAW_DIR,)),
+    )
+}
+
+
+def run_stage(name: str, cfg: Params) -> dict[str, float]:
+    stage = STAGES[name]
+    with tracking.start(cfg, name, list(stage.inputs)) as run:
+        metrics = stage.module().run(cfg)
+        run.log_metrics(metrics)
+    return metrics

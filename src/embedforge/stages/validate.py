@@ -1,0 +1,112 @@
+"""Stage `validate`: check every raw split against its dataset's expectations before anything trains on it.
+
+The full report (results.json and, if enabled, GX Data Docs) is written even
+when checks fail, because it is what the user needs to fix the data; only then
+does the stage raise ValidationFailed with a readable summary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from embedforge.config import Params
+from embedforge.data.expectations import TRAIN_SPLIT, SplitValidator, describe_failures
+from embedforge.data.schema import DATASETS, RAW_DIR, VALIDATION_DIR, VALIDATION_RESULTS_PATH, raw_split_path
+from embedforge.errors import DataError, UserError, ValidationFailed
+from embedforge.files import atomic_dir, write_json
+
+DATA_DOCS_DIR = VALIDATION_DIR / "docs"
+
+
+def find_splits(root: Path = RAW_DIR) -> list[tuple[str, str]]:
+    """``(dataset, split)`` of every raw parquet file of a known dataset, in a stable order."""
+    return sorted((path.parent.name, path.stem) for path in root.glob("*/*.parquet") if path.parent.name in DATASETS)
+
+
+def read_split(dataset: str, split: str) -> pd.DataFrame:
+    path = raw_split_path(dataset, split)
+    try:
+        return pd.read_parquet(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{path}: cannot read parquet ({exc}): run `embedforge download` again") from None
+
+
+def run(cfg: Params) -> dict[str, float]:
+    """Validate all raw splits, write data/validation/, and raise ValidationFailed if any check failed."""
+    params = cfg.validate_
+    splits = find_splits()
+    if not splits:
+        raise DataError(f"{RAW_DIR}: no raw splits (<dataset>/<split>.parquet) found: run `embedforge download` first")
+    frames = {key: read_split(*key) for key in splits}
+
+    with atomic_dir(VALIDATION_DIR) as out:
+        docs_dir = out / DATA_DOCS_DIR.name if params.data_docs else None
+        validator = SplitValidator(params, docs_dir=docs_dir)
+        results = [
+            validator.validate(
+                dataset, split, frame, train=None if split == TRAIN_SPLIT else frames.get((dataset, TRAIN_SPLIT))
+            )
+            for (dataset, split), frame in frames.items()
+        ]
+        if docs_dir is not None:
+            validator.build_docs()
+            if not (docs_dir / "index.html").is_file():
+                raise DataError(f"{DATA_DOCS_DIR}: GX built no index.html; set validate.data_docs=false to skip docs")
+        metrics = {
+            "validate.splits": len(results),
+            "validate.rows": sum(result["rows"] for result in results),
+            "validate.expectations": sum(len(result["expectations"]) for result in results),
+            "validate.failed_expectations": sum(
+                not outcome["success"] for result in results for outcome in result["expectations"]
+            ),
+        }
+        summary = summarize(results, metrics)
+        report: dict[str, Any] = {
+            "success": metrics["validate.failed_expectations"] == 0,
+            "summary": summary,
+            "metrics": metrics,
+            "params": params.model_dump(mode="json"),
+            "data_docs": str(DATA_DOCS_DIR / "index.html") if docs_dir is not None else None,
+            "splits": results,
+        }
+        write_json(out / VALIDATION_RESULTS_PATH.relative_to(VALIDATION_DIR), report)
+
+    if not report["success"]:
+        raise ValidationFailed(summary)
+    return metrics
+
+
+def summarize(results: list[dict[str, Any]], metrics: dict[str, int]) -> str:
+    """One paragraph: what was checked, then each failed dataset/split/expectation with a few offending rows."""
+    failures = [line for result in results for line in describe_failures(result)]
+    checked = (
+        f"{metrics['validate.expectations']} expectations on {metrics['validate.splits']} splits "
+        f"({metrics['validate.rows']} rows)"
+    )
+    if not failures:
+        return f"Data validation passed: {checked}."
+    return (
+        f"Data validation failed: {len(failures)} of {checked} failed, see {VALIDATION_RESULTS_PATH}. "
+        + ". ".join(failures)
+        + "."
+    )
+
+
+def require_passed(path: Path = VALIDATION_RESULTS_PATH) -> None:
+    """Stop a later stage from using raw data that has not passed validation."""
+    if not path.is_file():
+        raise UserError(f"{path}: no validation results: run `embedforge validate` first")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: unreadable validation results ({exc}): run `embedforge validate` again") from None
+    if not isinstance(results, dict) or results.get("success") is not True:
+        summary = results.get("summary", "") if isinstance(results, dict) else ""
+        raise UserError(
+            f"{path}: raw data failed validation: fix the data and run `embedforge validate` again. {summary}".strip()
+        )

@@ -1,0 +1,232 @@
+import io
+import json
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import datasets
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from conftest import SLICE_ROWS, leftovers
+
+from embedforge.data.schema import RAW_COLUMNS, RAW_SCHEMA, pair_keys
+from embedforge.errors import DataError, UserError
+from embedforge.stages import download
+
+
+def test_mirror_download_normalises_every_split_and_writes_a_manifest(project, mirror_params, small_mirror):
+    metrics = download.run(mirror_params("download.limit=50"))
+
+    for dataset, split in [("snli", "train"), ("snli", "test"), ("stsb", "validation"), ("sick", "train")]:
+        table = pq.read_table(project / "data/raw" / dataset / f"{split}.parquet")
+        assert table.schema.names == RAW_COLUMNS
+        assert table.schema.equals(RAW_SCHEMA, check_metadata=False)
+        assert table.num_rows <= 50
+    stsb = pd.read_parquet(project / "data/raw/stsb/validation.parquet")
+    assert stsb["label"].isna().all() and stsb["score"].between(0, 5).all()
+    sick = pd.read_parquet(project / "data/raw/sick/train.parquet")
+    assert set(sick["label"]) <= {"entailment", "neutral", "contradiction"}
+
+    manifest = json.loads((project / "data/raw/manifest.json").read_text())
+    assert manifest["source"] == "mirror" and manifest["limit"] == 50
+    record = manifest["datasets"]["snli"]["validation"]
+    assert record["rows"] == 50 and record["source_rows"] == SLICE_ROWS
+    assert record["source_file"] == str((small_mirror / "snli/validation.parquet").resolve())
+    assert len(record["source_sha256"]) == 64 and len(record["output_sha256"]) == 64
+    assert manifest["skipped"] == {"stsb": ["test"], "sick": ["test"]}
+    assert metrics["rows.snli.validation"] == 50
+    assert leftovers(project) == []
+
+
+def test_limit_is_a_seeded_sample_that_repeats_exactly(project, mirror_params):
+    download.run(mirror_params("download.limit=30"))
+    first = (project / "data/raw/snli/train.parquet").read_bytes()
+    download.run(mirror_params("download.limit=30"))
+    assert (project / "data/raw/snli/train.parquet").read_bytes() == first
+    download.run(mirror_params("download.limit=30", "seed=7"))
+    assert (project / "data/raw/snli/train.parquet").read_bytes() != first
+
+
+def test_train_pairs_that_leak_into_validation_are_dropped(project, small_mirror, mirror_params, tmp_path):
+    leaky = tmp_path / "leaky"
+    for dataset in ("snli", "stsb", "sick"):
+        (leaky / dataset).mkdir(parents=True)
+        for split in ("train", "validation"):
+            (leaky / dataset / f"{split}.parquet").write_bytes((small_mirror / dataset / f"{split}.parquet").read_bytes())
+    validation = pd.read_parquet(leaky / "stsb/validation.parquet")
+    train = pd.read_parquet(leaky / "stsb/train.parquet")
+    already_shared = pair_keys(train).isin(set(pair_keys(validation))).sum()
+    leaked = validation.head(4).assign(sentence1=lambda f: f["sentence1"].str.upper())
+    pd.concat([train, leaked]).to_parquet(leaky / "stsb/train.parquet", index=False)
+
+    download.run(mirror_params(f"download.mirror={leaky}"))
+
+    manifest = json.loads((project / "data/raw/manifest.json").read_text())
+    assert manifest["datasets"]["stsb"]["train"]["dropped_eval_overlap"] == already_shared + 4
+    assert manifest["datasets"]["stsb"]["train"]["rows"] == len(train) - already_shared
+
+
+def test_missing_mirror_directory(project, mirror_params):
+    with pytest.raises(UserError, match="download.mirror: directory .*/nowhere does not exist"):
+        download.run(mirror_params(f"download.mirror={project / 'nowhere'}"))
+    assert not (project / "data").exists() or leftovers(project) == []
+
+
+def test_parquet_missing_a_column_names_file_and_column(project, small_mirror, mirror_params, tmp_path):
+    broken = tmp_path / "broken"
+    (broken / "snli").mkdir(parents=True)
+    frame = pd.read_parquet(small_mirror / "snli/train.parquet").drop(columns=["hypothesis"])
+    frame.to_parquet(broken / "snli/train.parquet", index=False)
+
+    with pytest.raises(DataError) as raised:
+        download.run(mirror_params(f"download.mirror={broken}", "download.datasets.snli.splits=[train]"))
+
+    assert "snli/train.parquet" in str(raised.value)
+    assert "missing column 'hypothesis' or 'sentence2'" in str(raised.value)
+    assert not (project / "data/raw").exists()
+    assert leftovers(project) == []
+
+
+def test_failed_download_keeps_the_previous_raw_data(project, mirror_params):
+    download.run(mirror_params("download.limit=20"))
+    before = (project / "data/raw/manifest.json").read_bytes()
+    with pytest.raises(DataError):
+        download.run(mirror_params("download.limit=20", "download.datasets.stsb.splits=[train, dev]"))
+    assert (project / "data/raw/manifest.json").read_bytes() == before
+    assert leftovers(project) == []
+
+
+# --- official archives, rebuilt from the mirror slice in their published formats ---
+
+
+def snli_zip(path: Path, mirror: Path) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for split, official in [("train", "train"), ("validation", "dev"), ("test", "test")]:
+            frame = pd.read_parquet(mirror / "snli" / f"{split}.parquet")
+            lines = [
+                json.dumps({"gold_label": r.label, "sentence1": r.premise, "sentence2": r.hypothesis, "pairID": f"p{i}"})
+                for i, r in enumerate(frame.itertuples())
+            ]
+            lines.append(json.dumps({"gold_label": "-", "sentence1": "a", "sentence2": "b", "pairID": "x"}))
+            archive.writestr(f"snli_1.0/snli_1.0_{official}.jsonl", "\n".join(lines) + "\n")
+    return path
+
+
+def stsb_tar(path: Path, mirror: Path, corrupt_line: int | None = None) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for split, official in [("train", "train"), ("validation", "dev")]:
+            frame = pd.read_parquet(mirror / "stsb" / f"{split}.parquet")
+            lines = [
+                "\t".join([r.genre, r.source, r.year, r.pair_id, f"{r.score:.3f}", r.sentence1, r.sentence2]).encode()
+                for r in frame.itertuples()
+            ]
+            if corrupt_line is not None and split == "validation":
+                lines[corrupt_line - 1] = lines[corrupt_line - 1].replace(b"A ", b"\xff\xfe ", 1) + b" caf\xe9"
+            payload = b"\n".join(lines) + b"\n"
+            member = tarfile.TarInfo(f"stsbenchmark/sts-{official}.csv")
+            member.size = len(payload)
+            archive.addfile(member, io.BytesIO(payload))
+    return path
+
+
+def sick_txt(path: Path, mirror: Path) -> Path:
+    frames = [pd.read_parquet(mirror / "sick" / f"{split}.parquet") for split in ("train", "validation")]
+    pd.concat(frames).to_csv(path, sep="\t", index=False)
+    return path
+
+
+@pytest.fixture
+def archives(small_mirror, tmp_path):
+    return {
+        "snli": snli_zip(tmp_path / "snli_1.0.zip", small_mirror),
+        "stsb": stsb_tar(tmp_path / "Stsbenchmark.tar.gz", small_mirror),
+        "sick": sick_txt(tmp_path / "SICK.txt", small_mirror),
+    }
+
+
+def archive_overrides(archives: dict[str, Path]) -> list[str]:
+    return ["download.source=archive"] + [f"download.datasets.{name}.archive={path}" for name, path in archives.items()]
+
+
+def test_archives_give_the_same_rows_as_the_mirror(project, mirror_params, archives):
+    download.run(mirror_params(*archive_overrides(archives)))
+
+    manifest = json.loads((project / "data/raw/manifest.json").read_text())
+    assert manifest["source"] == "archive"
+    assert manifest["datasets"]["snli"]["validation"]["dropped_unlabelled"] == 1
+    for dataset, split in [("snli", "validation"), ("stsb", "validation"), ("sick", "validation")]:
+        assert manifest["datasets"][dataset][split]["rows"] == SLICE_ROWS
+    stsb = pd.read_parquet(project / "data/raw/stsb/train.parquet")
+    assert stsb["score"].notna().all() and stsb["genre"].notna().all()
+    sick = pd.read_parquet(project / "data/raw/sick/validation.parquet")
+    assert set(sick["label"]) <= {"entailment", "neutral", "contradiction"}
+
+
+def test_non_utf8_csv_names_file_and_line(project, mirror_params, archives, small_mirror, tmp_path):
+    archives["stsb"] = stsb_tar(tmp_path / "bad.tar.gz", small_mirror, corrupt_line=5)
+    with pytest.raises(DataError) as raised:
+        download.run(mirror_params(*archive_overrides(archives)))
+    message = str(raised.value)
+    assert "bad.tar.gz:stsbenchmark/sts-dev.csv line 5" in message and "not valid UTF-8" in message
+    assert not (project / "data/raw").exists() and leftovers(project) == []
+
+
+@pytest.mark.parametrize("dataset", ["snli", "stsb"])
+def test_truncated_archive_is_reported_as_corrupt(project, mirror_params, archives, dataset):
+    blob = archives[dataset].read_bytes()
+    archives[dataset].write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(DataError) as raised:
+        download.run(mirror_params(*archive_overrides(archives)))
+    assert str(archives[dataset]) in str(raised.value)
+    assert "truncated or corrupt" in str(raised.value) or "corrupt or truncated" in str(raised.value)
+    assert not (project / "data/raw").exists() and leftovers(project) == []
+
+
+# --- the hub code path: real `datasets.load_dataset`, pointed at local folders ---
+
+
+def test_hub_path_loads_with_datasets_and_decodes_class_labels(project, mirror_params, small_mirror, tmp_path):
+    features = datasets.Features(
+        {
+            "premise": datasets.Value("string"),
+            "hypothesis": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=["entailment", "neutral", "contradiction"]),
+        }
+    )
+    hub_snli = tmp_path / "hub_snli"
+    for split in ("train", "validation"):
+        frame = pd.read_parquet(small_mirror / "snli" / f"{split}.parquet").head(40)
+        labels = [features["label"].str2int(label) for label in frame["label"]]
+        labels[0] = -1  # the hub marks pairs without gold label this way
+        records = {"premise": list(frame["premise"]), "hypothesis": list(frame["hypothesis"]), "label": labels}
+        datasets.Dataset.from_dict(records, features=features).to_parquet(str(hub_snli / f"{split}.parquet"))
+
+    cfg = mirror_params(
+        "download.source=hub",
+        f"download.datasets.snli.hub_id={hub_snli}",
+        f"download.datasets.stsb.hub_id={small_mirror / 'stsb'}",
+        f"download.datasets.sick.hub_id={small_mirror / 'sick'}",
+    )
+    download.run(cfg)
+
+    snli = pd.read_parquet(project / "data/raw/snli/train.parquet")
+    assert len(snli) == 39
+    assert set(snli["label"]) <= {"entailment", "neutral", "contradiction"}
+    manifest = json.loads((project / "data/raw/manifest.json").read_text())
+    assert manifest["datasets"]["snli"]["train"]["hub_id"] == str(hub_snli)
+    assert manifest["skipped"]["snli"] == ["test"]
+
+
+def test_unreachable_hub_fails_fast_with_mirror_advice(project, mirror_params, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    started = time.perf_counter()
+    with pytest.raises(UserError) as raised:
+        download.run(mirror_params("download.source=hub", "download.hub_timeout_s=2"))
+    assert time.perf_counter() - started < 5
+    assert "cannot be reached" in str(raised.value) and "EMBEDFORGE_MIRROR" in str(raised.value)
+    assert not (project / "data/raw").exists()
