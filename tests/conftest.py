@@ -41,12 +41,24 @@ def small_mirror(shared_mirror: Path, tmp_path_factory: pytest.TempPathFactory) 
     return root
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An initialised, empty MLflow sqlite store: creating one takes seconds, copying it takes none."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty working directory holding the repository's params.yaml, with tracking under it."""
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_mlflow_db: Path) -> Path:
+    """A working directory holding the repository's params.yaml and an empty default MLflow store."""
     shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "mlruns").mkdir()
+    shutil.copy(empty_mlflow_db, tmp_path / "mlruns" / "mlflow.db")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # mlflow.set_tracking_uri exports it; restored after the test
     return tmp_path
 
 

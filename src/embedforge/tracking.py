@@ -24,6 +24,7 @@ from embedforge.memory import PeakMemory
 
 PARENT_RUN_ENV = "EMBEDFORGE_PARENT_RUN_ID"
 DEFAULT_STORE_DIR = Path("mlruns")
+SQLITE_PREFIX = "sqlite:///"
 MAX_PARAM_CHARS = 6000
 
 log = logging.getLogger(__name__)
@@ -35,17 +36,18 @@ def tracking_uri(cfg: Params) -> str:
         return cfg.tracking.uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{(DEFAULT_STORE_DIR / 'mlflow.db').resolve()}"
+    return f"{SQLITE_PREFIX}{(DEFAULT_STORE_DIR / 'mlflow.db').resolve()}"
 
 
-def _experiment_id(mlflow: Any, cfg: Params, uri: str) -> str:
-    experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+def _experiment_id(mlflow: Any, name: str, uri: str) -> str:
+    """The experiment's id, creating it with artifacts beside a sqlite store (MLflow would use ./mlruns)."""
+    experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     artifact_location = None
-    if uri.startswith("sqlite:") and not cfg.tracking.uri and not os.environ.get("MLFLOW_TRACKING_URI"):
-        artifact_location = (DEFAULT_STORE_DIR / "artifacts").resolve().as_uri()
-    return mlflow.create_experiment(cfg.tracking.experiment, artifact_location=artifact_location)
+    if uri.startswith(SQLITE_PREFIX):
+        artifact_location = (Path(uri.removeprefix(SQLITE_PREFIX)).parent / "artifacts").resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=artifact_location)
 
 
 def _git(*args: str) -> str | None:
@@ -116,14 +118,14 @@ def start(cfg: Params, run_name: str, inputs: list[Path] = (), parent_run_id: st
     for noisy in ("mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     uri = tracking_uri(cfg)
-    if uri.startswith("sqlite:"):
-        DEFAULT_STORE_DIR.mkdir(exist_ok=True)
+    if uri.startswith(SQLITE_PREFIX):
+        Path(uri.removeprefix(SQLITE_PREFIX)).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     tags = {"embedforge.stage": run_name, **lineage_tags()}
     tags.update({f"input.{path}": content_hash(path) for path in inputs if path.exists()})
     with mlflow.start_run(
         run_name=run_name,
-        experiment_id=_experiment_id(mlflow, cfg, uri),
+        experiment_id=_experiment_id(mlflow, cfg.tracking.experiment, uri),
         parent_run_id=parent_run_id or os.environ.get(PARENT_RUN_ENV),
         nested=mlflow.active_run() is not None,
         tags=tags,

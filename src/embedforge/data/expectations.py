@@ -16,20 +16,20 @@ import os
 # GX reads this when a context is made; set it before the import so no run phones home.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from pathlib import Path
+from typing import Any
 
-import great_expectations as gx  # noqa: E402
-import pandas as pd  # noqa: E402
-from great_expectations.core.expectation_validation_result import ExpectationValidationResult  # noqa: E402
-from great_expectations.data_context.types.base import (  # noqa: E402
+import great_expectations as gx
+import pandas as pd
+from great_expectations.core.expectation_validation_result import ExpectationValidationResult
+from great_expectations.data_context.types.base import (
     DataContextConfig,
     InMemoryStoreBackendDefaults,
     ProgressBarsConfig,
 )
 
-from embedforge.config import ValidateParams  # noqa: E402
-from embedforge.data.schema import DATASETS, RAW_COLUMNS, DatasetSpec  # noqa: E402
+from embedforge.config import ValidateParams
+from embedforge.data.schema import DATASETS, RAW_COLUMNS, DatasetSpec
 
 TRAIN_SPLIT = "train"
 SENTENCE_COLUMNS = ["sentence1", "sentence2"]

@@ -1,0 +1,23 @@
+# `make run`: set up a virtual environment and run the pipeline (dvc repro) on the params.yaml preset.
+# `make test`: set up and run the test suite. Both need EMBEDFORGE_MIRROR while the hub is unreachable.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup run test
+
+$(BIN)/embedforge: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install torch==2.13.0
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@
+
+setup: $(BIN)/embedforge
+
+run: setup
+	embedforge run
+
+test: setup
+	python -m pytest

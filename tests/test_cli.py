@@ -1,0 +1,68 @@
+"""The console script as a user meets it: exit codes, messages, and no traceback for user errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from embedforge.cli import app
+
+EMBEDFORGE = str(Path(sys.executable).with_name("embedforge"))
+
+
+def embedforge(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": "", **env}
+    return subprocess.run([EMBEDFORGE, *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=300)
+
+
+def assert_user_error(done: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    for fragment in fragments:
+        assert fragment in done.stderr
+
+
+def test_help_lists_every_stage_with_its_purpose():
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("download", "validate", "run", "params"):
+        assert command in result.output
+    assert "Great Expectations" in result.output
+
+
+def test_global_and_per_command_overrides_combine(project):
+    result = CliRunner().invoke(app, ["--set", "download.limit=9", "params", "--set", "train.lr=0.5"])
+    resolved = yaml.safe_load(result.output)
+    assert resolved["download"]["limit"] == 9 and resolved["train"]["lr"] == 0.5
+
+
+def test_negative_limit_exits_non_zero_naming_the_key(project):
+    done = embedforge("download", "--set", "download.limit=-5", cwd=project)
+    assert_user_error(done, "download.limit: must be > 0, got -5")
+    assert not (project / "data").exists()
+
+
+def test_unknown_key_in_params_file_exits_non_zero_naming_the_key(project):
+    tree = yaml.safe_load((project / "params.yaml").read_text())
+    tree["validate"]["max_char"] = 10
+    (project / "params.yaml").write_text(yaml.safe_dump(tree))
+    done = embedforge("validate", cwd=project)
+    assert_user_error(done, "params.yaml", "validate.max_char: unknown key")
+
+
+def test_missing_mirror_exits_non_zero_and_writes_nothing(project):
+    done = embedforge("download", cwd=project, EMBEDFORGE_MIRROR=str(project / "no-such-mirror"))
+    assert_user_error(done, "no-such-mirror does not exist", "EMBEDFORGE_MIRROR")
+    assert not (project / "data").exists()
+
+
+def test_download_then_validate_from_the_command_line(project, small_mirror):
+    done = embedforge("download", "--set", "download.limit=40", cwd=project, EMBEDFORGE_MIRROR=str(small_mirror))
+    assert done.returncode == 0, done.stderr
+    assert "rows.snli.train: 40" in done.stdout
+    done = embedforge("validate", cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert (project / "data/validation/results.json").is_file()

@@ -1,0 +1,79 @@
+"""A real `dvc repro` in a fresh git repository laid out like a clone of this project."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO_ROOT
+
+BIN = Path(sys.executable).parent
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "src"]
+
+
+def sh(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+@pytest.fixture
+def clone(tmp_path: Path, small_mirror: Path) -> tuple[Path, dict]:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in PROJECT_FILES:
+        source = REPO_ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(source, repo / name)
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "EMBEDFORGE_MIRROR": str(small_mirror),
+        "MLFLOW_TRACKING_URI": "",
+        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+    sh("git", "init", "-q", cwd=repo, env=env)
+    sh("dvc", "init", "-q", cwd=repo, env=env)
+    sh("dvc", "config", "core.analytics", "false", cwd=repo, env=env)
+    sh("git", "add", "-A", cwd=repo, env=env)
+    sh("git", "commit", "-qm", "clone", cwd=repo, env=env)
+    return repo, env
+
+
+def test_embedforge_run_reproduces_then_skips_and_nests_mlflow_runs(clone):
+    repo, env = clone
+    first = sh("embedforge", "run", cwd=repo, env=env)
+    assert (repo / "data/raw/snli/train.parquet").is_file()
+    assert (repo / "data/validation/results.json").is_file()
+    assert (repo / "dvc.lock").is_file()
+
+    second = sh("embedforge", "run", cwd=repo, env=env)
+    assert "didn't change, skipping" in second.stdout or "up to date" in second.stdout
+    assert "Running stage" not in second.stdout, second.stdout
+
+    client = MlflowClient(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("embedforge")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    parents = [run for run in runs if run.info.run_name == "pipeline"]
+    children = [run for run in runs if run.info.run_name in ("download", "validate")]
+    assert len(parents) == 2 and len(children) == 2, first.stdout
+    assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parents[0].info.run_id}
+    assert all(run.info.status == "FINISHED" for run in runs)
+
+
+def test_changing_a_validate_param_reruns_only_validate(clone):
+    repo, env = clone
+    sh("dvc", "repro", cwd=repo, env=env)
+    params = (repo / "params.yaml").read_text().replace("max_chars: 1000", "max_chars: 900")
+    (repo / "params.yaml").write_text(params)
+    status = sh("dvc", "status", cwd=repo, env=env).stdout
+    assert "validate:" in status and "download:" not in status
+    rerun = sh("dvc", "repro", cwd=repo, env=env).stdout
+    assert "Running stage 'validate'" in rerun and "Running stage 'download'" not in rerun

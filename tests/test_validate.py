@@ -1,0 +1,166 @@
+"""The validate stage: a clean pass writes the report and Data Docs; each broken contract names its row."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from embedforge.config import Params, ValidateParams
+from embedforge.data.schema import DATASETS, RAW_DIR, RAW_SCHEMA, VALIDATION_RESULTS_PATH, raw_split_path
+from embedforge.errors import DataError, UserError, ValidationFailed
+from embedforge.stages import validate
+
+ROWS = 20
+
+
+def clean_split(dataset: str, split: str) -> pd.DataFrame:
+    """Distinct, well-formed pairs whose texts differ per split, so nothing duplicates or leaks."""
+    spec = DATASETS[dataset]
+    low, high = spec.score_range or (0.0, 0.0)
+    return pd.DataFrame(
+        {
+            "pair_id": [f"{dataset}-{split}-{i}" for i in range(ROWS)],
+            "sentence1": [f"A {split} person number {i} walks a dog." for i in range(ROWS)],
+            "sentence2": [f"Someone in {split} example {i} is outside." for i in range(ROWS)],
+            "label": [spec.labels[i % len(spec.labels)] if spec.labels else None for i in range(ROWS)],
+            "score": [low + (high - low) * i / (ROWS - 1) if spec.score_range else None for i in range(ROWS)],
+            "genre": ["main-captions" if dataset == "stsb" else None for _ in range(ROWS)],
+        }
+    )
+
+
+def write_split(dataset: str, split: str, frame: pd.DataFrame) -> None:
+    path = raw_split_path(dataset, split)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(frame, schema=RAW_SCHEMA, preserve_index=False), path)
+
+
+def dot_entries(root: Path) -> list[Path]:
+    """Leftovers of atomic writes: temp files and directories are named ``.<name>.*.tmp``."""
+    return list(root.rglob(".*"))
+
+
+def test_clean_raw_passes_and_writes_report_and_docs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for dataset in DATASETS:
+        for split in ("train", "validation"):
+            write_split(dataset, split, clean_split(dataset, split))
+
+    metrics = validate.run(Params())
+
+    results = json.loads(VALIDATION_RESULTS_PATH.read_text(encoding="utf-8"))
+    assert results["success"] is True
+    assert {(split["dataset"], split["split"]) for split in results["splits"]} == {
+        (dataset, split) for dataset in DATASETS for split in ("train", "validation")
+    }
+    assert Path("data/validation/docs/index.html").is_file()
+    assert metrics["validate.splits"] == 6
+    assert metrics["validate.rows"] == 6 * ROWS
+    assert metrics["validate.failed_expectations"] == 0
+    assert metrics["validate.expectations"] > 6 * 10
+    assert dot_entries(Path("data")) == []
+    validate.require_passed()
+
+
+def empty_sentence(frames: dict[tuple[str, str], pd.DataFrame]) -> None:
+    frames["snli", "validation"].loc[3, "sentence1"] = ""
+
+
+def out_of_range_score(frames: dict[tuple[str, str], pd.DataFrame]) -> None:
+    frames["stsb", "validation"].loc[2, "score"] = 7.5
+
+
+def unknown_label(frames: dict[tuple[str, str], pd.DataFrame]) -> None:
+    frames["snli", "train"].loc[4, "label"] = "maybe"
+
+
+def leaked_pair(frames: dict[tuple[str, str], pd.DataFrame]) -> None:
+    train = frames["stsb", "train"]
+    validation = frames["stsb", "validation"]
+    validation.loc[1, "sentence1"] = "  " + train.loc[5, "sentence1"].upper()
+    validation.loc[1, "sentence2"] = train.loc[5, "sentence2"].replace(" ", "   ")
+
+
+def duplicated_pairs(frames: dict[tuple[str, str], pd.DataFrame]) -> None:
+    train = frames["sick", "train"]
+    train.loc[[6, 7], ["sentence1", "sentence2"]] = train.loc[0, ["sentence1", "sentence2"]].to_list()
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "expected"),
+    [
+        (empty_sentence, ["snli/validation", "expect_column_values_to_match_regex(sentence1)", "row 3: sentence1=''"]),
+        (out_of_range_score, ["stsb/validation", "expect_column_values_to_be_between(score)", "row 2: score=7.5"]),
+        (unknown_label, ["snli/train", "expect_column_values_to_be_in_set(label)", "row 4: label='maybe'"]),
+        (
+            leaked_pair,
+            ["stsb/validation", "expect_column_values_to_be_in_set(pair_in_train)", "Leakage", "row 1: sentence1="],
+        ),
+        (
+            duplicated_pairs,
+            ["sick/train", "expect_compound_columns_to_be_unique(sentence1, sentence2)", "3 of 20 rows", "row 6:"],
+        ),
+    ],
+    ids=["empty-sentence", "score-7.5", "unknown-label", "train-leak", "duplicates"],
+)
+def test_broken_contract_fails_naming_split_expectation_and_row(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    corrupt: Callable[[dict[tuple[str, str], pd.DataFrame]], None],
+    expected: list[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    dataset = expected[0].split("/")[0]
+    frames = {(dataset, split): clean_split(dataset, split) for split in ("train", "validation")}
+    corrupt(frames)
+    for (dataset, split), frame in frames.items():
+        write_split(dataset, split, frame)
+
+    with pytest.raises(ValidationFailed) as failure:
+        validate.run(Params())
+
+    message = str(failure.value)
+    for fragment in expected:
+        assert fragment in message
+    results = json.loads(VALIDATION_RESULTS_PATH.read_text(encoding="utf-8"))
+    assert results["success"] is False
+    assert [f"{split['dataset']}/{split['split']}" for split in results["splits"] if not split["success"]] == expected[:1]
+    assert Path("data/validation/docs/index.html").is_file()
+    assert dot_entries(Path("data")) == []
+    with pytest.raises(UserError, match="embedforge validate"):
+        validate.require_passed()
+
+
+def test_missing_column_is_reported_not_crashed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = raw_split_path("snli", "validation")
+    path.parent.mkdir(parents=True)
+    clean_split("snli", "validation").drop(columns=["label"]).to_parquet(path)
+
+    with pytest.raises(ValidationFailed, match=r"snli/validation: expect_column_to_exist\(label\)"):
+        validate.run(Params(validate=ValidateParams(data_docs=False)))
+
+
+def test_no_raw_splits_asks_for_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="embedforge download") as failure:
+        validate.run(Params())
+    assert str(RAW_DIR) in str(failure.value)
+
+
+def test_require_passed_refuses_missing_or_failed_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="run `embedforge validate`"):
+        validate.require_passed()
+
+    VALIDATION_RESULTS_PATH.parent.mkdir(parents=True)
+    VALIDATION_RESULTS_PATH.write_text(json.dumps({"success": False, "summary": "stsb/validation: bad"}))
+    with pytest.raises(UserError, match="stsb/validation: bad"):
+        validate.require_passed()
+
