@@ -19,7 +19,11 @@ from embedforge.config import MIRROR_ENV, Params, load_params
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_MIRROR = os.environ.pop(MIRROR_ENV, None)
 SLICE_ROWS = 120
-MIRROR_SPLITS = {"snli": ["train", "validation", "test"], "stsb": ["train", "validation"], "sick": ["train", "validation"]}
+MIRROR_SPLITS = {
+    "snli": ["train", "validation", "test"],
+    "stsb": ["train", "validation"],
+    "sick": ["train", "validation"],
+}
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +73,7 @@ def mirror_params(project: Path, small_mirror: Path):
     def build(*overrides: str) -> Params:
         return load_params(
             project / "params.yaml",
-            [f"download.source=mirror", f"download.mirror={small_mirror}", "tracking.enabled=false", *overrides],
+            ["download.source=mirror", f"download.mirror={small_mirror}", "tracking.enabled=false", *overrides],
         )
 
     return build

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import yaml
 from typer.testing import CliRunner
 
@@ -15,7 +16,9 @@ EMBEDFORGE = str(Path(sys.executable).with_name("embedforge"))
 
 def embedforge(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, "MLFLOW_TRACKING_URI": "", **env}
-    return subprocess.run([EMBEDFORGE, *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [EMBEDFORGE, *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def assert_user_error(done: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -66,3 +69,18 @@ def test_download_then_validate_from_the_command_line(project, small_mirror):
     done = embedforge("validate", cwd=project)
     assert done.returncode == 0, done.stderr
     assert (project / "data/validation/results.json").is_file()
+
+
+def test_failed_validation_exits_3_with_the_summary(project, small_mirror):
+    done = embedforge("download", "--set", "download.limit=40", cwd=project, EMBEDFORGE_MIRROR=str(small_mirror))
+    assert done.returncode == 0, done.stderr
+    split = project / "data/raw/stsb/validation.parquet"
+    frame = pd.read_parquet(split)
+    frame.loc[4, "score"] = 7.5
+    frame.to_parquet(split, index=False)
+
+    done = embedforge("validate", cwd=project)
+
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    assert "stsb/validation: expect_column_values_to_be_between(score) failed for 1 of 40 rows" in done.stderr
+    assert "row 4: score=7.5" in done.stderr

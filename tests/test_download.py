@@ -54,7 +54,9 @@ def test_train_pairs_that_leak_into_validation_are_dropped(project, small_mirror
     for dataset in ("snli", "stsb", "sick"):
         (leaky / dataset).mkdir(parents=True)
         for split in ("train", "validation"):
-            (leaky / dataset / f"{split}.parquet").write_bytes((small_mirror / dataset / f"{split}.parquet").read_bytes())
+            (leaky / dataset / f"{split}.parquet").write_bytes(
+                (small_mirror / dataset / f"{split}.parquet").read_bytes()
+            )
     validation = pd.read_parquet(leaky / "stsb/validation.parquet")
     train = pd.read_parquet(leaky / "stsb/train.parquet")
     already_shared = pair_keys(train).isin(set(pair_keys(validation))).sum()
@@ -106,7 +108,9 @@ def snli_zip(path: Path, mirror: Path) -> Path:
         for split, official in [("train", "train"), ("validation", "dev"), ("test", "test")]:
             frame = pd.read_parquet(mirror / "snli" / f"{split}.parquet")
             lines = [
-                json.dumps({"gold_label": r.label, "sentence1": r.premise, "sentence2": r.hypothesis, "pairID": f"p{i}"})
+                json.dumps(
+                    {"gold_label": r.label, "sentence1": r.premise, "sentence2": r.hypothesis, "pairID": f"p{i}"}
+                )
                 for i, r in enumerate(frame.itertuples())
             ]
             lines.append(json.dumps({"gold_label": "-", "sentence1": "a", "sentence2": "b", "pairID": "x"}))

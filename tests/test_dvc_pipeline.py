@@ -7,16 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import REPO_ROOT
+from mlflow.tracking import MlflowClient
 
 BIN = Path(sys.executable).parent
 PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "src"]
 
 
 def sh(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done
 
@@ -36,8 +35,10 @@ def clone(tmp_path: Path, small_mirror: Path) -> tuple[Path, dict]:
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "EMBEDFORGE_MIRROR": str(small_mirror),
         "MLFLOW_TRACKING_URI": "",
-        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "t@example.com",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
     }
     sh("git", "init", "-q", cwd=repo, env=env)
     sh("dvc", "init", "-q", cwd=repo, env=env)

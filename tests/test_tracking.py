@@ -1,6 +1,8 @@
+import pytest
 from mlflow.tracking import MlflowClient
 
 from embedforge import tracking
+from embedforge.errors import UserError
 from embedforge.stages import run_stage
 
 
@@ -39,10 +41,8 @@ def test_stage_runs_nest_under_the_pipeline_parent_across_processes(project, mir
 
 def test_failed_stage_is_recorded_as_failed_with_its_error(project, mirror_params):
     cfg = mirror_params("tracking.enabled=true", f"download.mirror={project / 'missing'}")
-    try:
+    with pytest.raises(UserError):
         run_stage("download", cfg)
-    except Exception:
-        pass
     run = runs_by_name(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")["download"]
     assert run.info.status == "FAILED"
     assert "does not exist" in run.data.tags["error"]

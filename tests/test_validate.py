@@ -7,14 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from embedforge.config import Params, ValidateParams
-from embedforge.data.schema import DATASETS, RAW_DIR, RAW_SCHEMA, VALIDATION_RESULTS_PATH, raw_split_path
+from embedforge.data.schema import DATASETS, RAW_DIR, VALIDATION_RESULTS_PATH, raw_split_path
 from embedforge.errors import DataError, UserError, ValidationFailed
 from embedforge.stages import validate
+from embedforge.stages.download import write_split
 
 ROWS = 20
 
@@ -35,22 +34,11 @@ def clean_split(dataset: str, split: str) -> pd.DataFrame:
     )
 
 
-def write_split(dataset: str, split: str, frame: pd.DataFrame) -> None:
-    path = raw_split_path(dataset, split)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(frame, schema=RAW_SCHEMA, preserve_index=False), path)
-
-
-def dot_entries(root: Path) -> list[Path]:
-    """Leftovers of atomic writes: temp files and directories are named ``.<name>.*.tmp``."""
-    return list(root.rglob(".*"))
-
-
 def test_clean_raw_passes_and_writes_report_and_docs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     for dataset in DATASETS:
         for split in ("train", "validation"):
-            write_split(dataset, split, clean_split(dataset, split))
+            write_split(clean_split(dataset, split), raw_split_path(dataset, split))
 
     metrics = validate.run(Params())
 
@@ -64,7 +52,7 @@ def test_clean_raw_passes_and_writes_report_and_docs(tmp_path: Path, monkeypatch
     assert metrics["validate.rows"] == 6 * ROWS
     assert metrics["validate.failed_expectations"] == 0
     assert metrics["validate.expectations"] > 6 * 10
-    assert dot_entries(Path("data")) == []
+    assert list(Path("data").rglob(".*")) == [], "temporary files left behind"
     validate.require_passed()
 
 
@@ -93,18 +81,16 @@ def duplicated_pairs(frames: dict[tuple[str, str], pd.DataFrame]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("corrupt", "expected"),
+    ("corrupt", "where", "fragments"),
     [
-        (empty_sentence, ["snli/validation", "expect_column_values_to_match_regex(sentence1)", "row 3: sentence1=''"]),
-        (out_of_range_score, ["stsb/validation", "expect_column_values_to_be_between(score)", "row 2: score=7.5"]),
-        (unknown_label, ["snli/train", "expect_column_values_to_be_in_set(label)", "row 4: label='maybe'"]),
-        (
-            leaked_pair,
-            ["stsb/validation", "expect_column_values_to_be_in_set(pair_in_train)", "Leakage", "row 1: sentence1="],
-        ),
+        (empty_sentence, "snli/validation", ["expect_column_values_to_match_regex(sentence1)", "row 3: sentence1=''"]),
+        (out_of_range_score, "stsb/validation", ["expect_column_values_to_be_between(score)", "row 2: score=7.5"]),
+        (unknown_label, "snli/train", ["expect_column_values_to_be_in_set(label)", "row 4: label='maybe'"]),
+        (leaked_pair, "stsb/validation", ["expect_column_values_to_be_in_set(pair_in_train)", "Leakage", "row 1: "]),
         (
             duplicated_pairs,
-            ["sick/train", "expect_compound_columns_to_be_unique(sentence1, sentence2)", "3 of 20 rows", "row 6:"],
+            "sick/train",
+            ["expect_compound_columns_to_be_unique(sentence1, sentence2)", "3 of 20 rows", "row 6: "],
         ),
     ],
     ids=["empty-sentence", "score-7.5", "unknown-label", "train-leak", "duplicates"],
@@ -113,26 +99,27 @@ def test_broken_contract_fails_naming_split_expectation_and_row(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     corrupt: Callable[[dict[tuple[str, str], pd.DataFrame]], None],
-    expected: list[str],
+    where: str,
+    fragments: list[str],
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    dataset = expected[0].split("/")[0]
+    dataset = where.split("/")[0]
     frames = {(dataset, split): clean_split(dataset, split) for split in ("train", "validation")}
     corrupt(frames)
-    for (dataset, split), frame in frames.items():
-        write_split(dataset, split, frame)
+    for (_, split), frame in frames.items():
+        write_split(frame, raw_split_path(dataset, split))
 
     with pytest.raises(ValidationFailed) as failure:
         validate.run(Params())
 
     message = str(failure.value)
-    for fragment in expected:
+    for fragment in [f"{where}: ", *fragments]:
         assert fragment in message
     results = json.loads(VALIDATION_RESULTS_PATH.read_text(encoding="utf-8"))
     assert results["success"] is False
-    assert [f"{split['dataset']}/{split['split']}" for split in results["splits"] if not split["success"]] == expected[:1]
+    assert [f"{s['dataset']}/{s['split']}" for s in results["splits"] if not s["success"]] == [where]
     assert Path("data/validation/docs/index.html").is_file()
-    assert dot_entries(Path("data")) == []
+    assert list(Path("data").rglob(".*")) == [], "temporary files left behind"
     with pytest.raises(UserError, match="embedforge validate"):
         validate.require_passed()
 
@@ -141,7 +128,7 @@ def test_missing_column_is_reported_not_crashed(tmp_path: Path, monkeypatch: pyt
     monkeypatch.chdir(tmp_path)
     path = raw_split_path("snli", "validation")
     path.parent.mkdir(parents=True)
-    clean_split("snli", "validation").drop(columns=["label"]).to_parquet(path)
+    clean_split("snli", "validation").drop(columns=["label"]).to_parquet(path, index=False)
 
     with pytest.raises(ValidationFailed, match=r"snli/validation: expect_column_to_exist\(label\)"):
         validate.run(Params(validate=ValidateParams(data_docs=False)))
@@ -163,4 +150,3 @@ def test_require_passed_refuses_missing_or_failed_results(tmp_path: Path, monkey
     VALIDATION_RESULTS_PATH.write_text(json.dumps({"success": False, "summary": "stsb/validation: bad"}))
     with pytest.raises(UserError, match="stsb/validation: bad"):
         validate.require_passed()
-

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -62,7 +63,8 @@ def main(
     overrides: SetOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("embedforge").setLevel(logging.DEBUG if verbose else logging.INFO)
     ctx.obj = (params or Path("params.yaml"), overrides or [])
 
 
@@ -102,14 +104,15 @@ def run_pipeline(
     params_path, _ = _settings(ctx, params, None)
 
     def action() -> None:
-        dvc = shutil.which("dvc")
+        scripts = str(Path(sys.executable).parent)
+        dvc = shutil.which("dvc", path=scripts) or shutil.which("dvc")
         if dvc is None:
             raise UserError("dvc is not installed in this environment; install embedforge with its dependencies")
         if not Path("dvc.yaml").is_file():
             raise UserError(f"no dvc.yaml in {Path.cwd()}: run `embedforge run` from the project root")
         cfg = load_params(params_path)
         with tracking.start(cfg, "pipeline") as parent:
-            env = dict(os.environ)
+            env = {**os.environ, "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")])}
             if parent.run_id:
                 env[tracking.PARENT_RUN_ENV] = parent.run_id
             command = [dvc, "repro", *(["--force"] if force else []), *(targets or [])]

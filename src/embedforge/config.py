@@ -73,7 +73,7 @@ class DownloadParams(Section):
 class ValidateParams(Section):
     min_chars: int = Field(default=1, ge=1)
     max_chars: int = Field(default=1000, gt=0)
-    max_duplicate_pair_rate: float = Field(default=0.01, ge=0, le=1)
+    max_duplicate_pair_rate: float = Field(default=0.02, ge=0, le=1)
     max_leaked_pair_rate: float = Field(default=0.0, ge=0, le=1)
     failed_rows_shown: int = Field(default=3, ge=1)
     data_docs: bool = True

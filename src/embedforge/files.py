@@ -18,6 +18,12 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 @contextmanager
 def atomic_path(destination: Path) -> Iterator[Path]:
     """Yield a temporary file path that becomes ``destination`` only if the block succeeds."""
@@ -27,6 +33,7 @@ def atomic_path(destination: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        tmp.chmod(0o666 & ~_umask())
         os.replace(tmp, destination)
     finally:
         tmp.unlink(missing_ok=True)
@@ -39,6 +46,7 @@ def atomic_dir(destination: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent))
     try:
         yield tmp
+        tmp.chmod(0o777 & ~_umask())
         if destination.exists():
             shutil.rmtree(destination)
         os.replace(tmp, destination)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from typing import Self
 
 import psutil
 
@@ -44,7 +45,7 @@ class PeakMemory:
         if torch is not None and torch.cuda.is_available():
             self.peak_cuda_bytes = torch.cuda.max_memory_allocated()
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -29,9 +29,8 @@ from great_expectations.data_context.types.base import (
 )
 
 from embedforge.config import ValidateParams
-from embedforge.data.schema import DATASETS, RAW_COLUMNS, DatasetSpec
+from embedforge.data.schema import DATASETS, RAW_COLUMNS, DatasetSpec, pair_keys
 
-TRAIN_SPLIT = "train"
 SENTENCE_COLUMNS = ["sentence1", "sentence2"]
 LEAK_COLUMN = "pair_in_train"
 NUMERIC_TYPES = ["float64", "float32", "int64", "int32"]
@@ -40,31 +39,24 @@ OBSERVED_KEYS = ("observed_value", "element_count", "unexpected_count", "unexpec
 SHOWN_TEXT_CHARS = 80
 
 
-def pair_keys(frame: pd.DataFrame) -> pd.Series:
-    """The identity of each pair for leakage: texts with whitespace collapsed and case folded.
-
-    A pair with a missing sentence has no key (NA), so it never counts as leaked.
-    """
-
-    def normalised(column: str) -> pd.Series:
-        return frame[column].astype("str").str.split().str.join(" ").str.casefold()
-
-    return normalised("sentence1") + "\x1f" + normalised("sentence2")
-
-
 def flag_pairs_in_train(frame: pd.DataFrame, train: pd.DataFrame | None) -> pd.DataFrame:
     """``frame`` plus LEAK_COLUMN, True where its pair also occurs in ``train``.
 
     GX has no cross-batch expectation, so the lookup happens here and the suite
-    expects the flag to be False. Without a train split (or while validating the
-    train split itself, ``train=None``) nothing can leak. Missing sentence columns
-    are reported by the column expectations, so they count as no leak here.
+    expects the flag to be False. Pairs are compared by ``pair_keys``, the key the
+    download stage uses to drop them from train. Without a train split (or while
+    validating the train split itself, ``train=None``) nothing can leak. Missing or
+    non-text sentence columns are the column expectations' to report, so they must
+    not crash the lookup: texts are cast to strings and a missing sentence never matches.
     """
     comparable = train is not None and all(c in f for f in (frame, train) for c in SENTENCE_COLUMNS)
     if not comparable:
         return frame.assign(**{LEAK_COLUMN: False})
-    train_keys = set(pair_keys(train).dropna())
-    return frame.assign(**{LEAK_COLUMN: pair_keys(frame).isin(train_keys)})
+
+    def keys(split: pd.DataFrame) -> pd.Series:
+        return pair_keys(split[SENTENCE_COLUMNS].astype("str"))
+
+    return frame.assign(**{LEAK_COLUMN: keys(frame).isin(set(keys(train).dropna()))})
 
 
 def build_suite(spec: DatasetSpec, params: ValidateParams) -> gx.ExpectationSuite:
@@ -117,12 +109,12 @@ def build_suite(spec: DatasetSpec, params: ValidateParams) -> gx.ExpectationSuit
     return gx.ExpectationSuite(name=spec.name, expectations=expectations)
 
 
-def plain(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """A JSON-ready copy of a value from pandas or GX: numpy scalars unwrapped, NaN as None."""
     if isinstance(value, dict):
-        return {str(key): plain(item) for key, item in value.items()}
+        return {str(key): json_ready(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [plain(item) for item in value]
+        return [json_ready(item) for item in value]
     if hasattr(value, "item"):
         value = value.item()
     if isinstance(value, float) and math.isnan(value):
@@ -145,7 +137,10 @@ class SplitValidator:
             sites[DOCS_SITE] = {
                 "class_name": "SiteBuilder",
                 "show_how_to_buttons": False,
-                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(docs_dir.resolve()),
+                },
                 "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
             }
         config = DataContextConfig(
@@ -212,9 +207,9 @@ def describe_outcome(outcome: ExpectationValidationResult, frame: pd.DataFrame) 
         "columns": list(columns),
         "description": config.description,
         "success": bool(outcome.success),
-        "observed": {key: plain(outcome.result[key]) for key in OBSERVED_KEYS if key in outcome.result},
+        "observed": {key: json_ready(outcome.result[key]) for key in OBSERVED_KEYS if key in outcome.result},
         "failing_rows": [
-            {"row": plain(index), "values": {column: plain(frame.at[index, column]) for column in shown}}
+            {"row": json_ready(index), "values": {column: json_ready(frame.at[index, column]) for column in shown}}
             for index in indices
         ],
         "error": exception_message(outcome),
@@ -242,11 +237,13 @@ def describe_failures(split_result: dict[str, Any]) -> list[str]:
         what = f"{outcome['expectation']}({', '.join(outcome['columns'])})"
         observed = outcome["observed"]
         if outcome["error"]:
-            how = f"could not be evaluated: {outcome['error']}"
+            how = f"could not be evaluated: {outcome['error'].rstrip('.')}"
         elif "unexpected_count" in observed:
             how = f"failed for {observed['unexpected_count']} of {split_result['rows']} rows"
+        elif "observed_value" in observed:
+            how = f"failed (observed {_shorten(observed['observed_value'])})"
         else:
-            how = f"failed (observed {_shorten(observed.get('observed_value'))})"
+            how = "failed"
         line = f"{where}: {what} {how}"
         if outcome["description"]:
             line += f" [{outcome['description']}]"

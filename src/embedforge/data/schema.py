@@ -31,6 +31,7 @@ RAW_SCHEMA = pa.schema(
 RAW_COLUMNS = RAW_SCHEMA.names
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
+TRAIN_SPLIT = "train"
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedforge.config import DownloadParams
@@ -150,7 +151,7 @@ class MirrorSource:
             raise SplitNotFound(str(path))
         try:
             frame = pq.read_table(path).to_pandas()
-        except Exception as exc:
+        except (OSError, pa.ArrowException) as exc:
             raise DataError(f"{path}: not a readable parquet file ({exc})") from None
         return LoadedSplit(frame, {"source_file": str(path.resolve()), "source_sha256": sha256_file(path)})
 
@@ -192,7 +193,7 @@ class HubSource:
             if "split" in str(exc).lower():
                 raise SplitNotFound(f"{spec.hub_id}:{split}") from None
             raise DataError(f"hub dataset {spec.hub_id} split {split}: {exc}") from None
-        except Exception as exc:
+        except OSError as exc:
             raise UserError(f"download.datasets.{dataset}.hub_id: cannot load {spec.hub_id!r} ({exc})") from None
         provenance = {"hub_id": spec.hub_id, "hub_config": spec.hub_config, "hub_fingerprint": loaded._fingerprint}
         return LoadedSplit(_decode_class_labels(loaded), provenance)

@@ -8,6 +8,7 @@ does the stage raise ValidationFailed with a readable summary.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,20 @@ import pandas as pd
 import pyarrow as pa
 
 from embedforge.config import Params
-from embedforge.data.expectations import TRAIN_SPLIT, SplitValidator, describe_failures
-from embedforge.data.schema import DATASETS, RAW_DIR, VALIDATION_DIR, VALIDATION_RESULTS_PATH, raw_split_path
+from embedforge.data.expectations import SplitValidator, describe_failures
+from embedforge.data.schema import (
+    DATASETS,
+    RAW_DIR,
+    TRAIN_SPLIT,
+    VALIDATION_DIR,
+    VALIDATION_RESULTS_PATH,
+    raw_split_path,
+)
 from embedforge.errors import DataError, UserError, ValidationFailed
 from embedforge.files import atomic_dir, write_json
 
 DATA_DOCS_DIR = VALIDATION_DIR / "docs"
+log = logging.getLogger(__name__)
 
 
 def find_splits(root: Path = RAW_DIR) -> list[tuple[str, str]]:
@@ -78,6 +87,7 @@ def run(cfg: Params) -> dict[str, float]:
 
     if not report["success"]:
         raise ValidationFailed(summary)
+    log.info(summary)
     return metrics
 
 
