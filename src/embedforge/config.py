@@ -86,13 +86,16 @@ class ValidateParams(Section):
 
 
 class PrecomputeParams(Section):
-    teacher: str = "packaged:all-MiniLM-L6-v2"
-    datasets: list[DatasetName] = ["snli", "stsb", "sick"]
+    teacher: str = Field(default="packaged:all-MiniLM-L6-v2", min_length=1)
+    datasets: list[DatasetName] = Field(default=["snli", "stsb", "sick"], min_length=1)
+    splits: list[SplitName] = Field(default=["train", "validation"], min_length=1)
     batch_size: int = Field(default=128, gt=0)
     shard_size: int = Field(default=50_000, gt=0)
     dtype: Literal["float16", "float32"] = "float16"
     normalize: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    backend: Literal["auto", "torch", "onnx"] = "auto"
 
 
 class TokenizeParams(Section):

@@ -30,13 +30,16 @@ STAGES: dict[str, Stage] = {
     for stage in (
         Stage("download", "Fetch SNLI, STS-B and SICK (hub, mirror or archives) into data/raw."),
         Stage("validate", "Check data/raw against the Great Expectations suites.", (RAW_DIR,)),
+        Stage("precompute", "Encode every distinct sentence with the teacher into data/embeddings.", (RAW_DIR,)),
     )
 }
 
 
-def run_stage(name: str, cfg: Params) -> dict[str, float]:
+def run_stage(name: str, cfg: Params) -> dict[str, float | str]:
+    """Run one stage in its MLflow run: numbers it returns become metrics, strings become tags."""
     stage = STAGES[name]
     with tracking.start(cfg, name, list(stage.inputs)) as run:
-        metrics = stage.module().run(cfg)
-        run.log_metrics(metrics)
-    return metrics
+        results = stage.module().run(cfg)
+        run.log_metrics({key: value for key, value in results.items() if not isinstance(value, str)})
+        run.set_tags({key: value for key, value in results.items() if isinstance(value, str)})
+    return results

@@ -1,0 +1,67 @@
+"""Sentences as the unit of caching: one normalised text, one stable id, wherever it occurs.
+
+SNLI premises repeat about three times and the same sentence can appear in
+several datasets; every stage that keys on a sentence (precomputed teacher
+embeddings, token ids) uses ``sentence_id`` so the teacher sees each text once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from embedforge.data.schema import RAW_DIR, raw_split_path
+from embedforge.errors import DataError
+
+SENTENCE_COLUMNS = ("sentence1", "sentence2")
+READ_BATCH_ROWS = 65_536
+
+
+def normalize_text(text: str) -> str:
+    """NFC, surrounding whitespace stripped, inner runs of whitespace collapsed; case is kept for cased teachers."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def sentence_id(normalized: str) -> str:
+    """128-bit blake2b of the normalised text, as hex: stable across runs, machines and datasets."""
+    return hashlib.blake2b(normalized.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def id_prefix(identifier: str) -> int:
+    """The first 64 bits of an id: enough to count distinct sentences and to partition them."""
+    return int(identifier[:16], 16)
+
+
+def partition_of(identifier: str, partitions: int) -> int:
+    """Which shard a sentence belongs to: a pure function of its id, so every shard can be rebuilt alone."""
+    return id_prefix(identifier) % partitions
+
+
+def split_files(datasets: list[str], splits: list[str], root: Path = RAW_DIR) -> list[Path]:
+    """The raw parquet files of the chosen datasets and splits that exist; at least one must."""
+    files = [raw_split_path(dataset, split, root) for dataset in datasets for split in splits]
+    present = [path for path in files if path.is_file()]
+    if not present:
+        wanted = ", ".join(str(path) for path in files)
+        raise DataError(f"none of the raw splits exist ({wanted}): run `embedforge download` first")
+    return present
+
+
+def iter_sentences(files: list[Path]) -> Iterator[str]:
+    """Every non-empty sentence of ``files``, normalised, streamed in record batches."""
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS, columns=list(SENTENCE_COLUMNS)):
+            for column in batch.columns:
+                for text in column.to_pylist():
+                    if text and (normalized := normalize_text(text)):
+                        yield normalized
+
+
+def id_prefixes(files: list[Path]) -> np.ndarray:
+    """``id_prefix`` of every sentence of ``files``, 8 bytes a sentence."""
+    return np.fromiter((id_prefix(sentence_id(text)) for text in iter_sentences(files)), dtype=np.uint64)

@@ -1,0 +1,169 @@
+"""The teacher-embedding cache on disk: sharded parquet, written atomically, read without loading it all.
+
+Layout of ``data/embeddings/<teacher>/``::
+
+    part-00000.parquet ...   sentence_id, text, embedding (fixed-size list of float16/float32)
+    manifest.json            teacher, dim, dtype, normalised, shards with row counts and sha256
+
+Each shard holds the sentences of one hash partition (see ``sentences.partition_of``)
+sorted by id, and records in its parquet metadata what it was built from, so an
+interrupted run can tell finished shards from stale or foreign ones. The manifest
+is written last: a directory without one is an unfinished cache and is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from embedforge.data.sentences import normalize_text, sentence_id
+from embedforge.errors import UserError
+from embedforge.files import atomic_path
+
+EMBEDDINGS_DIR = Path("data/embeddings")
+MANIFEST_NAME = "manifest.json"
+SHARD_METADATA_KEY = b"embedforge"
+ROW_GROUP_ROWS = 1024
+ARROW_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What a shard was built from; a shard is reusable only if all of it matches."""
+
+    teacher_fingerprint: str
+    dim: int
+    dtype: str
+    normalized: bool
+    partitions: int
+    partition: int
+    content_hash: str
+
+    def encode(self) -> bytes:
+        return json.dumps(self.__dict__, sort_keys=True).encode()
+
+    @classmethod
+    def read(cls, path: Path) -> ShardInfo | None:
+        """The info stored in a shard's parquet footer, or None if the file is not a readable shard."""
+        try:
+            metadata = pq.read_schema(path).metadata or {}
+            return cls(**json.loads(metadata[SHARD_METADATA_KEY]))
+        except (OSError, pa.ArrowException, KeyError, TypeError, ValueError):
+            return None
+
+
+def write_shard(path: Path, ids: list[str], texts: list[str], vectors: np.ndarray, info: ShardInfo) -> int:
+    """Write one shard sorted by sentence id, atomically; return its size in bytes."""
+    order = np.argsort(np.asarray(ids))
+    dtype = ARROW_DTYPES[info.dtype]
+    values = pa.array(vectors[order].astype(info.dtype).reshape(-1), type=dtype)
+    table = pa.table(
+        {
+            "sentence_id": pa.array([ids[i] for i in order], pa.string()),
+            "text": pa.array([texts[i] for i in order], pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(values, info.dim),
+        }
+    ).replace_schema_metadata({SHARD_METADATA_KEY: info.encode()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+    return path.stat().st_size
+
+
+class EmbeddingCache:
+    """Lookup from sentence id or text to its teacher vector, holding only ids and a few row groups in memory.
+
+    The id index costs 24 bytes a sentence; vectors are read from the memory-mapped
+    shards one row group at a time, keeping the ``cached_row_groups`` most recent.
+    """
+
+    def __init__(self, directory: str | Path, cached_row_groups: int = 64):
+        self.directory = Path(directory)
+        manifest_path = self.directory / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise UserError(
+                f"{self.directory}: no finished embedding cache here ({MANIFEST_NAME} missing): "
+                f"run `embedforge precompute`"
+            )
+        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+        self.dim: int = self.manifest["dim"]
+        self.files = [self.directory / shard["file"] for shard in self.manifest["shards"]]
+        self._row_groups: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._cached_row_groups = cached_row_groups
+        self._build_index()
+
+    def _build_index(self) -> None:
+        keys, shards, rows = [], [], []
+        for index, path in enumerate(self.files):
+            ids = pq.read_table(path, columns=["sentence_id"]).column(0).to_numpy(zero_copy_only=False)
+            keys.append(np.array([bytes.fromhex(i) for i in ids], dtype="S16"))
+            shards.append(np.full(len(ids), index, dtype=np.int32))
+            rows.append(np.arange(len(ids), dtype=np.int32))
+        order = np.argsort(np.concatenate(keys)) if keys else np.array([], dtype=np.int64)
+        self._keys = np.concatenate(keys)[order] if keys else np.array([], dtype="S16")
+        self._shard = np.concatenate(shards)[order] if shards else np.array([], dtype=np.int32)
+        self._row = np.concatenate(rows)[order] if rows else np.array([], dtype=np.int32)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, identifier: str) -> bool:
+        return self._positions([identifier], missing_ok=True)[0] >= 0
+
+    def _positions(self, ids: list[str], missing_ok: bool = False) -> np.ndarray:
+        wanted = np.array([bytes.fromhex(i) for i in ids], dtype="S16")
+        positions = np.searchsorted(self._keys, wanted)
+        positions = np.minimum(positions, max(len(self._keys) - 1, 0))
+        found = (self._keys[positions] == wanted) if len(self._keys) else np.zeros(len(ids), dtype=bool)
+        if not missing_ok and not found.all():
+            missing = ids[int(np.argmin(found))]
+            raise KeyError(f"sentence id {missing} is not in the embedding cache {self.directory}")
+        return np.where(found, positions, -1)
+
+    def _row_group(self, shard: int, group: int) -> np.ndarray:
+        key = (shard, group)
+        if key in self._row_groups:
+            self._row_groups.move_to_end(key)
+            return self._row_groups[key]
+        file = pq.ParquetFile(self.files[shard], memory_map=True)
+        column = file.read_row_group(group, columns=["embedding"]).column(0).combine_chunks()
+        vectors = column.values.to_numpy().reshape(-1, self.dim)
+        self._row_groups[key] = vectors
+        if len(self._row_groups) > self._cached_row_groups:
+            self._row_groups.popitem(last=False)
+        return vectors
+
+    def vectors(self, ids: list[str]) -> np.ndarray:
+        """float32 vectors for ``ids``, in order; KeyError names the first id that is not cached."""
+        positions = self._positions(ids)
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        for out_row, position in enumerate(positions):
+            shard, row = int(self._shard[position]), int(self._row[position])
+            out[out_row] = self._row_group(shard, row // ROW_GROUP_ROWS)[row % ROW_GROUP_ROWS]
+        return out
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """The teacher vectors of ``texts`` as the teacher would give them, read from the cache."""
+        return self.vectors([sentence_id(normalize_text(text)) for text in texts])
+
+    def iter_shards(self) -> Iterator[tuple[list[str], np.ndarray]]:
+        """(ids, float32 vectors) shard by shard: the whole cache in bounded memory."""
+        for path in self.files:
+            table = pq.read_table(path, columns=["sentence_id", "embedding"], memory_map=True)
+            vectors = table.column("embedding").combine_chunks().values.to_numpy().reshape(-1, self.dim)
+            yield table.column("sentence_id").to_pylist(), vectors.astype(np.float32)
+
+
+def load(directory: str | Path) -> EmbeddingCache:
+    return EmbeddingCache(directory)

