@@ -135,7 +135,7 @@ def build_tiny_sentence_model(directory: Path, seed: int = 0, hidden_size: int =
     backbone = directory / "backbone"
     BertModel(config).save_pretrained(backbone)
     tokenizer.save_pretrained(backbone)
-    transformer = models.Transformer(str(backbone), max_seq_length=64)
+    transformer = models.Transformer(str(backbone), max_seq_length=128)
     pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
     SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu").save(str(directory / "model"))
     shutil.rmtree(backbone)

@@ -54,6 +54,7 @@ def test_embedforge_run_reproduces_then_skips_and_nests_mlflow_runs(clone):
     assert (repo / "data/raw/snli/train.parquet").is_file()
     assert (repo / "data/validation/results.json").is_file()
     assert (repo / "data/embeddings/all-MiniLM-L6-v2/manifest.json").is_file()
+    assert (repo / "data/tokens/snli/train.parquet").is_file()
     assert (repo / "dvc.lock").is_file()
 
     second = sh("embedforge", "run", cwd=repo, env=env)
@@ -64,8 +65,8 @@ def test_embedforge_run_reproduces_then_skips_and_nests_mlflow_runs(clone):
     experiment = client.get_experiment_by_name("embedforge")
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
     parents = [run for run in runs if run.info.run_name == "pipeline"]
-    children = [run for run in runs if run.info.run_name in ("download", "validate", "precompute")]
-    assert len(parents) == 2 and len(children) == 3, first.stdout
+    children = [run for run in runs if run.info.run_name in ("download", "validate", "precompute", "tokenize")]
+    assert len(parents) == 2 and len(children) == 4, first.stdout
     assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parents[0].info.run_id}
     assert all(run.info.status == "FINISHED" for run in runs)
 
@@ -79,4 +80,4 @@ def test_changing_a_validate_param_reruns_only_validate(clone):
     assert "validate:" in status and "download:" not in status and "precompute:" not in status
     rerun = sh("dvc", "repro", cwd=repo, env=env).stdout
     assert "Running stage 'validate'" in rerun and "Running stage 'download'" not in rerun
-    assert "Stage 'precompute' didn't change" in rerun
+    assert "Stage 'precompute' didn't change" in rerun and "Stage 'tokenize' didn't change" in rerun

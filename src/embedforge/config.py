@@ -99,9 +99,21 @@ class PrecomputeParams(Section):
 
 
 class TokenizeParams(Section):
-    tokenizer: str = "teacher"
-    vocab_size: int = Field(default=30522, gt=0)
+    tokenizer: str = Field(default="teacher", min_length=1)
+    train_vocab: Literal["wordpiece", "bpe"] | None = None
+    vocab_size: int = Field(default=30522, ge=100)
     max_length: int = Field(default=128, ge=8)
+    chunk_overlap: int = Field(default=0, ge=0)
+    datasets: list[DatasetName] = Field(default=["snli", "stsb", "sick"], min_length=1)
+    splits: list[SplitName] = Field(default=["train", "validation"], min_length=1)
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> TokenizeParams:
+        if self.chunk_overlap >= self.max_length - 2:
+            raise ValueError(
+                f"tokenize.chunk_overlap ({self.chunk_overlap}) must be < tokenize.max_length - 2 ({self.max_length - 2})"
+            )
+        return self
 
 
 class ModelParams(Section):

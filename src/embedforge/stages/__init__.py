@@ -31,6 +31,11 @@ STAGES: dict[str, Stage] = {
         Stage("download", "Fetch SNLI, STS-B and SICK (hub, mirror or archives) into data/raw."),
         Stage("validate", "Check data/raw against the Great Expectations suites.", (RAW_DIR,)),
         Stage("precompute", "Encode every distinct sentence with the teacher into data/embeddings.", (RAW_DIR,)),
+        Stage(
+            "tokenize",
+            "Turn every distinct sentence into token ids (chunked to max_length) in data/tokens.",
+            (RAW_DIR,),
+        ),
     )
 }
 

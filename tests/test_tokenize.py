@@ -1,0 +1,93 @@
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from transformers import AutoTokenizer
+
+from embedforge.data.sentences import iter_sentences, sentence_id
+from embedforge.errors import UserError
+from embedforge.stages import tokenize
+
+
+@pytest.fixture
+def prepared(project: Path, validated_data: Path) -> Path:
+    shutil.copytree(validated_data, project / "data")
+    return project
+
+
+@pytest.fixture
+def params(prepared, mirror_params, tiny_teacher):
+    return lambda *overrides: mirror_params(f"precompute.teacher={tiny_teacher}", *overrides)
+
+
+def test_chunk_numbers_count_within_each_sentence():
+    owners = np.array([4, 4, 4, 7, 9, 9])
+    assert tokenize.chunk_numbers(owners).tolist() == [0, 1, 2, 0, 0, 1]
+
+
+def test_teacher_tokenizer_ids_for_every_distinct_sentence(prepared, params, tiny_teacher):
+    results = tokenize.run(params())
+
+    teacher_tokenizer = AutoTokenizer.from_pretrained(str(tiny_teacher))
+    saved = AutoTokenizer.from_pretrained(str(prepared / "data/tokens/tokenizer"))
+    assert saved.get_vocab() == teacher_tokenizer.get_vocab()
+    table = pq.read_table(prepared / "data/tokens/snli/train.parquet").to_pandas()
+    texts = {sentence_id(t): t for t in iter_sentences([prepared / "data/raw/snli/train.parquet"])}
+    assert sorted(table["sentence_id"]) == list(table["sentence_id"]) == sorted(texts)
+    assert (table["chunk"] == 0).all() and results["tokenize.chunked_sentences"] == 0
+    first = table.iloc[0]
+    assert list(first["input_ids"]) == teacher_tokenizer(texts[first["sentence_id"]])["input_ids"]
+    assert (table["length"] == table["input_ids"].map(len)).all()
+    stats = json.loads((prepared / "data/tokens/stats.json").read_text())
+    assert stats["splits"]["stsb/validation"]["sentences"] == results["tokenize.stsb.validation.sentences"]
+    assert not (prepared / "data/tokens/sick/test.parquet").exists()
+
+
+def test_long_texts_become_overlapping_chunks_that_cover_them(prepared, params, tiny_teacher):
+    results = tokenize.run(params("tokenize.max_length=12", "tokenize.chunk_overlap=3"))
+
+    table = pq.read_table(prepared / "data/tokens/stsb/train.parquet").to_pandas()
+    assert table["length"].max() <= 12
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_teacher))
+    texts = {sentence_id(t): t for t in iter_sentences([prepared / "data/raw/stsb/train.parquet"])}
+    long_ones = [i for i, t in texts.items() if len(tokenizer(t)["input_ids"]) > 12]
+    assert results["tokenize.stsb.train.chunked_sentences"] == len(long_ones) > 0
+
+    chunks = table[table["sentence_id"] == long_ones[0]].sort_values("chunk")
+    assert chunks["chunk"].tolist() == list(range(len(chunks)))
+    content = [list(ids[1:-1]) for ids in chunks["input_ids"]]  # without [CLS]/[SEP]
+    rebuilt = content[0] + [token for part in content[1:] for token in part[3:]]
+    assert rebuilt == tokenizer(texts[long_ones[0]], add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_trained_vocabulary(prepared, params, kind):
+    results = tokenize.run(params(f"tokenize.train_vocab={kind}", "tokenize.vocab_size=400"))
+
+    saved = AutoTokenizer.from_pretrained(str(prepared / "data/tokens/tokenizer"))
+    assert results["tokenize.vocab_size"] == len(saved) <= 400
+    ids = pq.read_table(prepared / "data/tokens/sick/validation.parquet").column("input_ids").to_pylist()
+    assert max(max(row) for row in ids) < len(saved)
+    assert all(row[0] == saved.cls_token_id and row[-1] == saved.sep_token_id for row in ids)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("tokenize.max_length=4", "tokenize.max_length: must be >= 8, got 4"),
+        ("tokenize.chunk_overlap=126", "tokenize.chunk_overlap (126) must be < tokenize.max_length - 2 (126)"),
+    ],
+)
+def test_bad_lengths_are_config_errors(params, override, message):
+    with pytest.raises(UserError) as raised:
+        params(override)
+    assert message in str(raised.value)
+
+
+def test_max_length_beyond_the_tokenizer_is_refused(prepared, params):
+    with pytest.raises(UserError, match=r"tokenize.max_length: must be <= the tokenizer's model_max_length"):
+        tokenize.run(params("tokenize.max_length=100000"))
+    assert not (prepared / "data/tokens").exists()
