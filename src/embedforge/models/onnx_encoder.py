@@ -28,15 +28,15 @@ def export_cache_dir() -> Path:
 
 def _pooling_mode(model: Any) -> tuple[str, bool]:
     """(pooling mode, ends with Normalize) of a model we can export, else a UserError saying why not."""
-    from sentence_transformers import models
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
     modules = list(model)
-    normalized = isinstance(modules[-1], models.Normalize)
+    normalized = isinstance(modules[-1], Normalize)
     core = modules[:-1] if normalized else modules
     supported = (
         len(core) == 2
-        and isinstance(core[0], models.Transformer)
-        and isinstance(core[1], models.Pooling)
+        and isinstance(core[0], Transformer)
+        and isinstance(core[1], Pooling)
         and core[1].pooling_mode in ("mean", "cls")
     )
     if not supported:
