@@ -98,6 +98,13 @@ def validated_data(small_mirror: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture
+def prepared(project: Path, validated_data: Path) -> Path:
+    """The project with downloaded, validated data in place, ready for precompute and tokenize."""
+    shutil.copytree(validated_data, project / "data")
+    return project
+
+
+@pytest.fixture
 def mirror_params(project: Path, small_mirror: Path):
     """Build params for a run on the small mirror, with extra ``--set`` overrides."""
 

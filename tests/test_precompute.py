@@ -1,5 +1,4 @@
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +14,6 @@ from embedforge.errors import DataError, UserError
 from embedforge.stages import precompute
 
 SHARD_SIZE = 80
-
-
-@pytest.fixture
-def prepared(project: Path, validated_data: Path) -> Path:
-    shutil.copytree(validated_data, project / "data")
-    return project
 
 
 @pytest.fixture

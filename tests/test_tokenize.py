@@ -1,6 +1,4 @@
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -10,12 +8,6 @@ from transformers import AutoTokenizer
 from embedforge.data.sentences import iter_sentences, sentence_id
 from embedforge.errors import UserError
 from embedforge.stages import tokenize
-
-
-@pytest.fixture
-def prepared(project: Path, validated_data: Path) -> Path:
-    shutil.copytree(validated_data, project / "data")
-    return project
 
 
 @pytest.fixture
