@@ -220,6 +220,7 @@ def test_hub_path_loads_with_datasets_and_decodes_class_labels(project, mirror_p
     assert set(snli["label"]) <= {"entailment", "neutral", "contradiction"}
     manifest = json.loads((project / "data/raw/manifest.json").read_text())
     assert manifest["datasets"]["snli"]["train"]["hub_id"] == str(hub_snli)
+    assert manifest["datasets"]["sick"]["train"]["hub_revision"] == "refs/convert/parquet"
     assert manifest["skipped"]["snli"] == ["test"]
 
 

@@ -36,6 +36,7 @@ class DatasetSource(Section):
 
     hub_id: str = Field(min_length=1)
     hub_config: str | None = None
+    hub_revision: str | None = None
     archive: str | None = None
     splits: list[SplitName] = Field(min_length=1)
 
@@ -50,7 +51,9 @@ class DownloadParams(Section):
     datasets: dict[DatasetName, DatasetSource] = {
         "snli": DatasetSource(hub_id="stanfordnlp/snli", splits=["train", "validation", "test"]),
         "stsb": DatasetSource(hub_id="mteb/stsbenchmark-sts", splits=["train", "validation", "test"]),
-        "sick": DatasetSource(hub_id="RobZamp/sick", splits=["train", "validation", "test"]),
+        "sick": DatasetSource(
+            hub_id="RobZamp/sick", hub_revision="refs/convert/parquet", splits=["train", "validation", "test"]
+        ),
     }
 
     @model_validator(mode="after")

@@ -188,14 +188,19 @@ class HubSource:
             self._check_reachable()
             self._checked = True
         try:
-            loaded = datasets.load_dataset(spec.hub_id, spec.hub_config, split=split)
+            loaded = datasets.load_dataset(spec.hub_id, spec.hub_config, split=split, revision=spec.hub_revision)
         except ValueError as exc:
             if "split" in str(exc).lower():
                 raise SplitNotFound(f"{spec.hub_id}:{split}") from None
             raise DataError(f"hub dataset {spec.hub_id} split {split}: {exc}") from None
         except OSError as exc:
             raise UserError(f"download.datasets.{dataset}.hub_id: cannot load {spec.hub_id!r} ({exc})") from None
-        provenance = {"hub_id": spec.hub_id, "hub_config": spec.hub_config, "hub_fingerprint": loaded._fingerprint}
+        provenance = {
+            "hub_id": spec.hub_id,
+            "hub_config": spec.hub_config,
+            "hub_revision": spec.hub_revision,
+            "hub_fingerprint": loaded._fingerprint,
+        }
         return LoadedSplit(_decode_class_labels(loaded), provenance)
 
 
