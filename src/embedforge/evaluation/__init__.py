@@ -1,0 +1,1 @@
+"""Evaluators: STS correlation, and (with the evaluate stage) separation, retrieval and speed."""
