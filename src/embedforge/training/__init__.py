@@ -1,0 +1,1 @@
+"""Training the student: objectives, learning-rate schedule and the batches it learns from."""

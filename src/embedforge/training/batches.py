@@ -1,0 +1,355 @@
+"""Training pairs as token batches: built from the pre-tokenized sentences, never tokenized on the fly.
+
+An example is (anchor, positive, optional hard negative), all sentence ids. Batches
+are cut from length-sorted buckets so they barely pad, and never hold one sentence
+twice: with in-batch negatives, a repeated sentence would be a false negative.
+Every epoch's batches are a pure function of (seed, epoch), so a resumed run can
+skip exactly the batches it already trained on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from embedforge.data.schema import DATASETS, raw_split_path
+from embedforge.data.sentences import normalize_text, sentence_id
+from embedforge.errors import DataError, UserError
+
+ID_DTYPE = "S32"  # a sentence id is 32 hex characters
+
+
+class TokenStore:
+    """Chunk-0 token ids of every sentence, as one flat int32 array indexed by sorted sentence ids.
+
+    A million sentences cost their tokens plus 44 bytes each, not a Python list apiece.
+    """
+
+    def __init__(self, sorted_ids: np.ndarray, starts: np.ndarray, lengths: np.ndarray, tokens: np.ndarray):
+        self.sorted_ids = sorted_ids
+        self.starts = starts
+        self.lengths = lengths
+        self.tokens = tokens
+
+    @classmethod
+    def load(cls, tokens_dir: Path, files: list[Path]) -> TokenStore:
+        """Read the token files of the splits named by ``files`` (``<dataset>/<split>.parquet``, raw or token paths).
+
+        A sentence found in several splits is kept once: its ids are the same everywhere.
+        """
+        if not files:
+            raise DataError("no splits to read token ids for")
+        ids, starts, lengths, tokens = [], [], [], []
+        offset = 0
+        for path in files:
+            token_file = tokens_dir / path.parent.name / path.name
+            if not token_file.is_file():
+                raise DataError(f"{token_file}: no token ids for this split; run `embedforge tokenize` first")
+            table = pq.read_table(token_file, columns=["sentence_id", "chunk", "input_ids"])
+            table = table.filter(pc.equal(table["chunk"], 0))
+            input_ids = table["input_ids"].combine_chunks()
+            split_lengths = pc.list_value_length(input_ids).to_numpy().astype(np.int32)
+            ids.append(table["sentence_id"].to_numpy().astype(ID_DTYPE))
+            lengths.append(split_lengths)
+            starts.append(offset + np.r_[0, np.cumsum(split_lengths[:-1], dtype=np.int64)])
+            tokens.append(pc.list_flatten(input_ids).to_numpy().astype(np.int32))
+            offset += int(split_lengths.sum())
+        sorted_ids, first = np.unique(np.concatenate(ids), return_index=True)
+        return cls(sorted_ids, np.concatenate(starts)[first], np.concatenate(lengths)[first], np.concatenate(tokens))
+
+    def lookup(self, sentence_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Row of each id (meaningless where absent) and whether it is present, by binary search."""
+        wanted = np.asarray(sentence_ids, dtype=ID_DTYPE)
+        if not len(self.sorted_ids):
+            return np.zeros(len(wanted), np.int64), np.zeros(len(wanted), bool)
+        rows = np.searchsorted(self.sorted_ids, wanted).clip(max=len(self.sorted_ids) - 1)
+        return rows, self.sorted_ids[rows] == wanted
+
+    def rows(self, sentence_ids: Sequence[str]) -> np.ndarray:
+        """Row of each id; a missing id is a data error (its split was not tokenized)."""
+        rows, present = self.lookup(sentence_ids)
+        if not present.all():
+            first = sentence_ids[int(np.argmin(present))]
+            raise DataError(f"sentence {first} has no token ids ({int((~present).sum())} missing): re-run tokenize")
+        return rows
+
+    def ids(self, sentence_id: str) -> np.ndarray:
+        row = self.rows([sentence_id])[0]
+        return self.tokens[self.starts[row] : self.starts[row] + self.lengths[row]]
+
+    def length(self, sentence_id: str) -> int:
+        return int(self.lengths[self.rows([sentence_id])[0]])
+
+    def padded(self, rows: np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask of ``rows``, padded to their longest only."""
+        lengths = self.lengths[rows]
+        mask = np.arange(lengths.max(initial=0)) < lengths[:, None]
+        within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        input_ids = np.full(mask.shape, pad_id, dtype=np.int64)
+        input_ids[mask] = self.tokens[np.repeat(self.starts[rows], lengths) + within]
+        return torch.from_numpy(input_ids), torch.from_numpy(mask.astype(np.int64))
+
+    def __contains__(self, sentence_id: object) -> bool:
+        return isinstance(sentence_id, str) and bool(self.lookup([sentence_id])[1][0])
+
+    def __len__(self) -> int:
+        return len(self.sorted_ids)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training pair by sentence id; ``negative`` is a hard negative of the anchor, when the data has one."""
+
+    anchor: str
+    positive: str
+    negative: str | None
+
+
+def text_ids(texts: pd.Series) -> pd.Series:
+    """The sentence id of every text, hashing each distinct text once (SNLI premises repeat)."""
+    return texts.map({text: sentence_id(normalize_text(text)) for text in texts.unique()})
+
+
+def nli_examples(frame: pd.DataFrame) -> list[Example]:
+    """Entailment pairs, each with a contradiction of the same premise as its hard negative.
+
+    A premise's entailments take its contradictions in turn (both sorted by id), so
+    several contradictions all get used and the choice is deterministic.
+    """
+    pairs = frame[["label"]].assign(anchor=text_ids(frame["sentence1"]), positive=text_ids(frame["sentence2"]))
+    pairs = pairs[pairs["anchor"] != pairs["positive"]].drop_duplicates()
+    contradictions = (
+        pairs[pairs["label"] == "contradiction"].sort_values("positive").groupby("anchor")["positive"].agg(list)
+    )
+    entailments = pairs[pairs["label"] == "entailment"].sort_values(["anchor", "positive"])
+    examples = []
+    for turn, anchor, positive in zip(
+        entailments.groupby("anchor").cumcount(), entailments["anchor"], entailments["positive"], strict=True
+    ):
+        negatives = [n for n in contradictions.get(anchor, []) if n != positive]
+        examples.append(Example(anchor, positive, negatives[turn % len(negatives)] if negatives else None))
+    return examples
+
+
+def score_examples(frame: pd.DataFrame, min_score: float) -> list[Example]:
+    """Pairs scored at least ``min_score``, as positives without a hard negative."""
+    similar = frame[frame["score"] >= min_score]
+    return [
+        Example(anchor, positive, None)
+        for anchor, positive in zip(text_ids(similar["sentence1"]), text_ids(similar["sentence2"]), strict=True)
+        if anchor != positive
+    ]
+
+
+def build_examples(raw_dir: Path, datasets: list[str], split: str, stsb_min_score: float) -> list[Example]:
+    """The training examples of ``split``: NLI datasets give entailment pairs, scored ones pairs above the threshold.
+
+    Duplicates are kept once; the order is sorted, so it does not depend on the files' row order.
+    """
+    examples: set[Example] = set()
+    for dataset in datasets:
+        if dataset not in DATASETS:
+            raise UserError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+        path = raw_split_path(dataset, split, raw_dir)
+        if not path.is_file():
+            raise DataError(f"{path}: missing; run `embedforge download` first")
+        frame = pd.read_parquet(path, columns=["sentence1", "sentence2", "label", "score"])
+        if DATASETS[dataset].labels:
+            examples.update(nli_examples(frame))
+        else:
+            examples.update(score_examples(frame, stsb_min_score))
+    return sorted(examples, key=lambda e: (e.anchor, e.positive, e.negative or ""))
+
+
+@dataclass
+class TokenBatch:
+    input_ids: torch.Tensor  # [B, L] int64, L = the batch's longest sequence
+    attention_mask: torch.Tensor  # [B, L] int64, 1 on tokens, 0 on padding
+    sentence_ids: list[str]
+
+
+@dataclass
+class PairBatch:
+    """Anchors and their positives row by row; ``negatives`` are extra candidates for every anchor, not aligned."""
+
+    anchors: TokenBatch
+    positives: TokenBatch
+    negatives: TokenBatch | None
+
+    @property
+    def parts(self) -> list[TokenBatch]:
+        return [self.anchors, self.positives] + ([self.negatives] if self.negatives else [])
+
+    @property
+    def sentence_ids(self) -> list[str]:
+        return [identifier for part in self.parts for identifier in part.sentence_ids]
+
+    @property
+    def num_tokens(self) -> int:
+        """Non-pad tokens: the work the model really does."""
+        return sum(int(part.attention_mask.sum()) for part in self.parts)
+
+    @property
+    def num_pairs(self) -> int:
+        return len(self.anchors.sentence_ids)
+
+
+class LengthBucketedBatches:
+    """Each epoch: shuffle, sort buckets of ``bucket_batches`` batches by length, fill batches, shuffle batches.
+
+    Sorting within a bucket keeps padding low while the bucket still mixes the data.
+    A batch never holds a sentence twice (anchors, positives and negatives together):
+    an example that would repeat one waits for the next batch. Every batch but the
+    last is full, so an epoch always has ``ceil(examples / batch_size)`` batches; when
+    one sentence is shared by about as many examples as there are batches, that may be
+    impossible and the epoch raises a DataError rather than repeat or drop anything.
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        store: TokenStore,
+        batch_size: int,
+        pad_id: int,
+        seed: int,
+        bucket_batches: int = 50,
+    ):
+        if batch_size < 1 or bucket_batches < 1:
+            raise ValueError(f"batch_size and bucket_batches must be >= 1, got {batch_size} and {bucket_batches}")
+        self.examples = list(examples)
+        self.store = store
+        self.batch_size = batch_size
+        self.pad_id = pad_id
+        self.seed = seed
+        self.bucket_size = batch_size * bucket_batches
+        self.anchor_rows = store.rows([e.anchor for e in self.examples])
+        self.positive_rows = store.rows([e.positive for e in self.examples])
+        self.negative_rows = np.full(len(self.examples), -1, dtype=np.int64)
+        with_negative = [i for i, e in enumerate(self.examples) if e.negative is not None]
+        self.negative_rows[with_negative] = store.rows([self.examples[i].negative for i in with_negative])
+        self.pair_lengths = store.lengths[self.anchor_rows] + store.lengths[self.positive_rows]
+        self.sentences = [
+            (a, p) if n < 0 else (a, p, n)
+            for a, p, n in zip(
+                self.anchor_rows.tolist(), self.positive_rows.tolist(), self.negative_rows.tolist(), strict=True
+            )
+        ]
+        self.num_batches = math.ceil(len(self.examples) / batch_size)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def plan(self, epoch: int) -> list[list[int]]:
+        """The example indices of every batch of ``epoch``, in training order."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.examples))
+        bucket = np.arange(len(order)) // self.bucket_size
+        stream = order[np.lexsort((self.pair_lengths[order], bucket))]
+        batches = self.fill(stream.tolist())
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def fill(self, stream: list[int]) -> list[list[int]]:
+        """Cut ``stream`` into full batches without a repeated sentence, carrying colliding examples forward."""
+        batches: list[list[int]] = []
+        current: list[int] = []
+        taken: set[int] = set()
+        waiting: deque[int] = deque()
+
+        def add(index: int) -> None:
+            current.append(index)
+            taken.update(self.sentences[index])
+
+        def close() -> None:
+            batches.append(current.copy())
+            current.clear()
+            taken.clear()
+
+        def take_waiting() -> None:
+            while waiting:
+                for _ in range(len(waiting)):
+                    index = waiting.popleft()
+                    if len(current) < self.batch_size and taken.isdisjoint(self.sentences[index]):
+                        add(index)
+                    else:
+                        waiting.append(index)
+                if len(current) < self.batch_size:
+                    return
+                close()
+
+        for index in stream:
+            if taken.isdisjoint(self.sentences[index]):
+                add(index)
+            else:
+                waiting.append(index)
+            if len(current) == self.batch_size:
+                close()
+                take_waiting()
+        for index in waiting:  # each collides with the open last batch: trade places with an earlier batch
+            if len(current) == self.batch_size:
+                close()
+            if taken.isdisjoint(self.sentences[index]):
+                add(index)
+            else:
+                add(self.swap_into(batches, index, taken))
+        if current:
+            batches.append(current)
+        return batches
+
+    def swap_into(self, batches: list[list[int]], index: int, taken: set[int]) -> int:
+        """Put ``index`` into an earlier batch in place of an example that fits the open batch; return that one."""
+        mine = set(self.sentences[index])
+        for batch in reversed(batches):
+            clashes = [other for other in batch if not mine.isdisjoint(self.sentences[other])]
+            if len(clashes) > 1:
+                continue
+            for other in clashes or batch:
+                if taken.isdisjoint(self.sentences[other]):
+                    batch[batch.index(other)] = index
+                    return other
+        raise DataError(
+            f"cannot place {self.examples[index]} in a batch of {self.batch_size} without repeating a sentence: "
+            "too many examples share one sentence; lower the batch size"
+        )
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[PairBatch]:
+        """The batches of ``epoch``; ``skip`` drops the first ones unbuilt, to resume mid-epoch exactly."""
+        for indices in self.plan(epoch)[skip:]:
+            yield self.build(indices)
+
+    def build(self, indices: list[int]) -> PairBatch:
+        chosen = np.asarray(indices)
+        negatives = chosen[self.negative_rows[chosen] >= 0]
+        return PairBatch(
+            anchors=self.token_batch(self.anchor_rows[chosen], [self.examples[i].anchor for i in indices]),
+            positives=self.token_batch(self.positive_rows[chosen], [self.examples[i].positive for i in indices]),
+            negatives=(
+                self.token_batch(self.negative_rows[negatives], [self.examples[i].negative for i in negatives])
+                if len(negatives)
+                else None
+            ),
+        )
+
+    def token_batch(self, rows: np.ndarray, sentence_ids: list[str]) -> TokenBatch:
+        input_ids, attention_mask = self.store.padded(rows, self.pad_id)
+        return TokenBatch(input_ids, attention_mask, sentence_ids)
+
+    def padding_ratio(self, epoch: int = 0) -> float:
+        """Share of pad tokens over all of ``epoch``'s tensors, computed without building them."""
+        padded = real = 0
+        for indices in self.plan(epoch):
+            chosen = np.asarray(indices)
+            negatives = self.negative_rows[chosen]
+            for rows in (self.anchor_rows[chosen], self.positive_rows[chosen], negatives[negatives >= 0]):
+                lengths = self.store.lengths[rows]
+                padded += len(lengths) * int(lengths.max(initial=0))
+                real += int(lengths.sum())
+        return 1.0 - real / padded if padded else 0.0

@@ -1,0 +1,221 @@
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from transformers import AutoTokenizer
+
+from embedforge.data.sentences import normalize_text, sentence_id
+from embedforge.errors import DataError
+from embedforge.stages import download, tokenize
+from embedforge.training.batches import Example, LengthBucketedBatches, TokenStore, build_examples
+
+PAD = 0
+
+
+def sid(text: str) -> str:
+    return sentence_id(normalize_text(text))
+
+
+def write_token_file(path: Path, tokens: dict[str, list[int]]) -> None:
+    """A token file like tokenize's: one chunk-0 row per sentence, sorted by id."""
+    ids = sorted(tokens)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(
+        pa.table(
+            {
+                "sentence_id": ids,
+                "chunk": np.zeros(len(ids), np.int16),
+                "input_ids": pa.array([tokens[i] for i in ids], pa.list_(pa.int32())),
+                "length": np.array([len(tokens[i]) for i in ids], np.int32),
+            },
+            schema=tokenize.TOKEN_SCHEMA,
+        ),
+        path,
+    )
+
+
+def synthetic_store(tmp_path: Path, lengths: list[int]) -> tuple[TokenStore, list[str]]:
+    """Sentence i has ``lengths[i]`` tokens, all equal to i + 1 (never the pad id)."""
+    ids = [sid(f"sentence {i}") for i in range(len(lengths))]
+    write_token_file(
+        tmp_path / "synthetic/train.parquet", {s: [i + 1] * n for i, (s, n) in enumerate(zip(ids, lengths))}
+    )
+    return TokenStore.load(tmp_path, [Path("synthetic/train.parquet")]), ids
+
+
+@pytest.fixture
+def nli_like(tmp_path):
+    """200 premises of 6 to 60 tokens with 4 entailments and 2 contradictions each, hypotheses about half as long."""
+    rng = np.random.default_rng(0)
+    premises, hypotheses = 200, 6
+    premise_lengths = rng.integers(6, 61, premises)
+    hypothesis_lengths = np.repeat(premise_lengths // 2, hypotheses) + rng.integers(0, 5, premises * hypotheses)
+    store, ids = synthetic_store(tmp_path, np.r_[premise_lengths, hypothesis_lengths].tolist())
+    examples = []
+    for p in range(premises):
+        anchor, own = ids[p], ids[premises + p * hypotheses : premises + (p + 1) * hypotheses]
+        examples += [Example(anchor, own[h], own[4 + h % 2]) for h in range(4)]
+    return store, examples
+
+
+@pytest.fixture
+def tokenized(prepared, mirror_params, tiny_teacher):
+    tokenize.run(mirror_params(f"precompute.teacher={tiny_teacher}"))
+    return prepared
+
+
+def test_examples_follow_the_raw_pairs(tokenized):
+    raw = tokenized / "data/raw"
+    snli = pd.read_parquet(raw / "snli/train.parquet").assign(
+        anchor=lambda f: f["sentence1"].map(sid), positive=lambda f: f["sentence2"].map(sid)
+    )
+    examples = build_examples(raw, ["snli"], "train", stsb_min_score=4.0)
+
+    entailed = snli[(snli["label"] == "entailment") & (snli["anchor"] != snli["positive"])]
+    assert len(examples) == len(entailed[["anchor", "positive"]].drop_duplicates()) > 0
+    assert examples == sorted(examples, key=lambda e: (e.anchor, e.positive, e.negative or ""))
+    contradictions = set(zip(snli.loc[snli["label"] == "contradiction", "anchor"], snli["positive"]))
+    with_negative = [e for e in examples if e.negative]
+    assert all((e.anchor, e.negative) in contradictions for e in with_negative)
+    premises_with_contradiction = {anchor for anchor, _ in contradictions}
+    assert all(e.negative for e in examples if e.anchor in premises_with_contradiction)
+
+    stsb = pd.read_parquet(raw / "stsb/train.parquet")
+    similar = build_examples(raw, ["stsb"], "train", stsb_min_score=4.0)
+    high = {(sid(a), sid(b)) for a, b, s in zip(stsb["sentence1"], stsb["sentence2"], stsb["score"]) if s >= 4.0}
+    assert {(e.anchor, e.positive) for e in similar} == high and all(e.negative is None for e in similar)
+    both = build_examples(raw, ["snli", "stsb"], "train", stsb_min_score=4.0)
+    assert sorted(both, key=str) == sorted(examples + similar, key=str)
+
+
+def test_hard_negatives_are_contradictions_of_the_same_premise_taken_in_turn(tmp_path):
+    rows = [
+        ("A man plays.", "A person plays.", "entailment"),
+        ("A man plays.", "Someone  is playing.", "entailment"),
+        ("A man plays.", "A human plays music.", "entailment"),
+        ("A man plays.", "A woman sleeps.", "contradiction"),
+        ("A man plays.", "Nobody plays.", "contradiction"),
+        ("A man plays.", "A man is tall.", "neutral"),
+        ("A dog runs.", "An animal runs.", "entailment"),
+        ("A dog runs.", " A  dog runs. ", "entailment"),  # the same sentence once normalised
+        ("A cat sits.", "A dog runs.", "contradiction"),
+    ]
+    frame = pd.DataFrame(rows, columns=["sentence1", "sentence2", "label"]).assign(
+        pair_id=lambda f: f.index.astype(str), score=None, genre=None
+    )
+    download.write_split(frame, tmp_path / "snli/train.parquet")
+
+    examples = build_examples(tmp_path, ["snli"], "train", stsb_min_score=4.0)
+
+    man = sorted(sid(t) for t in ("A person plays.", "Someone is playing.", "A human plays music."))
+    turns = sorted(sid(t) for t in ("A woman sleeps.", "Nobody plays."))
+    expected = [Example(sid("A man plays."), positive, turns[i % 2]) for i, positive in enumerate(man)]
+    expected.append(Example(sid("A dog runs."), sid("An animal runs."), None))
+    assert examples == sorted(expected, key=lambda e: (e.anchor, e.positive))
+
+
+def test_token_store_returns_the_tokenizer_ids(tokenized):
+    raw = tokenized / "data/raw"
+    store = TokenStore.load(tokenized / "data/tokens", [raw / "snli/train.parquet", raw / "stsb/train.parquet"])
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenized / "data/tokens/tokenizer"))
+    text = normalize_text(pd.read_parquet(raw / "stsb/train.parquet")["sentence2"].iloc[3])
+
+    expected = tokenizer(text)["input_ids"]
+    assert store.ids(sid(text)).tolist() == expected and store.length(sid(text)) == len(expected)
+    assert sid(text) in store and "0" * 32 not in store
+    distinct = pq.read_table(tokenized / "data/tokens/snli/train.parquet").column("sentence_id").to_pylist()
+    assert len(store) >= len(set(distinct))
+    with pytest.raises(DataError, match="no token ids"):
+        store.rows(["0" * 32])
+    with pytest.raises(DataError, match="run `embedforge tokenize` first"):
+        TokenStore.load(tokenized / "data/tokens", [raw / "snli/missing.parquet"])
+
+    examples = build_examples(raw, ["snli", "stsb", "sick"], "train", stsb_min_score=4.0)
+    full = TokenStore.load(tokenized / "data/tokens", [raw / f"{d}/train.parquet" for d in ("snli", "stsb", "sick")])
+    batches = LengthBucketedBatches(examples, full, batch_size=8, pad_id=tokenizer.pad_token_id, seed=1)
+    first = next(batches.epoch(0))
+    assert (
+        first.anchors.input_ids[0, : first.anchors.attention_mask[0].sum()].tolist()
+        == full.ids(first.anchors.sentence_ids[0]).tolist()
+    )
+
+
+def test_every_example_once_per_epoch_and_no_sentence_twice_in_a_batch(nli_like):
+    store, examples = nli_like
+    batches = LengthBucketedBatches(examples, store, batch_size=32, pad_id=PAD, seed=3, bucket_batches=4)
+
+    for epoch in range(3):
+        seen = []
+        produced = list(batches.epoch(epoch))
+        assert len(produced) == len(batches) == math.ceil(len(examples) / 32)
+        for batch in produced:
+            assert len(batch.sentence_ids) == len(set(batch.sentence_ids))
+            seen += [(a, p) for a, p in zip(batch.anchors.sentence_ids, batch.positives.sentence_ids, strict=True)]
+            assert batch.negatives is not None and batch.num_pairs == len(batch.positives.sentence_ids)
+        assert sorted(seen) == sorted((e.anchor, e.positive) for e in examples)
+        assert all(size == 32 for size in sorted(b.num_pairs for b in produced)[1:])
+
+
+def test_heavily_shared_sentences_are_carried_not_dropped(tmp_path):
+    store, ids = synthetic_store(tmp_path, [5] * 60)
+    # 24 examples, 4 a batch: sentence 0 is in 6 examples and sentence 1 in 5, so nearly every batch needs one of each
+    examples = [Example(ids[0], ids[2 + i], None) for i in range(5)]
+    examples += [Example(ids[10 + i], ids[1], ids[20 + i]) for i in range(5)]
+    examples += [Example(ids[30 + i], ids[45 + i], None) for i in range(13)] + [Example(ids[44], ids[59], ids[0])]
+    batches = LengthBucketedBatches(examples, store, batch_size=4, pad_id=PAD, seed=0)
+
+    for epoch in range(50):
+        produced = list(batches.epoch(epoch))
+        assert len(produced) == len(batches)
+        assert sorted(i for b in produced for i in b.anchors.sentence_ids) == sorted(e.anchor for e in examples)
+        assert all(len(b.sentence_ids) == len(set(b.sentence_ids)) for b in produced)
+
+    crowded = [Example(ids[0], ids[2 + i], None) for i in range(5)]
+    with pytest.raises(DataError, match="without repeating a sentence"):
+        list(LengthBucketedBatches(crowded, store, batch_size=2, pad_id=PAD, seed=0).epoch(0))
+
+
+def test_batches_pad_to_their_longest_with_the_pad_id(nli_like):
+    store, examples = nli_like
+    batches = LengthBucketedBatches(examples, store, batch_size=16, pad_id=-7, seed=0)
+
+    for batch in batches.epoch(0):
+        for part in (batch.anchors, batch.positives, batch.negatives):
+            lengths = [store.length(s) for s in part.sentence_ids]
+            assert part.input_ids.shape == (len(lengths), max(lengths))
+            assert part.attention_mask.sum(dim=1).tolist() == lengths
+            assert ((part.input_ids == -7) == (part.attention_mask == 0)).all()
+        assert batch.num_tokens == sum(store.length(s) for s in batch.sentence_ids)
+
+
+def test_epochs_are_reproducible_and_resumable(nli_like):
+    store, examples = nli_like
+
+    def make():
+        return LengthBucketedBatches(examples, store, batch_size=16, pad_id=PAD, seed=11)
+
+    def order(batches):
+        return [b.sentence_ids for b in batches]
+
+    first, again = make(), make()
+    assert order(first.epoch(2)) == order(again.epoch(2))
+    assert order(first.epoch(2)) != order(first.epoch(3))
+    assert order(first.epoch(2, skip=7)) == order(list(first.epoch(2))[7:])
+    tensors = zip(first.epoch(1), again.epoch(1), strict=True)
+    assert all((a.positives.input_ids == b.positives.input_ids).all() for a, b in tensors)
+
+
+def test_bucketing_pads_far_less_than_random_order(nli_like):
+    store, examples = nli_like
+    bucketed = LengthBucketedBatches(examples, store, batch_size=16, pad_id=PAD, seed=0, bucket_batches=50)
+    random_order = LengthBucketedBatches(examples, store, batch_size=16, pad_id=PAD, seed=0, bucket_batches=1)
+
+    assert bucketed.padding_ratio(0) < 0.5 * random_order.padding_ratio(0)
+    built = list(bucketed.epoch(0))
+    real = sum(b.num_tokens for b in built)
+    total = sum(p.attention_mask.numel() for b in built for p in b.parts)
+    assert bucketed.padding_ratio(0) == pytest.approx(1 - real / total)
