@@ -72,29 +72,45 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_mlflow_db: Pa
     return tmp_path
 
 
-@pytest.fixture(scope="session")
-def validated_data(small_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """data/ after a real download (60 rows a split) and a passing validation, made once per session."""
-    from embedforge.stages import download, validate
+def run_stages_in(root: Path, stages: list[str], overrides: list[str]) -> Path:
+    """Run ``stages`` in ``root`` on the repository's params plus ``overrides``, untracked; return root/data."""
+    import importlib
 
-    root = tmp_path_factory.mktemp("validated")
     previous = Path.cwd()
     os.chdir(root)
     try:
-        cfg = load_params(
-            REPO_ROOT / "params.yaml",
-            [
-                "download.source=mirror",
-                f"download.mirror={small_mirror}",
-                "download.limit=60",
-                "tracking.enabled=false",
-            ],
-        )
-        download.run(cfg)
-        validate.run(cfg)
+        cfg = load_params(REPO_ROOT / "params.yaml", [*overrides, "tracking.enabled=false"])
+        for stage in stages:
+            importlib.import_module(f"embedforge.stages.{stage}").run(cfg)
     finally:
         os.chdir(previous)
     return root / "data"
+
+
+@pytest.fixture(scope="session")
+def validated_data(small_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data/ after a real download (60 rows a split) and a passing validation, made once per session."""
+    return run_stages_in(
+        tmp_path_factory.mktemp("validated"),
+        ["download", "validate"],
+        ["download.source=mirror", f"download.mirror={small_mirror}", "download.limit=60"],
+    )
+
+
+@pytest.fixture(scope="session")
+def train_ready_data(small_mirror: Path, tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data/ with every stage before train done on the whole small mirror, the tiny teacher as teacher."""
+    return run_stages_in(
+        tmp_path_factory.mktemp("train_ready"),
+        ["download", "validate", "precompute", "tokenize"],
+        [
+            "download.source=mirror",
+            f"download.mirror={small_mirror}",
+            "download.limit=null",
+            f"precompute.teacher={tiny_teacher}",
+            "precompute.backend=torch",
+        ],
+    )
 
 
 @pytest.fixture

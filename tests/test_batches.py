@@ -155,9 +155,9 @@ def test_every_example_once_per_epoch_and_no_sentence_twice_in_a_batch(nli_like)
         for batch in produced:
             assert len(batch.sentence_ids) == len(set(batch.sentence_ids))
             seen += [(a, p) for a, p in zip(batch.anchors.sentence_ids, batch.positives.sentence_ids, strict=True)]
-            assert batch.negatives is not None and batch.num_pairs == len(batch.positives.sentence_ids)
+            assert batch.negatives is not None and batch.num_examples == len(batch.positives.sentence_ids)
         assert sorted(seen) == sorted((e.anchor, e.positive) for e in examples)
-        assert all(size == 32 for size in sorted(b.num_pairs for b in produced)[1:])
+        assert all(size == 32 for size in sorted(b.num_examples for b in produced)[1:])
 
 
 def test_heavily_shared_sentences_are_carried_not_dropped(tmp_path):
@@ -219,3 +219,17 @@ def test_bucketing_pads_far_less_than_random_order(nli_like):
     real = sum(b.num_tokens for b in built)
     total = sum(p.attention_mask.numel() for b in built for p in b.parts)
     assert bucketed.padding_ratio(0) == pytest.approx(1 - real / total)
+
+
+def test_lone_sentences_batch_as_anchors_only_and_carry_their_store_rows(tmp_path):
+    store, ids = synthetic_store(tmp_path, [3, 9, 4, 7, 5, 6, 8, 2])
+    lone = [Example(identifier, None, None) for identifier in ids]
+    batches = LengthBucketedBatches(lone, store, batch_size=3, pad_id=PAD, seed=0)
+
+    produced = list(batches.epoch(0))
+    assert all(b.positives is None and b.negatives is None and b.parts == [b.anchors] for b in produced)
+    assert sorted(i for b in produced for i in b.anchors.sentence_ids) == sorted(ids)
+    for batch in produced:
+        assert batch.anchors.rows.tolist() == store.rows(batch.anchors.sentence_ids).tolist()
+    with pytest.raises(ValueError, match="not a mix"):
+        LengthBucketedBatches(lone + [Example(ids[0], ids[1], None)], store, batch_size=3, pad_id=PAD, seed=0)

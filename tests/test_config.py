@@ -35,11 +35,16 @@ def test_set_overrides_beat_file_and_environment(tmp_path, monkeypatch):
     [
         ({"download": {"limti": 5}}, [], "download.limti: unknown key"),
         ({"download": {"limit": -5}}, [], "download.limit: must be > 0, got -5"),
-        ({}, ["train.batch_size=-3"], "train.batch_size: must be > 0, got -3"),
+        ({}, ["train.batch_size=-3"], "train.batch_size: must be >= 2, got -3"),
         ({}, ["train.batch_size=abc"], "train.batch_size: input should be a valid integer"),
         ({"preset": "huge"}, [], "preset: must be one of development, research, production, got 'huge'"),
         ({"download": {"source": "mirror"}}, [], "download.mirror is empty"),
         ({"model": {"hidden_size": 100, "num_heads": 12}}, [], "model.hidden_size (100) must be divisible"),
+        ({}, ["tokenize.max_length=7"], "tokenize.max_length: must be >= 8, got 7"),
+        ({}, ["tokenize.max_length=600"], "tokenize.max_length (600) must be <= model.max_positions (512)"),
+        ({}, ["train.objectives.infonce=0"], "must give at least one objective a weight > 0"),
+        ({}, ["train.grad_accum_steps=100"], "train.grad_accum_steps (100) must be <= train.batch_size (64)"),
+        ({}, ["train.early_stopping.monitor=loss"], "train.early_stopping.monitor: input should be"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, tree, overrides, expected):

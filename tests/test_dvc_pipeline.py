@@ -55,7 +55,10 @@ def test_embedforge_run_reproduces_then_skips_and_nests_mlflow_runs(clone):
     assert (repo / "data/validation/results.json").is_file()
     assert (repo / "data/embeddings/all-MiniLM-L6-v2/manifest.json").is_file()
     assert (repo / "data/tokens/snli/train.parquet").is_file()
+    assert (repo / "models/student/modules.json").is_file() and (repo / "checkpoints/best").is_dir()
     assert (repo / "dvc.lock").is_file()
+    metrics = sh("dvc", "metrics", "show", "--json", cwd=repo, env=env).stdout
+    assert "sts_spearman" in metrics and "examples_per_s" in metrics
 
     second = sh("embedforge", "run", cwd=repo, env=env)
     assert "didn't change, skipping" in second.stdout or "up to date" in second.stdout
@@ -65,8 +68,9 @@ def test_embedforge_run_reproduces_then_skips_and_nests_mlflow_runs(clone):
     experiment = client.get_experiment_by_name("embedforge")
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
     parents = [run for run in runs if run.info.run_name == "pipeline"]
-    children = [run for run in runs if run.info.run_name in ("download", "validate", "precompute", "tokenize")]
-    assert len(parents) == 2 and len(children) == 4, first.stdout
+    stages = ("download", "validate", "precompute", "tokenize", "train")
+    children = [run for run in runs if run.info.run_name in stages]
+    assert len(parents) == 2 and len(children) == len(stages), first.stdout
     assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parents[0].info.run_id}
     assert all(run.info.status == "FINISHED" for run in runs)
 
@@ -81,3 +85,4 @@ def test_changing_a_validate_param_reruns_only_validate(clone):
     rerun = sh("dvc", "repro", cwd=repo, env=env).stdout
     assert "Running stage 'validate'" in rerun and "Running stage 'download'" not in rerun
     assert "Stage 'precompute' didn't change" in rerun and "Stage 'tokenize' didn't change" in rerun
+    assert "Stage 'train' didn't change" in rerun

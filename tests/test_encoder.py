@@ -203,4 +203,5 @@ def test_memory_estimate_is_linear_in_batch_size_and_counts_adamw_state(copied):
 
 def test_every_model_kind_has_a_family():
     assert set(MODEL_FAMILIES) == set(get_args(ModelParams.model_fields["kind"].annotation))
-    assert MODEL_FAMILIES["encoder"] is build_encoder
+    assert MODEL_FAMILIES["encoder"].build is build_encoder
+    assert MODEL_FAMILIES["encoder"].estimate_memory is estimate_memory_bytes

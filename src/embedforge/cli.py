@@ -63,6 +63,8 @@ def main(
     overrides: SetOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
+    if not verbose:  # per-file progress bars of every model load and save drown the stage's own log
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("embedforge").setLevel(logging.DEBUG if verbose else logging.INFO)
     ctx.obj = (params or Path("params.yaml"), overrides or [])

@@ -153,11 +153,63 @@ class ModelParams(Section):
         return self
 
 
+class EarlyStoppingParams(Section):
+    monitor: Literal["sts_spearman", "val_loss"] = "sts_spearman"
+    patience: int = Field(default=2, ge=1)
+    min_delta: float = Field(default=0.001, ge=0)
+
+
+class ResumeWarmupParams(Section):
+    """After a resume, the learning rate ramps from ``start`` x to 1 x over ``epochs`` epochs."""
+
+    enabled: bool = True
+    epochs: float = Field(default=3.0, gt=0)
+    start: float = Field(default=0.2, gt=0, le=1)
+
+
 class TrainParams(Section):
     epochs: int = Field(default=3, gt=0)
-    batch_size: int = Field(default=64, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)
+    max_minutes: float | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=64, ge=2)
+    grad_accum_steps: int = Field(default=1, ge=1)
     lr: float = Field(default=5e-5, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    lr_floor: float = Field(default=0.0, ge=0, le=1)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    objectives: dict[Literal["infonce", "distill"], Annotated[float, Field(ge=0)]] = {"infonce": 1.0, "distill": 0.0}
+    temperature: float = Field(default=0.05, gt=0)
+    distill_loss: Literal["mse", "cosine"] = "mse"
+    datasets: list[DatasetName] = Field(default=["snli", "stsb"], min_length=1)
+    stsb_min_score: float = Field(default=4.0, ge=0, le=5)
+    validation_split: SplitName = "validation"
+    sts_validation: str | None = "stsb/validation"
+    early_stopping: EarlyStoppingParams = EarlyStoppingParams()
+    resume: bool = False
+    resume_warmup: ResumeWarmupParams = ResumeWarmupParams()
+    checkpoint_every_steps: int = Field(default=200, gt=0)
+    log_every_steps: int = Field(default=10, gt=0)
+    bucket_batches: int = Field(default=50, ge=1)
+    loader_workers: int = Field(default=1, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+    @model_validator(mode="after")
+    def _some_objective(self) -> TrainParams:
+        if not any(weight > 0 for weight in self.objectives.values()):
+            raise ValueError(f"train.objectives ({self.objectives}) must give at least one objective a weight > 0")
+        if self.grad_accum_steps > self.batch_size:
+            raise ValueError(
+                f"train.grad_accum_steps ({self.grad_accum_steps}) must be <= train.batch_size ({self.batch_size}): "
+                f"each micro-batch needs an example"
+            )
+        return self
+
+    @property
+    def uses_pairs(self) -> bool:
+        """InfoNCE trains on pairs; distillation alone trains on every distinct sentence."""
+        return self.objectives.get("infonce", 0) > 0
 
 
 class EvaluateParams(Section):
@@ -191,6 +243,15 @@ class Params(Section):
     tracking: TrackingParams = TrackingParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+
+    @model_validator(mode="after")
+    def _max_length_fits_the_model(self) -> Params:
+        if self.tokenize.max_length > self.model.max_positions:
+            raise ValueError(
+                f"tokenize.max_length ({self.tokenize.max_length}) must be <= model.max_positions "
+                f"({self.model.max_positions}): the student has no position embedding beyond it"
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved params as params.yaml would spell them."""

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,6 +106,29 @@ class StageRun:
     def set_tags(self, tags: dict[str, str]) -> None:
         if self._mlflow:
             self._mlflow.set_tags(tags)
+
+    def log_sentence_transformer(self, model: Any, name: str) -> None:
+        """The model in MLflow's sentence-transformers flavour, loadable with ``mlflow.sentence_transformers``.
+
+        The requirements are the installed versions, given rather than inferred: inference
+        re-imports the model in a subprocess, which takes longer than the logging itself.
+        """
+        if not self._mlflow:
+            return
+        from importlib.metadata import version
+
+        import mlflow.sentence_transformers
+
+        requirements = [
+            f"{package}=={version(package)}" for package in ("sentence-transformers", "torch", "transformers")
+        ]
+        mlflow.sentence_transformers.log_model(model, name=name, pip_requirements=requirements)
+
+
+def current() -> StageRun:
+    """The active run as a StageRun (a no-op one when tracking is off): what a stage logs steps through."""
+    mlflow = sys.modules.get("mlflow")
+    return StageRun(mlflow if mlflow is not None and mlflow.active_run() is not None else None)
 
 
 @contextmanager

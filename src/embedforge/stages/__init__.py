@@ -36,6 +36,11 @@ STAGES: dict[str, Stage] = {
             "Turn every distinct sentence into token ids (chunked to max_length) in data/tokens.",
             (RAW_DIR,),
         ),
+        Stage(
+            "train",
+            "Train the student on data/tokens (and the teacher's vectors); save models/student and checkpoints.",
+            (RAW_DIR, Path("data/tokens"), Path("data/embeddings")),
+        ),
     )
 }
 

@@ -107,10 +107,13 @@ class TokenStore:
 
 @dataclass(frozen=True)
 class Example:
-    """One training pair by sentence id; ``negative`` is a hard negative of the anchor, when the data has one."""
+    """One training pair by sentence id; ``negative`` is a hard negative of the anchor, when the data has one.
+
+    A lone sentence (``positive`` None) is an example for distillation, which needs no pairs.
+    """
 
     anchor: str
-    positive: str
+    positive: str | None
     negative: str | None
 
 
@@ -170,24 +173,40 @@ def build_examples(raw_dir: Path, datasets: list[str], split: str, stsb_min_scor
     return sorted(examples, key=lambda e: (e.anchor, e.positive, e.negative or ""))
 
 
+def sentence_examples(tokens_dir: Path, files: list[Path]) -> list[Example]:
+    """Every distinct sentence of the splits named by ``files``, alone: what distillation trains on."""
+    ids: set[str] = set()
+    for path in files:
+        token_file = tokens_dir / path.parent.name / path.name
+        if not token_file.is_file():
+            raise DataError(f"{token_file}: no token ids for this split; run `embedforge tokenize` first")
+        table = pq.read_table(token_file, columns=["sentence_id", "chunk"])
+        ids.update(table.filter(pc.equal(table["chunk"], 0))["sentence_id"].to_pylist())
+    return [Example(identifier, None, None) for identifier in sorted(ids)]
+
+
 @dataclass
 class TokenBatch:
     input_ids: torch.Tensor  # [B, L] int64, L = the batch's longest sequence
     attention_mask: torch.Tensor  # [B, L] int64, 1 on tokens, 0 on padding
     sentence_ids: list[str]
+    rows: np.ndarray  # the sentences' rows in the TokenStore, e.g. to look up their teacher vectors
 
 
 @dataclass
 class PairBatch:
-    """Anchors and their positives row by row; ``negatives`` are extra candidates for every anchor, not aligned."""
+    """Anchors and their positives row by row; ``negatives`` are extra candidates for every anchor, not aligned.
+
+    Distillation batches hold lone sentences: anchors only.
+    """
 
     anchors: TokenBatch
-    positives: TokenBatch
+    positives: TokenBatch | None
     negatives: TokenBatch | None
 
     @property
     def parts(self) -> list[TokenBatch]:
-        return [self.anchors, self.positives] + ([self.negatives] if self.negatives else [])
+        return [part for part in (self.anchors, self.positives, self.negatives) if part is not None]
 
     @property
     def sentence_ids(self) -> list[str]:
@@ -199,7 +218,7 @@ class PairBatch:
         return sum(int(part.attention_mask.sum()) for part in self.parts)
 
     @property
-    def num_pairs(self) -> int:
+    def num_examples(self) -> int:
         return len(self.anchors.sentence_ids)
 
 
@@ -231,19 +250,28 @@ class LengthBucketedBatches:
         self.pad_id = pad_id
         self.seed = seed
         self.bucket_size = batch_size * bucket_batches
+        if len({e.positive is None for e in self.examples}) > 1:
+            raise ValueError("examples must be all pairs or all lone sentences, not a mix")
         self.anchor_rows = store.rows([e.anchor for e in self.examples])
-        self.positive_rows = store.rows([e.positive for e in self.examples])
-        self.negative_rows = np.full(len(self.examples), -1, dtype=np.int64)
-        with_negative = [i for i, e in enumerate(self.examples) if e.negative is not None]
-        self.negative_rows[with_negative] = store.rows([self.examples[i].negative for i in with_negative])
-        self.pair_lengths = store.lengths[self.anchor_rows] + store.lengths[self.positive_rows]
+        self.positive_rows = self.optional_rows([e.positive for e in self.examples])
+        self.negative_rows = self.optional_rows([e.negative for e in self.examples])
+        self.pair_lengths = store.lengths[self.anchor_rows] + np.where(
+            self.positive_rows >= 0, store.lengths[self.positive_rows], 0
+        )
         self.sentences = [
-            (a, p) if n < 0 else (a, p, n)
-            for a, p, n in zip(
+            tuple(row for row in rows if row >= 0)
+            for rows in zip(
                 self.anchor_rows.tolist(), self.positive_rows.tolist(), self.negative_rows.tolist(), strict=True
             )
         ]
         self.num_batches = math.ceil(len(self.examples) / batch_size)
+
+    def optional_rows(self, sentence_ids: list[str | None]) -> np.ndarray:
+        """Store rows of the ids that are given, -1 where an example has none."""
+        rows = np.full(len(sentence_ids), -1, dtype=np.int64)
+        given = [i for i, identifier in enumerate(sentence_ids) if identifier is not None]
+        rows[given] = self.store.rows([sentence_ids[i] for i in given])
+        return rows
 
     def __len__(self) -> int:
         return self.num_batches
@@ -328,9 +356,14 @@ class LengthBucketedBatches:
     def build(self, indices: list[int]) -> PairBatch:
         chosen = np.asarray(indices)
         negatives = chosen[self.negative_rows[chosen] >= 0]
+        pairs = bool(len(chosen)) and self.positive_rows[chosen[0]] >= 0
         return PairBatch(
             anchors=self.token_batch(self.anchor_rows[chosen], [self.examples[i].anchor for i in indices]),
-            positives=self.token_batch(self.positive_rows[chosen], [self.examples[i].positive for i in indices]),
+            positives=(
+                self.token_batch(self.positive_rows[chosen], [self.examples[i].positive for i in indices])
+                if pairs
+                else None
+            ),
             negatives=(
                 self.token_batch(self.negative_rows[negatives], [self.examples[i].negative for i in negatives])
                 if len(negatives)
@@ -340,15 +373,15 @@ class LengthBucketedBatches:
 
     def token_batch(self, rows: np.ndarray, sentence_ids: list[str]) -> TokenBatch:
         input_ids, attention_mask = self.store.padded(rows, self.pad_id)
-        return TokenBatch(input_ids, attention_mask, sentence_ids)
+        return TokenBatch(input_ids, attention_mask, sentence_ids, rows)
 
     def padding_ratio(self, epoch: int = 0) -> float:
         """Share of pad tokens over all of ``epoch``'s tensors, computed without building them."""
         padded = real = 0
         for indices in self.plan(epoch):
             chosen = np.asarray(indices)
-            negatives = self.negative_rows[chosen]
-            for rows in (self.anchor_rows[chosen], self.positive_rows[chosen], negatives[negatives >= 0]):
+            positives, negatives = self.positive_rows[chosen], self.negative_rows[chosen]
+            for rows in (self.anchor_rows[chosen], positives[positives >= 0], negatives[negatives >= 0]):
                 lengths = self.store.lengths[rows]
                 padded += len(lengths) * int(lengths.max(initial=0))
                 real += int(lengths.sum())

@@ -1,0 +1,464 @@
+"""The training loop, readable top to bottom: ``Trainer.fit``.
+
+One optimizer step trains one batch of ``train.batch_size`` examples, split into
+``micro_batches`` pieces whose gradients accumulate. Around that loop: warm-up
+then cosine learning rate (times the ramp after a resume), gradient clipping,
+mixed precision on CUDA, a checkpoint every ``checkpoint_every_steps`` steps and
+at every epoch's end, validation and early stopping per epoch, and a record of
+where the time went (data / forward / loss / backward / optimizer).
+
+Faults it survives: running out of memory halves the micro-batch (doubling the
+accumulation, so the step is unchanged) and retries the step; a kill loses at
+most the steps since the last checkpoint. Faults it refuses: a non-finite loss
+stops the run naming the step and batch, leaving the checkpoints as they were.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from embedforge.config import TrainParams
+from embedforge.errors import UserError
+from embedforge.memory import PeakMemory
+from embedforge.training import checkpoint
+from embedforge.training.batches import LengthBucketedBatches, PairBatch, TokenBatch
+from embedforge.training.checkpoint import TrainState
+from embedforge.training.losses import Objective
+from embedforge.training.schedule import resume_ramp, warmup_cosine
+
+log = logging.getLogger(__name__)
+
+PHASES = ("data", "forward", "loss", "backward", "optimizer")
+EVAL_BATCH_SIZE = 256
+OOM_MESSAGES = ("out of memory", "can't allocate memory")
+
+
+class TrainingDiverged(UserError):
+    """The loss stopped being a finite number."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and any(message in str(error) for message in OOM_MESSAGES)
+    )
+
+
+def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
+    """The dtype of mixed precision, or None for fp32: bf16 on CUDA where supported, else fp16; fp32 on CPU."""
+    if precision == "fp32" or (precision == "auto" and device == "cpu"):
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if device == "cuda" and not torch.cuda.is_bf16_supported():
+        log.warning("this GPU has no bf16: training in fp16 with a gradient scaler instead")
+        return torch.float16
+    return torch.bfloat16
+
+
+@dataclass
+class StepRecord:
+    """What ``on_step`` hooks and the loss curve see after every optimizer step."""
+
+    step: int
+    epoch: int
+    loss: float
+    parts: dict[str, float]
+    lr: float
+
+
+@dataclass
+class PhaseTimes:
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    examples: int = 0
+    tokens: int = 0
+
+    def add(self, other: PhaseTimes) -> None:
+        for phase, value in other.seconds.items():
+            self.seconds[phase] += value
+        self.examples += other.examples
+        self.tokens += other.tokens
+
+    def percentages(self) -> dict[str, float]:
+        total = sum(self.seconds.values()) or 1.0
+        return {f"time.{phase}_pct": 100.0 * value / total for phase, value in self.seconds.items()}
+
+
+class EpochBatches(torch.utils.data.Dataset):
+    """The remaining batches of one epoch, each as (example indices, built micro-batches), for a DataLoader."""
+
+    def __init__(self, batches: LengthBucketedBatches, plan: list[list[int]], micro_batches: int):
+        self.batches, self.plan, self.micro_batches = batches, plan, micro_batches
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, index: int) -> tuple[list[int], list[PairBatch]]:
+        return self.plan[index], split(self.batches, self.plan[index], self.micro_batches)
+
+
+def split(batches: LengthBucketedBatches, indices: list[int], pieces: int) -> list[PairBatch]:
+    """``indices`` as ``pieces`` contiguous micro-batches (neighbours in a bucket have similar lengths)."""
+    return [batches.build(part.tolist()) for part in np.array_split(np.asarray(indices), pieces) if len(part)]
+
+
+def unchanged(item: Any) -> Any:
+    return item
+
+
+class Trainer:
+    """Trains ``model`` (anything mapping token features to ``sentence_embedding``) on ``batches``.
+
+    ``teacher_vectors`` holds the teacher's embedding of every TokenStore row (needed
+    by the distill objective). ``on_step`` is called after each optimizer step and
+    ``before_micro_batch`` before each forward pass: hooks for logging and for tests
+    that inject faults.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        objective: Objective,
+        batches: LengthBucketedBatches,
+        params: TrainParams,
+        device: str,
+        architecture: dict[str, Any],
+        checkpoints: Path,
+        validate: Callable[[Trainer], dict[str, float | None]],
+        teacher_vectors: torch.Tensor | None = None,
+        log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
+        on_step: Callable[[StepRecord], None] | None = None,
+        before_micro_batch: Callable[[Trainer, TrainState, int], None] | None = None,
+    ):
+        self.model = model.to(device)
+        self.objective = objective.to(device)
+        self.batches = batches
+        self.params = params
+        self.device = device
+        self.architecture = architecture
+        self.checkpoints = checkpoints
+        self.validate = validate
+        self.teacher_vectors = None if teacher_vectors is None else teacher_vectors.to(device)
+        self.log_metrics = log_metrics
+        self.on_step = on_step
+        self.before_micro_batch = before_micro_batch
+        self.dtype = autocast_dtype(params.precision, device)
+        self.scaler = torch.amp.GradScaler(device, enabled=self.dtype == torch.float16 and device == "cuda")
+        self.optimizer = self.build_optimizer()
+        self.steps_per_epoch = len(batches)
+        self.total_steps = min(params.epochs * self.steps_per_epoch, params.max_steps or math.inf)
+        self.warmup_steps = round(params.warmup_ratio * self.total_steps)
+        self.history: dict[str, list[dict[str, float]]] = {"steps": [], "epochs": []}
+        self.totals = PhaseTimes()
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW without weight decay on biases and norms; the fused kernel wherever torch has one (CPU too)."""
+        decay, no_decay = [], []
+        for module in (self.model, self.objective):
+            for name, parameter in module.named_parameters():
+                if parameter.requires_grad:
+                    (no_decay if parameter.ndim < 2 or "norm" in name.lower() else decay).append(parameter)
+        groups = [
+            {"params": decay, "weight_decay": self.params.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=self.params.lr, fused=True)
+
+    def fit(self, state: TrainState) -> TrainState:
+        """Train from ``state`` (fresh or loaded from a checkpoint) until the epochs, steps or minutes run out
+        or early stopping says enough; return the final state."""
+        started = time.perf_counter()
+        stop = False
+        while state.epoch < self.params.epochs and not stop:
+            times = PhaseTimes()
+            with PeakMemory() as memory:
+                self.model.train()
+                self.lap()
+                for indices, micro in self.loader(state):
+                    self.train_step(state, indices, micro, times)
+                    if state.step % self.params.checkpoint_every_steps == 0:
+                        self.save("last", state)
+                    stop = self.out_of_budget(state, started)
+                    if stop:
+                        break
+                scores = self.validate(self)
+            improved = self.update_early_stopping(state, scores)
+            stop = stop or state.epochs_without_improvement >= self.params.early_stopping.patience
+            self.end_epoch(state, scores, times, memory, improved)
+        return state
+
+    def loader(self, state: TrainState) -> Iterator[tuple[list[int], list[PairBatch]]]:
+        """The epoch's remaining batches, built ahead by ``train.loader_workers`` worker processes.
+
+        The loader gets its own generator: seeding workers from torch's global one would shift
+        the dropout masks, and a resumed run would no longer retrace the uninterrupted one.
+        """
+        plan = self.batches.plan(state.epoch)[state.batches_done :]
+        workers = self.params.loader_workers
+        return iter(
+            torch.utils.data.DataLoader(
+                EpochBatches(self.batches, plan, state.micro_batches),
+                batch_size=None,
+                shuffle=False,
+                num_workers=workers,
+                collate_fn=unchanged,
+                prefetch_factor=4 if workers else None,
+                generator=torch.Generator(),
+            )
+        )
+
+    def train_step(self, state: TrainState, indices: list[int], micro: list[PairBatch], times: PhaseTimes) -> None:
+        """One optimizer step over one batch, retried with smaller micro-batches when memory runs out."""
+        times.seconds["data"] += self.lap()
+        lr = self.learning_rate(state)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        while True:
+            if len(micro) != state.micro_batches:
+                micro = split(self.batches, indices, state.micro_batches)
+            try:
+                loss, parts = self.accumulate(state, micro, len(indices), times)
+                break
+            except Exception as error:
+                if not is_out_of_memory(error):
+                    raise
+                self.back_off(state, indices, error)
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.trainable(), self.params.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        times.seconds["optimizer"] += self.lap()
+        state.step += 1
+        state.batches_done += 1
+        times.examples += len(indices)
+        times.tokens += sum(batch.num_tokens for batch in micro)
+        record = StepRecord(state.step, state.epoch, loss, parts, lr)
+        if state.step % self.params.log_every_steps == 0:
+            self.log_step(record, times)
+        if self.on_step is not None:
+            self.on_step(record)
+        self.lap()
+
+    def accumulate(
+        self, state: TrainState, micro: list[PairBatch], batch_examples: int, times: PhaseTimes
+    ) -> tuple[float, dict[str, float]]:
+        """Forward and backward every micro-batch, each loss weighted by its share of the batch."""
+        self.optimizer.zero_grad(set_to_none=True)
+        total, parts = 0.0, dict.fromkeys(self.objective.weights, 0.0)
+        self.lap()
+        for index, batch in enumerate(micro):
+            if self.before_micro_batch is not None:
+                self.before_micro_batch(self, state, index)
+            share = batch.num_examples / batch_examples
+            loss, batch_parts = self.loss(batch, times)
+            if not math.isfinite(loss.item()):
+                raise TrainingDiverged(
+                    f"train: the loss became {loss.item()} at step {state.step + 1} (epoch {state.epoch + 1}, "
+                    f"batch {state.batches_done + 1} of {self.steps_per_epoch}, micro-batch {index + 1}, first "
+                    f"sentence {batch.anchors.sentence_ids[0]}); checkpoints/best is untouched. Lower train.lr, "
+                    f"or use train.precision: fp32"
+                )
+            self.scaler.scale(loss * share).backward()
+            times.seconds["backward"] += self.lap()
+            total += share * loss.item()
+            for name, value in batch_parts.items():
+                parts[name] += share * value
+        return total, parts
+
+    def loss(self, batch: PairBatch, times: PhaseTimes | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The objective on one (micro-)batch; ``times`` splits the time into forward and loss."""
+        with self.autocast():
+            embeddings = [self.embed(part) for part in batch.parts]
+            if times is not None:
+                times.seconds["forward"] += self.lap()
+            inputs: dict[str, tuple[torch.Tensor, ...]] = {}
+            if "infonce" in self.objective.weights:
+                negatives = embeddings[2] if batch.negatives is not None else None
+                inputs["infonce"] = (embeddings[0], embeddings[1], negatives)
+            if "distill" in self.objective.weights:
+                rows = torch.from_numpy(np.concatenate([part.rows for part in batch.parts])).to(self.device)
+                inputs["distill"] = (torch.cat(embeddings).float(), self.teacher_vectors[rows].float())
+            loss, parts = self.objective(inputs)
+        if times is not None:
+            times.seconds["loss"] += self.lap()
+        return loss, parts
+
+    def embed(self, part: TokenBatch) -> torch.Tensor:
+        features = {
+            "input_ids": part.input_ids.to(self.device, non_blocking=True),
+            "attention_mask": part.attention_mask.to(self.device, non_blocking=True),
+        }
+        return self.model(features)["sentence_embedding"]
+
+    @torch.no_grad()
+    def embed_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Eval-mode embeddings of TokenStore rows, shortest first in batches, returned in the given order."""
+        was_training = self.model.training
+        self.model.eval()
+        order = np.argsort(self.batches.store.lengths[rows], kind="stable")
+        out = np.empty((len(rows), 0), dtype=np.float32)
+        chunks = []
+        for start in range(0, len(order), EVAL_BATCH_SIZE):
+            chosen = rows[order[start : start + EVAL_BATCH_SIZE]]
+            input_ids, attention_mask = self.batches.store.padded(chosen, self.batches.pad_id)
+            with self.autocast():
+                chunks.append(self.embed(TokenBatch(input_ids, attention_mask, [], chosen)).float().cpu().numpy())
+        if chunks:
+            out = np.empty((len(rows), chunks[0].shape[1]), dtype=np.float32)
+            out[order] = np.concatenate(chunks)
+        self.model.train(was_training)
+        return out
+
+    @torch.no_grad()
+    def mean_loss(self, batches: LengthBucketedBatches) -> float:
+        """The objective averaged over ``batches`` (epoch 0's fixed plan), without dropout."""
+        was_training = self.model.training
+        self.model.eval()
+        total = weight = 0.0
+        for batch in batches.epoch(0):
+            loss, _ = self.loss(batch)
+            total += batch.num_examples * loss.item()
+            weight += batch.num_examples
+        self.model.train(was_training)
+        return total / weight if weight else math.nan
+
+    def learning_rate(self, state: TrainState) -> float:
+        multiplier = warmup_cosine(state.step, self.total_steps, self.warmup_steps, self.params.lr_floor)
+        ramp = self.params.resume_warmup
+        if state.resumed_at_step is not None and ramp.enabled:
+            epochs_since = (state.step - state.resumed_at_step) / self.steps_per_epoch
+            multiplier *= resume_ramp(epochs_since, ramp.epochs, ramp.start)
+        return self.params.lr * multiplier
+
+    def back_off(self, state: TrainState, indices: list[int], error: BaseException) -> None:
+        """Out of memory: halve the micro-batch and double the accumulation, so the step stays the same."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+        largest = math.ceil(len(indices) / state.micro_batches)
+        if largest <= 1:
+            raise UserError(
+                f"train: out of memory at step {state.step + 1} even with one example per micro-batch "
+                f"({str(error).splitlines()[0]}); use a smaller model or tokenize.max_length"
+            ) from None
+        state.micro_batches *= 2
+        log.warning(
+            "out of memory at step %d: micro-batch %d -> %d examples, accumulating %d micro-batches per step",
+            state.step + 1,
+            largest,
+            math.ceil(len(indices) / state.micro_batches),
+            state.micro_batches,
+        )
+        self.log_metrics({"train.micro_batches": state.micro_batches}, state.step)
+
+    def out_of_budget(self, state: TrainState, started: float) -> bool:
+        if self.params.max_steps is not None and state.step >= self.params.max_steps:
+            return True
+        limit = self.params.max_minutes
+        return limit is not None and time.perf_counter() - started >= 60 * limit
+
+    def update_early_stopping(self, state: TrainState, scores: dict[str, float | None]) -> bool:
+        """Record the monitored score; True when it beats the best so far by more than ``min_delta``."""
+        rule = self.params.early_stopping
+        score = scores.get(rule.monitor)
+        if score is None or not math.isfinite(score):
+            log.warning(
+                "epoch %d: %s is undefined, so it does not count as an improvement", state.epoch + 1, rule.monitor
+            )
+            state.epochs_without_improvement += 1
+            return False
+        sign = 1.0 if rule.monitor == "sts_spearman" else -1.0
+        if state.best_score is None or sign * (score - state.best_score) > rule.min_delta:
+            state.best_score, state.best_epoch = score, state.epoch + 1
+            state.epochs_without_improvement = 0
+            return True
+        state.epochs_without_improvement += 1
+        return False
+
+    def end_epoch(
+        self, state: TrainState, scores: dict[str, float | None], times: PhaseTimes, memory: PeakMemory, improved: bool
+    ) -> None:
+        self.totals.add(times)
+        seconds = sum(times.seconds.values())
+        finished = state.epoch + 1
+        metrics = {f"val.{name}": value for name, value in scores.items() if value is not None}
+        metrics.update(times.percentages())
+        metrics.update(
+            {
+                "epoch.seconds": seconds,
+                "epoch.examples_per_s": times.examples / seconds if seconds else 0.0,
+                "epoch.tokens_per_s": times.tokens / seconds if seconds else 0.0,
+                **{f"epoch.{key}": value for key, value in memory.metrics().items()},
+            }
+        )
+        self.history["epochs"].append({"epoch": finished, "step": state.step, **metrics})
+        self.log_metrics(metrics, state.step)
+        log.info(
+            "epoch %d: %s; %.0f examples/s, %.0f tokens/s; time %s",
+            finished,
+            ", ".join(f"{name} {value:.4f}" for name, value in scores.items() if value is not None),
+            metrics["epoch.examples_per_s"],
+            metrics["epoch.tokens_per_s"],
+            " ".join(f"{phase} {value:.0f}%" for phase, value in zip(PHASES, times.percentages().values())),
+        )
+        if state.batches_done >= self.steps_per_epoch:
+            state.epoch, state.batches_done = finished, 0
+        if improved:
+            self.save("best", state)
+        self.save("last", state)
+
+    def log_step(self, record: StepRecord, times: PhaseTimes) -> None:
+        seconds = sum(times.seconds.values()) or 1.0
+        metrics = {
+            "train.loss": record.loss,
+            "train.lr": record.lr,
+            "train.tokens_per_s": times.tokens / seconds,
+            "train.examples_per_s": times.examples / seconds,
+            **{f"train.loss.{name}": value for name, value in record.parts.items()},
+        }
+        self.history["steps"].append({"step": record.step, "epoch": record.epoch + 1, **metrics})
+        self.log_metrics(metrics, record.step)
+
+    def save(self, name: str, state: TrainState) -> None:
+        state.architecture = self.architecture
+        checkpoint.save(self.checkpoints / name, self.model, self.objective, self.optimizer, state, self.history)
+
+    def resume(self, name: str = "last") -> TrainState:
+        directory = self.checkpoints / name
+        state, self.history = checkpoint.load(directory, self.model, self.objective, self.optimizer, self.architecture)
+        state.resumed_at_step = state.step
+        log.info(
+            "resuming from %s at step %d (epoch %d, batch %d)",
+            directory,
+            state.step,
+            state.epoch + 1,
+            state.batches_done,
+        )
+        return state
+
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def autocast(self):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device, dtype=self.dtype)
+
+    def lap(self) -> float:
+        """Seconds since the previous lap, with the GPU's queued work included."""
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        elapsed = now - getattr(self, "_last_lap", now)
+        self._last_lap = now
+        return elapsed

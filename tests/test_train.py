@@ -1,0 +1,250 @@
+"""The train stage on a 2-layer, 64-wide student of the tiny teacher and the small mirror's few hundred pairs."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+
+from embedforge.config import load_params
+from embedforge.errors import UserError
+from embedforge.files import sha256_file
+from embedforge.models.encoder import build_encoder
+from embedforge.stages import train
+from embedforge.training.trainer import TrainingDiverged, autocast_dtype
+
+TINY_STUDENT = [
+    "model.hidden_size=64",
+    "model.num_heads=2",
+    "model.intermediate_size=128",
+    "model.num_layers=2",
+    "model.teacher_layers=[1, 0]",
+    "model.max_positions=128",
+]
+QUICK_TRAINING = [
+    "train.batch_size=8",
+    "train.epochs=2",
+    "train.lr=1e-3",
+    "train.loader_workers=0",
+    "train.log_every_steps=1",
+    "train.checkpoint_every_steps=2",
+    "train.objectives={infonce: 1.0, distill: 0.5}",
+]
+
+
+class Killed(Exception):
+    """Stands in for a kill: raised from inside the loop after a chosen step."""
+
+
+@pytest.fixture
+def ready(project: Path, train_ready_data: Path, tiny_teacher: Path):
+    """The project with data through tokenize; returns a builder of params with extra overrides."""
+    shutil.copytree(train_ready_data, project / "data")
+
+    def params(*overrides: str):
+        return load_params(
+            project / "params.yaml",
+            [
+                "tracking.enabled=false",
+                f"precompute.teacher={tiny_teacher}",
+                *TINY_STUDENT,
+                *QUICK_TRAINING,
+                *overrides,
+            ],
+        )
+
+    return params
+
+
+def losses_of(cfg, **hooks) -> dict[int, float]:
+    seen: dict[int, float] = {}
+
+    def record(step) -> None:
+        seen[step.step] = step.loss
+
+    train.run(cfg, on_step=record, **hooks)
+    return seen
+
+
+def test_train_saves_a_sentence_transformer_checkpoints_metrics_and_curves(project, ready):
+    results = train.run(ready())
+
+    model = SentenceTransformer(str(project / "models/student"), device="cpu")
+    assert model.encode(["A dog runs.", "Two men talk."]).shape == (2, 64)
+    assert (project / "models/student/model.safetensors").is_file()
+    for name in ("last", "best"):
+        files = {p.name for p in (project / "checkpoints" / name).iterdir()}
+        assert files == {"weights.safetensors", "optimizer.pt", "rng.safetensors", "state.json", "history.json"}
+    summary = json.loads((project / "metrics/train.json").read_text())
+    assert summary["epochs"] == 2 and summary["steps"] == results["train.steps"] > 2
+    assert -1 <= summary["sts_spearman"] <= 1 and summary["val_loss"] > 0
+    phases = [summary[f"time.{phase}_pct"] for phase in ("data", "forward", "loss", "backward", "optimizer")]
+    assert sum(phases) == pytest.approx(100) and min(phases) >= 0
+    assert summary["tokens_per_s"] > summary["examples_per_s"] > 0 and summary["peak_rss_mb"] > 0
+    assert summary["memory_estimate_mb"] > 0 and summary["micro_batches"] == 1
+    steps = pd.read_csv(project / "plots/train/steps.csv")
+    epochs = pd.read_csv(project / "plots/train/epochs.csv")
+    assert steps["step"].tolist() == list(range(1, summary["steps"] + 1))
+    assert {"train.loss", "train.lr", "train.tokens_per_s", "train.loss.infonce", "train.loss.distill"} <= set(steps)
+    assert epochs["epoch"].tolist() == [1, 2] and "val.sts_spearman" in epochs
+
+
+def test_learning_rate_warms_up_then_decays(ready):
+    rates = []
+    train.run(ready("train.warmup_ratio=0.25"), on_step=lambda step: rates.append(step.lr))
+    peak = rates.index(max(rates))
+    assert max(rates) == pytest.approx(1e-3)
+    assert rates[:peak] == sorted(rates[:peak]) and rates[peak:] == sorted(rates[peak:], reverse=True)
+    assert 0 < peak < len(rates) - 1 and rates[-1] < 0.1 * max(rates)
+
+
+def test_resumed_run_retraces_the_uninterrupted_loss_trajectory(ready):
+    overrides = ["train.resume_warmup.enabled=false", "train.loader_workers=1", "train.epochs=3"]
+    uninterrupted = losses_of(ready(*overrides))
+
+    def kill_after_step_7(step) -> None:
+        if step.step == 7:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train.run(ready(*overrides), on_step=kill_after_step_7)
+    state = json.loads(Path("checkpoints/last/state.json").read_text())
+    assert state["step"] == 6  # checkpoints every 2 steps: step 7 was lost with the kill
+    resumed = losses_of(ready(*overrides, "train.resume=true"))
+
+    assert sorted(resumed) == [s for s in sorted(uninterrupted) if s > 6]
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(uninterrupted[step], abs=1e-5), step
+    curve = pd.read_csv("plots/train/steps.csv")
+    assert curve["step"].tolist() == sorted(uninterrupted)
+
+
+def test_resume_ramps_the_learning_rate_from_a_fifth(ready):
+    full, resumed = {}, {}
+    train.run(ready("train.epochs=3"), on_step=lambda step: full.update({step.step: step.lr}))
+    steps_per_epoch = max(full) // 3
+
+    def kill_in_second_epoch(step) -> None:
+        if step.step == steps_per_epoch + 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train.run(ready("train.epochs=3"), on_step=kill_in_second_epoch)
+    train.run(
+        ready("train.epochs=3", "train.resume=true", "train.resume_warmup.epochs=1"),
+        on_step=lambda step: resumed.update({step.step: step.lr}),
+    )
+    first = steps_per_epoch + 1
+    assert min(resumed) == first
+    assert resumed[first] == pytest.approx(0.2 * full[first])
+    assert 0.2 * full[first + 1] < resumed[first + 1] < full[first + 1]
+    assert resumed[first + steps_per_epoch] == pytest.approx(full[first + steps_per_epoch])
+
+
+def test_resume_refuses_a_checkpoint_of_another_architecture(ready):
+    train.run(ready("train.epochs=1"))
+    with pytest.raises(UserError) as refused:
+        train.run(ready("train.resume=true", "model.num_layers=1", "model.teacher_layers=[0]"))
+    message = str(refused.value)
+    assert "another architecture" in message and "model.num_layers: checkpoint has 2, this run has 1" in message
+
+
+def test_resume_without_a_checkpoint_is_a_user_error(ready):
+    with pytest.raises(UserError, match="checkpoints/last does not exist"):
+        train.run(ready("train.resume=true"))
+
+
+def test_out_of_memory_halves_the_micro_batch_and_finishes(ready):
+    failures = []
+
+    def fail_once_at_step_3(trainer, state, index) -> None:
+        if state.step == 2 and not failures:
+            failures.append(state.micro_batches)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+    results = train.run(ready(), before_micro_batch=fail_once_at_step_3)
+    assert failures == [1] and results["train.micro_batches"] == 2
+    curve = pd.read_csv("plots/train/steps.csv")
+    assert curve["step"].tolist() == list(range(1, int(results["train.steps"]) + 1))
+
+
+def test_memory_estimate_splits_batches_that_would_not_fit(ready):
+    cfg = ready()
+    student = build_encoder(ready("model.init=scratch").model, Path("data/tokens/tokenizer"), 128, None, seed=0)
+    roomy = train.plan_micro_batches(cfg, student, parts=3, longest=40, available=2**40)
+    tight = train.plan_micro_batches(cfg, student, parts=3, longest=40, available=roomy["estimate_bytes"] - 1)
+    assert roomy["micro_batches"] == 1 and tight["micro_batches"] == 2
+    assert tight["estimate_bytes"] < roomy["estimate_bytes"]
+    with pytest.raises(UserError, match="one example needs about"):
+        train.plan_micro_batches(cfg, student, parts=3, longest=40, available=2**20)
+
+
+def test_nan_loss_stops_naming_step_and_batch_and_leaves_best_intact(ready):
+    seen = {}
+
+    def poison_first_step_of_epoch_2(trainer, state, index) -> None:
+        if state.epoch == 1 and state.batches_done == 0 and not seen:
+            seen["step"] = state.step + 1
+            seen["best"] = sha256_file(Path("checkpoints/best/weights.safetensors"))
+            with torch.no_grad():
+                for parameter in trainer.model.parameters():
+                    parameter.fill_(float("nan"))
+
+    with pytest.raises(TrainingDiverged) as diverged:
+        train.run(ready("train.epochs=3"), before_micro_batch=poison_first_step_of_epoch_2)
+    message = str(diverged.value)
+    assert f"at step {seen['step']} (epoch 2, batch 1 of" in message and "checkpoints/best is untouched" in message
+    assert sha256_file(Path("checkpoints/best/weights.safetensors")) == seen["best"]
+    assert json.loads(Path("checkpoints/last/state.json").read_text())["step"] == seen["step"] - 1
+
+
+def test_distillation_alone_trains_on_every_distinct_training_sentence(ready):
+    results = train.run(ready("train.objectives={infonce: 0.0, distill: 1.0}", "train.epochs=1"))
+    token_ids = set()
+    for dataset in ("snli", "stsb"):
+        table = pd.read_parquet(f"data/tokens/{dataset}/train.parquet", columns=["sentence_id", "chunk"])
+        token_ids |= set(table.loc[table["chunk"] == 0, "sentence_id"])
+    assert results["train.steps"] == -(-len(token_ids) // 8)
+    assert results["train.val_loss"] > 0
+
+
+def test_early_stopping_ends_training_when_the_score_stops_improving(ready):
+    results = train.run(ready("train.epochs=5", "train.early_stopping.patience=1", "train.early_stopping.min_delta=5"))
+    assert results["train.epochs"] == 2 and results["train.best_epoch"] == 1
+
+
+def test_bf16_autocast_trains_on_cpu_when_asked():
+    assert autocast_dtype("auto", "cpu") is None and autocast_dtype("fp32", "cuda") is None
+    assert autocast_dtype("bf16", "cpu") == torch.bfloat16 and autocast_dtype("fp16", "cpu") == torch.float16
+
+
+def test_bf16_training_runs_through_the_autocast_path(ready):
+    results = train.run(ready("train.precision=bf16", "train.epochs=1"))
+    assert results["train.val_loss"] > 0
+
+
+def test_training_is_logged_to_mlflow_with_steps_epochs_and_the_model(project, ready):
+    from mlflow.tracking import MlflowClient
+
+    from embedforge.stages import run_stage
+
+    run_stage("train", ready("tracking.enabled=true", "train.epochs=1"))
+    client = MlflowClient(f"sqlite:///{project / 'mlruns/mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("embedforge").experiment_id])[0]
+    assert run.data.params["train.lr"] == "0.001" and run.data.params["train.early_stopping.patience"] == "2"
+    losses = client.get_metric_history(run.info.run_id, "train.loss")
+    assert [m.step for m in losses] == list(range(1, len(losses) + 1)) and len(losses) > 2
+    for metric in (
+        "val.sts_spearman",
+        "time.backward_pct",
+        "epoch.tokens_per_s",
+        "epoch.peak_rss_mb",
+        "memory.estimate_mb",
+        "train.tokens_per_s",
+    ):
+        assert metric in run.data.metrics, metric
+    models = client.search_logged_models([run.info.experiment_id])
+    assert [m.name for m in models] == ["student"]
