@@ -11,7 +11,7 @@ $(BIN)/embedforge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install torch==2.13.0
-	$(BIN)/python -m pip install -e '.[test]'
+	$(BIN)/python -m pip install -e '.[test,bench]'
 	touch $@
 
 setup: $(BIN)/embedforge

@@ -37,7 +37,7 @@ def test_set_overrides_beat_file_and_environment(tmp_path, monkeypatch):
         ({"download": {"limit": -5}}, [], "download.limit: must be > 0, got -5"),
         ({}, ["train.batch_size=-3"], "train.batch_size: must be >= 2, got -3"),
         ({}, ["train.batch_size=abc"], "train.batch_size: input should be a valid integer"),
-        ({"preset": "huge"}, [], "preset: must be one of development, research, production, got 'huge'"),
+        ({"preset": "huge"}, [], "preset: must be one of development, research, production, distill-small, got 'huge'"),
         ({"download": {"source": "mirror"}}, [], "download.mirror is empty"),
         ({"model": {"hidden_size": 100, "num_heads": 12}}, [], "model.hidden_size (100) must be divisible"),
         ({}, ["tokenize.max_length=7"], "tokenize.max_length: must be >= 8, got 7"),

@@ -248,3 +248,23 @@ def test_training_is_logged_to_mlflow_with_steps_epochs_and_the_model(project, r
         assert metric in run.data.metrics, metric
     models = client.search_logged_models([run.info.experiment_id])
     assert [m.name for m in models] == ["student"]
+
+
+def test_hard_negatives_can_be_left_out(ready):
+    frame = pd.DataFrame(
+        {
+            "pair_id": ["1", "2", "3"],
+            "sentence1": ["A man sleeps."] * 3,
+            "sentence2": ["A person rests.", "A man runs.", "Someone is outside."],
+            "label": ["entailment", "contradiction", "neutral"],
+            "score": [None, None, None],
+            "genre": [None, None, None],
+        }
+    )
+    frame.to_parquet("data/raw/snli/train.parquet", index=False)
+    files = [Path("data/raw/snli/train.parquet")]
+    with_negatives = train.examples_of(ready("train.datasets=[snli]"), "train", files)
+    without = train.examples_of(ready("train.datasets=[snli]", "train.hard_negatives=false"), "train", files)
+    assert [e.negative is not None for e in with_negatives] == [True]
+    assert [e.negative for e in without] == [None]
+    assert with_negatives[0].positive == without[0].positive

@@ -103,12 +103,15 @@ class Validation:
 
 
 def examples_of(cfg: Params, split: str, files: list[Path]) -> list[Example]:
-    """Pairs when InfoNCE is on, else every distinct sentence of ``files`` (distillation needs no pairs)."""
+    """Pairs (with hard negatives unless train.hard_negatives is off) when InfoNCE is on, else every
+    distinct sentence of ``files``: distillation needs no pairs."""
     params = cfg.train
-    if params.uses_pairs:
-        datasets = [path.parent.name for path in files]
-        return build_examples(RAW_DIR, datasets, split, params.stsb_min_score)
-    return sentence_examples(TOKENS_DIR, files)
+    if not params.uses_pairs:
+        return sentence_examples(TOKENS_DIR, files)
+    examples = build_examples(RAW_DIR, [path.parent.name for path in files], split, params.stsb_min_score)
+    if params.hard_negatives:
+        return examples
+    return sorted({Example(e.anchor, e.positive, None) for e in examples}, key=lambda e: (e.anchor, e.positive))
 
 
 def teacher_matrix(cache: EmbeddingCache, store: TokenStore, needed: np.ndarray) -> torch.Tensor:
