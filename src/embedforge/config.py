@@ -259,50 +259,37 @@ class Params(Section):
         return self.model_dump(mode="json", by_alias=True)
 
 
+def teacher_shaped(teacher_layers: list[int]) -> dict[str, Any]:
+    """Model knobs of a student with the teacher's width, heads and intermediate size, one layer per teacher layer."""
+    return {
+        "hidden_size": 384,
+        "num_layers": len(teacher_layers),
+        "num_heads": 12,
+        "intermediate_size": 1536,
+        "teacher_layers": teacher_layers,
+    }
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     "development": {
         "download": {"limit": 1000},
-        "model": {
-            "hidden_size": 384,
-            "num_layers": 2,
-            "num_heads": 12,
-            "intermediate_size": 1536,
-            "teacher_layers": [0, 5],
-        },
+        "model": teacher_shaped([0, 5]),
         "train": {"epochs": 1},
     },
     "research": {
         "download": {"limit": 20_000},
-        "model": {
-            "hidden_size": 384,
-            "num_layers": 3,
-            "num_heads": 12,
-            "intermediate_size": 1536,
-            "teacher_layers": [0, 3, 5],
-        },
+        "model": teacher_shaped([0, 3, 5]),
         "train": {"epochs": 3},
     },
     "production": {
         "download": {"limit": None},
-        "model": {
-            "hidden_size": 384,
-            "num_layers": 6,
-            "num_heads": 12,
-            "intermediate_size": 1536,
-            "teacher_layers": [0, 1, 2, 3, 4, 5],
-        },
+        "model": teacher_shaped([0, 1, 2, 3, 4, 5]),
         "train": {"epochs": 10},
     },
     # A student at 2.8x the teacher's encoding speed, distilled on every training sentence within 30 minutes of CPU.
     "distill-small": {
         "download": {"limit": None},
-        "model": {
-            "hidden_size": 384,
-            "num_layers": 2,
-            "num_heads": 12,
-            "intermediate_size": 1536,
-            "teacher_layers": [0, 5],
-        },
+        "model": teacher_shaped([0, 5]),
         "train": {
             "epochs": 8,
             "max_minutes": 28,
