@@ -81,5 +81,5 @@ def test_bad_lengths_are_config_errors(params, override, message):
 
 def test_max_length_beyond_the_tokenizer_is_refused(prepared, params):
     with pytest.raises(UserError, match=r"tokenize.max_length: must be <= the tokenizer's model_max_length"):
-        tokenize.run(params("tokenize.max_length=100000"))
+        tokenize.run(params("tokenize.max_length=100000", "model.max_positions=100000"))
     assert not (prepared / "data/tokens").exists()
