@@ -11,6 +11,7 @@ from sentence_transformers import SentenceTransformer
 from embedforge import embeddings
 from embedforge.data.sentences import normalize_text, sentence_id
 from embedforge.errors import DataError, UserError
+from embedforge.models import teacher as teachers
 from embedforge.stages import precompute
 
 SHARD_SIZE = 80
@@ -148,3 +149,9 @@ def test_precompute_refuses_data_that_failed_validation(prepared, params):
     results.write_text(json.dumps({"success": False, "summary": "stsb/validation: bad"}))
     with pytest.raises(UserError, match="failed validation"):
         precompute.run(params())
+
+
+def test_resolving_a_teacher_hashes_its_files_only_when_asked(tiny_teacher):
+    ref = teachers.resolve(str(tiny_teacher))
+    assert "fingerprint" not in vars(ref)
+    assert ref.fingerprint == teachers.fingerprint(tiny_teacher)

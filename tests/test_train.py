@@ -69,8 +69,10 @@ def losses_of(cfg, **hooks) -> dict[int, float]:
     return seen
 
 
-def test_train_saves_a_sentence_transformer_checkpoints_metrics_and_curves(project, ready):
+def test_train_saves_a_sentence_transformer_checkpoints_metrics_and_curves(project, ready, capsys):
     results = train.run(ready())
+
+    assert "epoch 2/2" in capsys.readouterr().err  # the progress bar
 
     model = SentenceTransformer(str(project / "models/student"), device="cpu")
     assert model.encode(["A dog runs.", "Two men talk."]).shape == (2, 64)

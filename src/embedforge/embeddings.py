@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedforge.data.sentences import normalize_text, sentence_id
+from embedforge.data.sentences import normalize_text, search_sorted, sentence_id
 from embedforge.errors import UserError
 from embedforge.files import atomic_path
 
@@ -122,10 +122,7 @@ class EmbeddingCache:
         return self._positions([identifier], missing_ok=True)[0] >= 0
 
     def _positions(self, ids: list[str], missing_ok: bool = False) -> np.ndarray:
-        wanted = np.array([bytes.fromhex(i) for i in ids], dtype="S16")
-        positions = np.searchsorted(self._keys, wanted)
-        positions = np.minimum(positions, max(len(self._keys) - 1, 0))
-        found = (self._keys[positions] == wanted) if len(self._keys) else np.zeros(len(ids), dtype=bool)
+        positions, found = search_sorted(self._keys, np.array([bytes.fromhex(i) for i in ids], dtype="S16"))
         if not missing_ok and not found.all():
             missing = ids[int(np.argmin(found))]
             raise KeyError(f"sentence id {missing} is not in the embedding cache {self.directory}")

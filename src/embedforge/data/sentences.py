@@ -42,6 +42,18 @@ def partition_of(identifier: str, partitions: int) -> int:
     return id_prefix(identifier) % partitions
 
 
+def search_sorted(sorted_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row of each ``wanted`` id in ``sorted_ids`` (meaningless where absent) and whether it is there.
+
+    The id indexes of the embedding cache and of the token store are sorted arrays
+    searched this way: 16 to 32 bytes a sentence instead of a dict entry apiece.
+    """
+    if not len(sorted_ids):
+        return np.zeros(len(wanted), np.int64), np.zeros(len(wanted), bool)
+    rows = np.searchsorted(sorted_ids, wanted).clip(max=len(sorted_ids) - 1)
+    return rows, sorted_ids[rows] == wanted
+
+
 def split_files(datasets: list[str], splits: list[str], root: Path = RAW_DIR) -> list[Path]:
     """The raw parquet files of the chosen datasets and splits that exist; at least one must."""
     files = [raw_split_path(dataset, split, root) for dataset in datasets for split in splits]

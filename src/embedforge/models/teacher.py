@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,11 @@ class TeacherRef:
     spec: str
     path: Path
     name: str
-    fingerprint: str
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Hashed on first use: tokenize and train only need the teacher's files, not the ~90 MB hash."""
+        return fingerprint(self.path)
 
 
 def _packaged_path(name: str, key: str) -> Path:
@@ -85,7 +90,7 @@ def resolve(spec: str, key: str = "precompute.teacher") -> TeacherRef:
             f"{key}: {path} is not a sentence-transformers model (no modules.json); "
             f"save it with SentenceTransformer.save() or point at one that was"
         )
-    return TeacherRef(spec=spec, path=path, name=re.sub(r"[^A-Za-z0-9._-]+", "-", name), fingerprint=fingerprint(path))
+    return TeacherRef(spec=spec, path=path, name=re.sub(r"[^A-Za-z0-9._-]+", "-", name))
 
 
 def pick_device(requested: str) -> str:

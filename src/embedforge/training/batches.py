@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 from embedforge.data.schema import DATASETS, raw_split_path
-from embedforge.data.sentences import normalize_text, sentence_id
+from embedforge.data.sentences import normalize_text, search_sorted, sentence_id
 from embedforge.errors import DataError, UserError
 
 ID_DTYPE = "S32"  # a sentence id is 32 hex characters
@@ -72,11 +72,7 @@ class TokenStore:
 
     def lookup(self, sentence_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Row of each id (meaningless where absent) and whether it is present, by binary search."""
-        wanted = np.asarray(sentence_ids, dtype=ID_DTYPE)
-        if not len(self.sorted_ids):
-            return np.zeros(len(wanted), np.int64), np.zeros(len(wanted), bool)
-        rows = np.searchsorted(self.sorted_ids, wanted).clip(max=len(self.sorted_ids) - 1)
-        return rows, self.sorted_ids[rows] == wanted
+        return search_sorted(self.sorted_ids, np.asarray(sentence_ids, dtype=ID_DTYPE))
 
     def rows(self, sentence_ids: Sequence[str]) -> np.ndarray:
         """Row of each id; a missing id is a data error (its split was not tokenized)."""

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from embedforge.config import TrainParams
 from embedforge.errors import UserError
@@ -180,11 +181,13 @@ class Trainer:
         stop = False
         while state.epoch < self.params.epochs and not stop:
             times = PhaseTimes()
-            with PeakMemory() as memory:
+            with PeakMemory() as memory, self.progress(state) as progress:
                 self.model.train()
                 self.lap()
                 for indices, micro in self.loader(state):
-                    self.train_step(state, indices, micro, times)
+                    record = self.train_step(state, indices, micro, times)
+                    progress.set_postfix(loss=f"{record.loss:.4f}", lr=f"{record.lr:.2e}", refresh=False)
+                    progress.update()
                     if state.step % self.params.checkpoint_every_steps == 0:
                         self.save("last", state)
                     stop = self.out_of_budget(state, started)
@@ -195,6 +198,16 @@ class Trainer:
             stop = stop or state.epochs_without_improvement >= self.params.early_stopping.patience
             self.end_epoch(state, scores, times, memory, improved)
         return state
+
+    def progress(self, state: TrainState) -> tqdm:
+        """A bar over the epoch's steps (on stderr, at most once a second, so logs stay readable)."""
+        return tqdm(
+            total=self.steps_per_epoch,
+            initial=state.batches_done,
+            desc=f"epoch {state.epoch + 1}/{self.params.epochs}",
+            unit="step",
+            mininterval=1.0,
+        )
 
     def loader(self, state: TrainState) -> Iterator[tuple[list[int], list[PairBatch]]]:
         """The epoch's remaining batches, built ahead by ``train.loader_workers`` worker processes.
@@ -216,7 +229,9 @@ class Trainer:
             )
         )
 
-    def train_step(self, state: TrainState, indices: list[int], micro: list[PairBatch], times: PhaseTimes) -> None:
+    def train_step(
+        self, state: TrainState, indices: list[int], micro: list[PairBatch], times: PhaseTimes
+    ) -> StepRecord:
         """One optimizer step over one batch, retried with smaller micro-batches when memory runs out."""
         times.seconds["data"] += self.lap()
         lr = self.learning_rate(state)
@@ -248,6 +263,7 @@ class Trainer:
         if self.on_step is not None:
             self.on_step(record)
         self.lap()
+        return record
 
     def accumulate(
         self, state: TrainState, micro: list[PairBatch], batch_examples: int, times: PhaseTimes
