@@ -181,18 +181,19 @@ class Trainer:
         stop = False
         while state.epoch < self.params.epochs and not stop:
             times = PhaseTimes()
-            with PeakMemory() as memory, self.progress(state) as progress:
-                self.model.train()
-                self.lap()
-                for indices, micro in self.loader(state):
-                    record = self.train_step(state, indices, micro, times)
-                    progress.set_postfix(loss=f"{record.loss:.4f}", lr=f"{record.lr:.2e}", refresh=False)
-                    progress.update()
-                    if state.step % self.params.checkpoint_every_steps == 0:
-                        self.save("last", state)
-                    stop = self.out_of_budget(state, started)
-                    if stop:
-                        break
+            with PeakMemory() as memory:
+                with self.progress(state) as progress:
+                    self.model.train()
+                    self.lap()
+                    for indices, micro in self.loader(state):
+                        record = self.train_step(state, indices, micro, times)
+                        progress.set_postfix(loss=f"{record.loss:.4f}", lr=f"{record.lr:.2e}", refresh=False)
+                        progress.update()
+                        if state.step % self.params.checkpoint_every_steps == 0:
+                            self.save("last", state)
+                        stop = self.out_of_budget(state, started)
+                        if stop:
+                            break
                 scores = self.validate(self)
             improved = self.update_early_stopping(state, scores)
             stop = stop or state.epochs_without_improvement >= self.params.early_stopping.patience
