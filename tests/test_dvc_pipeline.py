@@ -1,6 +1,7 @@
 """A real `dvc repro` in a fresh git repository laid out like a clone of this project."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 BIN = Path(sys.executable).parent
 PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "src"]
+QUICK_EVALUATION = {"speed_sentences": 200, "speed_rounds": 1, "map_sentences": 100}
 
 
 def sh(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -40,6 +42,10 @@ def clone(tmp_path: Path, small_mirror: Path) -> tuple[Path, dict]:
         "GIT_COMMITTER_NAME": "test",
         "GIT_COMMITTER_EMAIL": "t@example.com",
     }
+    params = (repo / "params.yaml").read_text()
+    for knob, quick in QUICK_EVALUATION.items():
+        params = re.sub(rf"^(  {knob}:) \S+", rf"\1 {quick}", params, count=1, flags=re.MULTILINE)
+    (repo / "params.yaml").write_text(params)
     sh("git", "init", "-q", cwd=repo, env=env)
     sh("dvc", "init", "-q", cwd=repo, env=env)
     sh("dvc", "config", "core.analytics", "false", cwd=repo, env=env)
@@ -56,9 +62,10 @@ def test_embedforge_run_reproduces_then_skips_and_nests_mlflow_runs(clone):
     assert (repo / "data/embeddings/all-MiniLM-L6-v2/manifest.json").is_file()
     assert (repo / "data/tokens/snli/train.parquet").is_file()
     assert (repo / "models/student/modules.json").is_file() and (repo / "checkpoints/best").is_dir()
+    assert (repo / "reports/index.html").is_file()
     assert (repo / "dvc.lock").is_file()
     metrics = sh("dvc", "metrics", "show", "--json", cwd=repo, env=env).stdout
-    assert "sts_spearman" in metrics and "examples_per_s" in metrics
+    assert "sts_spearman" in metrics and "examples_per_s" in metrics and "speed_ratio" in metrics
 
     second = sh("embedforge", "run", cwd=repo, env=env)
     assert "didn't change, skipping" in second.stdout or "up to date" in second.stdout
@@ -68,14 +75,14 @@ def test_embedforge_run_reproduces_then_skips_and_nests_mlflow_runs(clone):
     experiment = client.get_experiment_by_name("embedforge")
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
     parents = [run for run in runs if run.info.run_name == "pipeline"]
-    stages = ("download", "validate", "precompute", "tokenize", "train")
+    stages = ("download", "validate", "precompute", "tokenize", "train", "evaluate", "report")
     children = [run for run in runs if run.info.run_name in stages]
     assert len(parents) == 2 and len(children) == len(stages), first.stdout
     assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parents[0].info.run_id}
     assert all(run.info.status == "FINISHED" for run in runs)
 
 
-def test_changing_a_validate_param_reruns_only_validate(clone):
+def test_changing_a_param_reruns_only_the_stages_that_read_it(clone):
     repo, env = clone
     sh("dvc", "repro", cwd=repo, env=env)
     params = (repo / "params.yaml").read_text().replace("max_chars: 1000", "max_chars: 900")
@@ -85,4 +92,11 @@ def test_changing_a_validate_param_reruns_only_validate(clone):
     rerun = sh("dvc", "repro", cwd=repo, env=env).stdout
     assert "Running stage 'validate'" in rerun and "Running stage 'download'" not in rerun
     assert "Stage 'precompute' didn't change" in rerun and "Stage 'tokenize' didn't change" in rerun
-    assert "Stage 'train' didn't change" in rerun
+    assert "Stage 'train' didn't change" in rerun and "Stage 'evaluate' didn't change" in rerun
+
+    (repo / "params.yaml").write_text(params.replace("min_gap: 0.2", "min_gap: 0.3"))
+    rerun = sh("dvc", "repro", cwd=repo, env=env).stdout
+    assert "Running stage 'evaluate'" in rerun and "Running stage 'report'" in rerun
+    for stage in ("download", "validate", "precompute", "tokenize", "train"):
+        assert f"Running stage '{stage}'" not in rerun, rerun
+    assert '"min_gap": 0.3' in (repo / "metrics/eval.json").read_text()

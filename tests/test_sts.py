@@ -60,3 +60,8 @@ def test_evaluator_scores_a_model_on_any_split_name(tmp_path, tiny_teacher):
     assert result.pairs == 3 and -1.0 <= result.spearman <= 1.0
     with pytest.raises(DataError, match="STS split not found"):
         STSEvaluator(tmp_path / "stsb" / "missing.parquet")
+
+
+def test_predictions_equal_up_to_float32_rounding_count_as_constant():
+    result = sts_correlation(np.array([1.0, 0.99999994, 1.0000001, 1.0]), np.array([1.0, 2.0, 3.0, 4.0]), "sick")
+    assert result.spearman is None and "all predictions are equal" in result.warning

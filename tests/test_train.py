@@ -270,3 +270,10 @@ def test_hard_negatives_can_be_left_out(ready):
     assert [e.negative is not None for e in with_negatives] == [True]
     assert [e.negative for e in without] == [None]
     assert with_negatives[0].positive == without[0].positive
+
+
+def test_every_epoch_logs_its_last_step_even_between_logging_intervals(project, ready):
+    train.run(ready("train.log_every_steps=1000"))
+    steps = pd.read_csv(project / "plots/train/steps.csv")
+    summary = json.loads((project / "metrics/train.json").read_text())
+    assert steps["epoch"].tolist() == [1, 2] and steps["step"].iloc[-1] == summary["steps"]

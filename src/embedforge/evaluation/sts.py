@@ -20,6 +20,9 @@ from embedforge.errors import DataError
 
 log = logging.getLogger(__name__)
 
+# float32 cosines of identical vectors differ in their last bits; a spread this small is no ranking
+CONSTANT_SPREAD = 1e-6
+
 
 @dataclass(frozen=True)
 class STSResult:
@@ -39,8 +42,8 @@ def sts_correlation(predicted: np.ndarray, gold: np.ndarray, name: str = "sts") 
     """Spearman and Pearson of ``predicted`` against ``gold``, None where undefined."""
     if len(predicted) == 0:
         raise DataError(f"{name}: the split has no rows, so no correlation can be computed")
-    if np.ptp(predicted) == 0 or np.ptp(gold) == 0:
-        which = "predictions" if np.ptp(predicted) == 0 else "gold scores"
+    if np.ptp(predicted) <= CONSTANT_SPREAD or np.ptp(gold) == 0:
+        which = "predictions" if np.ptp(predicted) <= CONSTANT_SPREAD else "gold scores"
         warning = f"{name}: all {which} are equal, so the correlation is undefined"
         log.warning(warning)
         return STSResult(None, None, len(predicted), warning)

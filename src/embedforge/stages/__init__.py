@@ -41,6 +41,16 @@ STAGES: dict[str, Stage] = {
             "Train the student on data/tokens (and the teacher's vectors); save models/student and checkpoints.",
             (RAW_DIR, Path("data/tokens"), Path("data/embeddings")),
         ),
+        Stage(
+            "evaluate",
+            "Score the student and the teacher: STS, separation, retrieval, speed and size; write metrics/eval.json.",
+            (RAW_DIR, Path("models/student")),
+        ),
+        Stage(
+            "report",
+            "Write reports/index.html: the student against the teacher, curves and figures, in one file.",
+            (Path("metrics"), Path("plots")),
+        ),
     )
 }
 

@@ -259,8 +259,8 @@ class Trainer:
         times.examples += len(indices)
         times.tokens += sum(batch.num_tokens for batch in micro)
         record = StepRecord(state.step, state.epoch, loss, parts, lr)
-        if state.step % self.params.log_every_steps == 0:
-            self.log_step(record, times)
+        if state.step % self.params.log_every_steps == 0 or state.batches_done == self.steps_per_epoch:
+            self.log_step(record, times)  # every epoch's last step too, so a short run still has a curve
         if self.on_step is not None:
             self.on_step(record)
         self.lap()

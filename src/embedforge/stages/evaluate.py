@@ -1,0 +1,227 @@
+"""evaluate: how good and how fast the student is, next to its teacher, on the same data in one run.
+
+Reads ``models/student``, the teacher (``precompute.teacher``) and the raw splits named
+in ``evaluate.*`` (any split name: validation here, test where a user has it). Each
+model encodes every distinct sentence it needs once. Writes:
+
+- ``metrics/eval.json``: per model STS (Spearman, Pearson per split), separation,
+  retrieval, speed and size, plus the student/teacher speed and size ratios;
+- ``plots/eval/sts.csv`` (gold vs predicted), ``separation.csv`` (cosine by pair kind),
+  ``embedding_map.csv`` (a t-SNE map of student embeddings), for ``dvc plots`` and the report.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from embedforge import tracking
+from embedforge.api import load_sentence_transformer
+from embedforge.config import EvaluateParams, Params, flatten
+from embedforge.data.schema import raw_split_path
+from embedforge.errors import DataError, UserError
+from embedforge.evaluation.retrieval import retrieval
+from embedforge.evaluation.separation import DISSIMILAR, SIMILAR, pair_kinds, separation
+from embedforge.evaluation.speed import encode_speed
+from embedforge.evaluation.sts import cosine_scores, sts_correlation
+from embedforge.files import atomic_path, write_json
+from embedforge.models import teacher as teachers
+from embedforge.models.encoder import count_parameters
+from embedforge.stages.validate import require_passed
+
+log = logging.getLogger(__name__)
+
+STUDENT_DIR = Path("models/student")
+METRICS_PATH = Path("metrics/eval.json")
+PLOTS_DIR = Path("plots/eval")
+MODELS = ("student", "teacher")
+
+
+def read_split(spec: str, key: str) -> pd.DataFrame:
+    """A raw split named ``<dataset>/<split>``; missing or empty is an error naming the param."""
+    dataset, _, split = spec.partition("/")
+    path = raw_split_path(dataset, split)
+    if not split or not path.is_file():
+        raise UserError(f"{key}: {spec!r} is not a downloaded <dataset>/<split> ({path} missing)")
+    frame = pd.read_parquet(path, columns=["sentence1", "sentence2", "label", "score", "genre"])
+    if frame.empty:
+        raise DataError(f"{key}: {path} has no rows, so it cannot be evaluated")
+    return frame.assign(dataset=dataset)
+
+
+class EncodedTexts:
+    """Every distinct text a model is scored on, encoded once; vectors are looked up by text."""
+
+    def __init__(self, model: Any, texts: list[str], batch_size: int):
+        self.row = {text: index for index, text in enumerate(dict.fromkeys(texts))}
+        self.vectors = model.encode(
+            list(self.row), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
+        )
+
+    def __call__(self, texts: pd.Series | list[str]) -> np.ndarray:
+        return self.vectors[[self.row[text] for text in texts]]
+
+
+def retrieval_task(frame: pd.DataFrame) -> tuple[list[str], list[str], list[list[int]]]:
+    """Premises with an entailment as queries, every distinct hypothesis as the corpus, entailments relevant."""
+    corpus = list(dict.fromkeys(frame["sentence2"]))
+    position = {text: index for index, text in enumerate(corpus)}
+    entailed = frame[frame["label"] == "entailment"].groupby("sentence1", sort=True)["sentence2"].agg(list)
+    if entailed.empty:
+        raise DataError("evaluate.retrieval_split: the split has no entailment pairs to retrieve")
+    relevant = [sorted({position[text] for text in texts}) for texts in entailed]
+    return list(entailed.index), corpus, relevant
+
+
+class Evaluation:
+    """The evaluation data of one run, and the scores of one model on it."""
+
+    def __init__(self, params: EvaluateParams, seed: int):
+        self.params = params
+        self.sts = {spec: read_split(spec, "evaluate.sts_splits") for spec in params.sts_splits}
+        pairs = pd.concat(
+            [read_split(spec, "evaluate.separation_splits") for spec in params.separation_splits], ignore_index=True
+        )
+        pairs["kind"] = pair_kinds(pairs, params.similar_min_score, params.dissimilar_max_score)
+        self.separation_pairs = pairs.dropna(subset=["kind"])
+        self.queries, self.corpus, self.relevant = retrieval_task(
+            read_split(params.retrieval_split, "evaluate.retrieval_split")
+        )
+        self.map_sentences = self.sample_map(seed)
+
+    def sample_map(self, seed: int) -> pd.DataFrame:
+        """Distinct first sentences of the STS splits, labelled by genre where the data has one."""
+        frame = pd.concat(self.sts.values(), ignore_index=True).drop_duplicates("sentence1")
+        labels = frame["genre"].where(frame["genre"].notna() & (frame["genre"] != ""), frame["dataset"])
+        frame = pd.DataFrame({"text": frame["sentence1"], "label": labels})
+        return frame.sample(n=min(self.params.map_sentences, len(frame)), random_state=seed)
+
+    def texts(self) -> list[str]:
+        parts = [frame[column] for frame in self.sts.values() for column in ("sentence1", "sentence2")]
+        parts += [self.separation_pairs["sentence1"], self.separation_pairs["sentence2"]]
+        return [text for part in parts for text in part] + self.queries + self.corpus + list(self.map_sentences["text"])
+
+    def score(self, name: str, encoded: EncodedTexts) -> tuple[dict[str, Any], list[pd.DataFrame]]:
+        """One model's metrics, and its rows of the sts and separation plot files."""
+        params = self.params
+        metrics: dict[str, Any] = {"sts": {}}
+        sts_rows, separation_rows = [], []
+        for spec, frame in self.sts.items():
+            predicted = cosine_scores(encoded(frame["sentence1"]), encoded(frame["sentence2"]))
+            result = sts_correlation(predicted, frame["score"].to_numpy(dtype=np.float64), spec)
+            metrics["sts"][spec] = {"spearman": result.spearman, "pearson": result.pearson, "pairs": result.pairs}
+            sts_rows.append(
+                pd.DataFrame({"split": spec, "model": name, "gold": frame["score"], "predicted": predicted})
+            )
+        pairs = self.separation_pairs
+        cosine = cosine_scores(encoded(pairs["sentence1"]), encoded(pairs["sentence2"]))
+        kinds = pairs["kind"].to_numpy()
+        result = separation(
+            cosine[kinds == SIMILAR],
+            cosine[kinds == DISSIMILAR],
+            params.similar_min,
+            params.dissimilar_max,
+            params.min_gap,
+        )
+        metrics["separation"] = {
+            "similar_mean": result.similar_mean,
+            "dissimilar_mean": result.dissimilar_mean,
+            "gap": result.gap,
+            "similar_pairs": result.similar_pairs,
+            "dissimilar_pairs": result.dissimilar_pairs,
+            "passed": result.passed,
+        }
+        separation_rows.append(pd.DataFrame({"model": name, "kind": kinds, "cosine": cosine}))
+        found = retrieval(encoded(self.queries), encoded(self.corpus), self.relevant, tuple(params.retrieval_ks))
+        metrics["retrieval"] = {
+            **{f"recall@{k}": value for k, value in found.recall.items()},
+            "mrr": found.mrr,
+            "queries": found.queries,
+            "corpus": found.corpus,
+        }
+        return metrics, [pd.concat(sts_rows), pd.concat(separation_rows)]
+
+
+def embedding_map(vectors: np.ndarray, seed: int) -> np.ndarray:
+    """2-D t-SNE coordinates of ``vectors`` (cosine distances), for the report's map."""
+    from sklearn.manifold import TSNE
+
+    perplexity = min(30.0, (len(vectors) - 1) / 3)
+    return TSNE(2, perplexity=perplexity, metric="cosine", init="pca", random_state=seed).fit_transform(vectors)
+
+
+def disk_bytes(path: Path) -> int:
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+
+
+def write_csv(frame: pd.DataFrame, name: str) -> None:
+    with atomic_path(PLOTS_DIR / name) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def run(cfg: Params) -> dict[str, float | str]:
+    params = cfg.evaluate
+    require_passed()
+    device = teachers.pick_device(params.device)
+    teacher = teachers.resolve(cfg.precompute.teacher)
+    paths = {"student": STUDENT_DIR, "teacher": teacher.path}
+    models = {name: load_sentence_transformer(path, device) for name, path in paths.items()}
+    data = Evaluation(params, cfg.seed)
+    texts = data.texts()
+
+    report: dict[str, Any] = {}
+    plot_rows: list[list[pd.DataFrame]] = []
+    student_vectors = None
+    for name, model in models.items():
+        encoded = EncodedTexts(model, texts, params.batch_size)
+        report[name], rows = data.score(name, encoded)
+        plot_rows.append(rows)
+        report[name]["size"] = {"parameters": count_parameters(model), "disk_bytes": disk_bytes(paths[name])}
+        if name == "student":
+            student_vectors = encoded(data.map_sentences["text"])
+
+    speed_texts = list(dict.fromkeys(texts))[: params.speed_sentences]
+    speeds = encode_speed(models, speed_texts, params.batch_size, params.speed_rounds)
+    for name in MODELS:
+        report[name]["speed"] = {"sentences_per_s": speeds[name].sentences_per_s, "sentences": len(speed_texts)}
+    report["speed_ratio"] = speeds["student"].sentences_per_s / speeds["teacher"].sentences_per_s
+    report["size_ratio"] = report["student"]["size"]["parameters"] / report["teacher"]["size"]["parameters"]
+    report["targets"] = {key: getattr(params, key) for key in ("similar_min", "dissimilar_max", "min_gap")}
+
+    coordinates = embedding_map(student_vectors, cfg.seed)
+    write_csv(pd.concat([rows[0] for rows in plot_rows]), "sts.csv")
+    write_csv(pd.concat([rows[1] for rows in plot_rows]), "separation.csv")
+    points = data.map_sentences.assign(x=coordinates[:, 0], y=coordinates[:, 1])
+    write_csv(points[["x", "y", "label", "text"]], "embedding_map.csv")
+    write_json(METRICS_PATH, report)
+    tracking.current().log_artifacts(METRICS_PATH)
+    log.info("%s", summary_line(report, params.sts_splits[0]))
+    results: dict[str, float | str] = {
+        f"eval.{metric_name(key)}": float(value)
+        for key, value in flatten(report).items()
+        if isinstance(value, (int, float))
+    }
+    results["eval.device_used"] = device
+    return results
+
+
+def metric_name(key: str) -> str:
+    """MLflow refuses '@' in metric names: ``retrieval.recall@10`` is logged as ``retrieval.recall_at_10``."""
+    return key.replace("@", "_at_")
+
+
+def summary_line(report: dict[str, Any], split: str) -> str:
+    def spearman(name: str) -> str:
+        value = report[name]["sts"][split]["spearman"]
+        return "undefined" if value is None else f"{value:.4f}"
+
+    student = report["student"]
+    return (
+        f"{split} Spearman student {spearman('student')} vs teacher {spearman('teacher')}; separation gap "
+        f"{student['separation']['gap']:.3f} ({'pass' if student['separation']['passed'] else 'FAIL'}); "
+        f"encodes {report['speed_ratio']:.2f}x the teacher's speed"
+    )

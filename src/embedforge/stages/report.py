@@ -1,0 +1,192 @@
+"""report: one self-contained HTML page on the student against its teacher, for someone who ran nothing.
+
+Reads the evaluation (``metrics/eval.json`` and ``plots/eval/*.csv``) and the training
+summary (``metrics/train.json``): without them there is nothing to report, so each
+is required. The training curves, the data manifest, the validation results and
+``dvc.lock`` only add context, so a missing one shows as "not available". Writes,
+all at once:
+
+- ``reports/index.html``: the page, figures embedded as data URIs, CSS inline;
+- ``reports/figures/<name>.png``: the same figures as files;
+
+then logs ``reports/`` to the stage's MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from embedforge import tracking
+from embedforge.config import Params, flatten
+from embedforge.data.schema import MANIFEST_PATH, VALIDATION_RESULTS_PATH
+from embedforge.errors import DataError
+from embedforge.files import atomic_dir
+from embedforge.report import figures, html
+
+REPORT_DIR = Path("reports")
+PAGE_NAME = "index.html"
+FIGURES_DIRNAME = "figures"
+EVAL_METRICS = Path("metrics/eval.json")
+TRAIN_METRICS = Path("metrics/train.json")
+EVAL_PLOTS = Path("plots/eval")
+TRAIN_PLOTS = Path("plots/train")
+DVC_LOCK = Path("dvc.lock")
+EVALUATE = "embedforge evaluate"
+TRAIN = "embedforge train"
+EVAL_KEYS = (  # what the summary reads
+    *(f"{model}.{section}" for model in html.MODELS for section in ("sts", "separation", "retrieval", "speed", "size")),
+    "speed_ratio",
+    "size_ratio",
+    *(f"targets.{target}" for target in ("similar_min", "dissimilar_max", "min_gap")),
+)
+EXAMPLES_PER_LABEL = 2
+EXAMPLE_CHARS = 160
+
+
+def read_json(path: Path, command: str) -> Any:
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run `{command}` first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: unreadable ({exc}); run `{command}` again") from None
+
+
+def read_csv(path: Path, command: str, columns: tuple[str, ...]) -> pd.DataFrame:
+    """A CSV with at least ``columns`` and one row, else a DataError naming the file and its maker."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run `{command}` first")
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable ({exc}); run `{command}` again") from None
+    absent = [column for column in columns if column not in frame.columns]
+    if absent:
+        raise DataError(f"{path}: no column {', '.join(absent)}; run `{command}` again")
+    if frame.empty:
+        raise DataError(f"{path}: no rows; run `{command}` again")
+    return frame
+
+
+def lacks(tree: Any, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return True
+        tree = tree[part]
+    return False
+
+
+def read_object(path: Path, command: str, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A JSON object holding every dotted key in ``keys``, else a DataError naming what is not there."""
+    payload = read_json(path, command)
+    if not isinstance(payload, dict):
+        raise DataError(f"{path}: not a JSON object; run `{command}` again")
+    absent = [key for key in keys if lacks(payload, key)]
+    if absent:
+        raise DataError(f"{path}: no {', '.join(absent)}; run `{command}` again")
+    return payload
+
+
+def dvc_outs(lock: dict[str, Any]) -> list[html.DvcOut]:
+    """Each stage's outputs in dvc.lock with their md5: which version of every artifact this report saw."""
+    return [
+        html.DvcOut(stage, str(out.get("path")), str(out.get("md5", "unknown")))
+        for stage, entry in (lock.get("stages") or {}).items()
+        for out in entry.get("outs", [])
+    ]
+
+
+def read_dvc_lock() -> list[html.DvcOut] | None:
+    if not DVC_LOCK.is_file():
+        return None
+    try:
+        lock = yaml.safe_load(DVC_LOCK.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise DataError(f"{DVC_LOCK}: unreadable ({exc}); run `dvc repro` again") from None
+    return dvc_outs(lock)
+
+
+def lineage() -> html.Lineage:
+    tags = tracking.lineage_tags()
+    return html.Lineage(
+        report_run_id=tracking.current().run_id,
+        parent_run_id=os.environ.get(tracking.PARENT_RUN_ENV) or None,
+        git_commit=tags["git.commit"],
+        git_dirty=tags["git.dirty"],
+        dvc_outs=read_dvc_lock(),
+    )
+
+
+def label_examples(points: pd.DataFrame) -> list[tuple[str, str]]:
+    """A few sentences of each label of the map, shortened, so a reader knows what each colour holds."""
+    labelled = points.assign(label=points["label"].fillna("unlabelled").astype(str))
+    chosen = labelled.groupby("label", sort=True).head(EXAMPLES_PER_LABEL).sort_values("label", kind="stable")
+    return [
+        (label, text if len(text) <= EXAMPLE_CHARS else text[: EXAMPLE_CHARS - 1] + "…")
+        for label, text in zip(chosen["label"], chosen["text"].fillna("").astype(str))
+    ]
+
+
+def draw(evaluation: dict[str, Any], plots: dict[str, pd.DataFrame | None]) -> dict[str, bytes]:
+    """Every figure the inputs allow, by name; the training curves need plots/train/steps.csv."""
+    targets = evaluation["targets"]
+    drawn: dict[str, bytes] = {}
+    if plots["steps"] is not None:
+        drawn["training_curves"] = figures.training_curves(plots["steps"], plots["epochs"])
+    drawn["cosine_histograms"] = figures.cosine_histograms(
+        plots["separation"], targets["similar_min"], targets["dissimilar_max"]
+    )
+    drawn["sts_scatter"] = figures.sts_scatter(plots["sts"][plots["sts"]["model"] == "student"])
+    drawn["embedding_map"] = figures.embedding_map(plots["embedding_map"])
+    return drawn
+
+
+def read_plots() -> dict[str, pd.DataFrame | None]:
+    """The plot CSVs: the evaluation's are required, the training curves optional."""
+    steps, epochs = TRAIN_PLOTS / "steps.csv", TRAIN_PLOTS / "epochs.csv"
+    plots = {
+        "sts": read_csv(EVAL_PLOTS / "sts.csv", EVALUATE, ("split", "model", "gold", "predicted")),
+        "separation": read_csv(EVAL_PLOTS / "separation.csv", EVALUATE, ("model", "kind", "cosine")),
+        "embedding_map": read_csv(EVAL_PLOTS / "embedding_map.csv", EVALUATE, ("x", "y", "label", "text")),
+        "steps": read_csv(steps, TRAIN, ("step", "train.loss", "train.lr")) if steps.is_file() else None,
+        "epochs": read_csv(epochs, TRAIN, ("epoch", "step")) if epochs.is_file() else None,
+    }
+    if not (plots["sts"]["model"] == "student").any():
+        raise DataError(f"{EVAL_PLOTS / 'sts.csv'}: no student rows; run `{EVALUATE}` again")
+    return plots
+
+
+def run(cfg: Params) -> dict[str, float | str]:
+    evaluation = read_object(EVAL_METRICS, EVALUATE, EVAL_KEYS)
+    training = read_object(TRAIN_METRICS, TRAIN)
+    plots = read_plots()
+    drawn = draw(evaluation, plots)
+    page = html.Page(
+        title=cfg.report.title,
+        teacher=cfg.precompute.teacher,
+        evaluation=evaluation,
+        training=training,
+        figures=drawn,
+        missing_figures={"training_curves": f"no {TRAIN_PLOTS / 'steps.csv'} (run `{TRAIN}`)"},
+        params=flatten(cfg.to_dict()),
+        lineage=lineage(),
+        map_examples=label_examples(plots["embedding_map"]),
+        manifest=read_object(MANIFEST_PATH, "embedforge download") if MANIFEST_PATH.is_file() else None,
+        validation=(
+            read_object(VALIDATION_RESULTS_PATH, "embedforge validate") if VALIDATION_RESULTS_PATH.is_file() else None
+        ),
+    )
+    text = html.render(page).encode("utf-8")
+    with atomic_dir(REPORT_DIR) as out:
+        (out / FIGURES_DIRNAME).mkdir()
+        for name, png in drawn.items():
+            (out / FIGURES_DIRNAME / f"{name}.png").write_bytes(png)
+        (out / PAGE_NAME).write_bytes(text)
+    tracking.current().log_artifacts(REPORT_DIR, "report")
+    return {"report.figures": len(drawn), "report.bytes": len(text), "report.path": str(REPORT_DIR / PAGE_NAME)}

@@ -1,0 +1,325 @@
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import leftovers
+from mlflow.tracking import MlflowClient
+
+from embedforge import tracking
+from embedforge.config import load_params
+from embedforge.errors import DataError
+from embedforge.stages import report, run_stage
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+STS_SPLITS = ("stsb/validation", "sick/validation")
+MAP_LABELS = ("main-captions", "main-news", "main-forums")
+
+
+def model_metrics(spearman: float, gap: float, passed: bool, speed: float, parameters: int) -> dict:
+    similar = 0.22 + gap
+    return {
+        "sts": {
+            split: {"spearman": spearman - 0.05 * i, "pearson": spearman - 0.04 * i - 0.01, "pairs": 60}
+            for i, split in enumerate(STS_SPLITS)
+        },
+        "separation": {
+            "similar_mean": similar,
+            "dissimilar_mean": 0.22,
+            "gap": gap,
+            "similar_pairs": 80,
+            "dissimilar_pairs": 80,
+            "passed": passed,
+        },
+        "retrieval": {"recall@1": 0.61, "recall@10": 0.93, "mrr": 0.72, "queries": 330, "corpus": 980},
+        "speed": {"sentences_per_s": speed, "sentences": 2000},
+        "size": {"parameters": parameters, "disk_bytes": parameters * 4},
+    }
+
+
+def eval_metrics(passed: bool = True) -> dict:
+    return {
+        "student": model_metrics(0.85, 0.59 if passed else 0.1, passed, 650.0, 15_615_360),
+        "teacher": model_metrics(0.87, 0.62, True, 232.0, 22_713_216),
+        "speed_ratio": 2.8,
+        "size_ratio": 0.69,
+        "targets": {"similar_min": 0.7, "dissimilar_max": 0.5, "min_gap": 0.2},
+    }
+
+
+def write_json(path: Path, payload) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload), encoding="utf-8")
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+
+
+def write_inputs(root: Path, evaluation: dict | None = None, map_text: str = "A man is playing a guitar.") -> None:
+    """Every file the report reads, small but shaped as the pipeline writes it."""
+    rng = np.random.default_rng(0)
+    write_json(root / "metrics/eval.json", evaluation or eval_metrics())
+    write_json(
+        root / "metrics/train.json",
+        {"steps": 40, "epochs": 2, "best_epoch": 2, "sts_spearman": 0.83, "val_loss": None, "peak_rss_mb": 2000.0},
+    )
+    steps = np.arange(1, 41)
+    write_csv(
+        root / "plots/train/steps.csv",
+        pd.DataFrame(
+            {
+                "step": steps,
+                "epoch": (steps > 20) + 1,
+                "train.loss": 3.0 * np.exp(-steps / 15) + rng.normal(0, 0.05, steps.size),
+                "train.lr": np.minimum(steps / 4, 1) * 5e-5,
+                "train.tokens_per_s": 2500.0,
+                "train.examples_per_s": 95.0,
+            }
+        ),
+    )
+    write_csv(
+        root / "plots/train/epochs.csv",
+        pd.DataFrame({"epoch": [1, 2], "step": [20, 40], "val.sts_spearman": [0.8, 0.83], "val.val_loss": [0.9, 0.6]}),
+    )
+    sts = []
+    for split in STS_SPLITS:
+        gold = rng.uniform(0, 5, 60)
+        for model in ("student", "teacher"):
+            predicted = gold / 5 + rng.normal(0, 0.1, gold.size)
+            sts.append(pd.DataFrame({"split": split, "model": model, "gold": gold, "predicted": predicted}))
+    write_csv(root / "plots/eval/sts.csv", pd.concat(sts))
+    separation = [
+        pd.DataFrame({"model": model, "kind": kind, "cosine": rng.normal(mean, 0.1, 80)})
+        for model in ("student", "teacher")
+        for kind, mean in (("similar", 0.8), ("dissimilar", 0.2))
+    ]
+    write_csv(root / "plots/eval/separation.csv", pd.concat(separation))
+    labels = np.repeat(MAP_LABELS, 20)
+    write_csv(
+        root / "plots/eval/embedding_map.csv",
+        pd.DataFrame(
+            {
+                "x": rng.normal(0, 5, labels.size) + 10 * (labels == MAP_LABELS[0]),
+                "y": rng.normal(0, 5, labels.size),
+                "label": labels,
+                "text": [map_text] + [f"Sentence {i} of the map." for i in range(1, labels.size)],
+            }
+        ),
+    )
+    write_json(
+        root / "data/raw/manifest.json",
+        {
+            "source": "mirror",
+            "location": "/data/mirror",
+            "limit": None,
+            "seed": 42,
+            "datasets": {
+                "stsb": {
+                    "validation": {"source_rows": 1500, "rows": 1500, "output_sha256": "ab12" * 16},
+                    "train": {"source_rows": 5749, "rows": 5700, "output_sha256": "cd34" * 16},
+                }
+            },
+            "skipped": {},
+        },
+    )
+    write_json(
+        root / "data/validation/results.json",
+        {
+            "success": True,
+            "summary": "Data validation passed: 40 expectations on 2 splits (7200 rows).",
+            "metrics": {"validate.splits": 2, "validate.rows": 7200},
+            "splits": [
+                {
+                    "dataset": "stsb",
+                    "split": split,
+                    "rows": rows,
+                    "success": True,
+                    "expectations": [{"success": True}] * 20,
+                }
+                for split, rows in (("train", 5700), ("validation", 1500))
+            ],
+        },
+    )
+
+
+def params(root: Path, *overrides: str):
+    return load_params(root / "params.yaml", ["tracking.enabled=false", *overrides])
+
+
+def page_of(root: Path) -> str:
+    return (root / "reports" / "index.html").read_text(encoding="utf-8")
+
+
+def verdict_of(page: str) -> str:
+    return re.search(r'<p class="verdict [^"]*">(.*?)</p>', page, re.DOTALL).group(0)
+
+
+def test_report_is_one_self_contained_page_embedding_every_figure(project):
+    write_inputs(project)
+    results = report.run(params(project))
+
+    page = page_of(project)
+    written = sorted((project / "reports" / "figures").glob("*.png"))
+    sources = re.findall(r'<img [^>]*src="([^"]*)"', page)
+    assert results["report.figures"] == len(written) == len(sources) == 4
+    assert results["report.bytes"] == (project / "reports" / "index.html").stat().st_size
+    assert results["report.path"] == "reports/index.html"
+    embedded = sorted(base64.b64decode(src.removeprefix("data:image/png;base64,")) for src in sources)
+    assert all(src.startswith("data:image/png;base64,") for src in sources)
+    assert embedded == sorted(path.read_bytes() for path in written)
+    assert all(png.startswith(PNG_MAGIC) for png in embedded)
+    assert 'src="http' not in page and "<script" not in page and "<link" not in page
+    assert "embedforge report" in page and "PASS" in verdict_of(page) and "2.80×" in page
+    assert leftovers(project) == []
+
+
+@pytest.mark.parametrize("passed", [True, False])
+def test_verdict_follows_the_students_separation(project, passed):
+    write_inputs(project, eval_metrics(passed=passed))
+    report.run(params(project))
+    page = page_of(project)
+    verdict = verdict_of(page)
+    assert ("PASS" in verdict) is passed and ("FAIL" in verdict) is not passed
+    gap_row = re.search(r"<tr><td>Gap \(similar − dissimilar\)</td>.*?</tr>", page, re.DOTALL).group(0)
+    assert re.findall(r"(PASS|FAIL)</span>", gap_row) == ["PASS" if passed else "FAIL", "PASS"]
+
+
+def test_an_undefined_correlation_shows_as_undefined(project):
+    evaluation = eval_metrics()
+    evaluation["student"]["sts"]["sick/validation"].update(spearman=None, pearson=None)
+    write_inputs(project, evaluation)
+    report.run(params(project))
+    page = page_of(project)
+    row = re.search(r"<tr><td>Spearman, sick/validation.*?</tr>", page, re.DOTALL).group(0)
+    assert re.findall(r'<td class="num">([^<]*)', row)[0] == "undefined"
+    assert not re.search(r">\s*(nan|None|NaN)\s*<", page)
+
+
+def test_data_and_params_text_is_escaped(project):
+    write_inputs(project, map_text="Click <script>alert(1)</script> & run")
+    report.run(params(project, "report.title=<b>Ours</b> & <script>x()</script>"))
+    page = page_of(project)
+    assert "<script" not in page and "<b>Ours" not in page
+    assert "Click &lt;script&gt;alert(1)&lt;/script&gt; &amp; run" in page
+    assert "<title>&lt;b&gt;Ours&lt;/b&gt; &amp; &lt;script&gt;x()&lt;/script&gt;</title>" in page
+    assert "<td>report.title</td><td><code>&lt;b&gt;Ours" in page
+
+
+@pytest.mark.parametrize(
+    "name, command",
+    [
+        ("metrics/eval.json", "evaluate"),
+        ("metrics/train.json", "train"),
+        ("plots/eval/sts.csv", "evaluate"),
+        ("plots/eval/separation.csv", "evaluate"),
+        ("plots/eval/embedding_map.csv", "evaluate"),
+    ],
+)
+def test_a_missing_required_input_is_named_and_nothing_is_written(project, name, command):
+    write_inputs(project)
+    (project / name).unlink()
+    with pytest.raises(DataError, match=re.escape(f"{name}: missing; run `embedforge {command}` first")):
+        report.run(params(project))
+    assert not (project / "reports").exists() and leftovers(project) == []
+
+
+def test_required_inputs_must_hold_what_the_report_reads(project):
+    evaluation = eval_metrics()
+    del evaluation["teacher"]["retrieval"], evaluation["targets"]["min_gap"]
+    write_inputs(project, evaluation)
+    with pytest.raises(DataError, match=r"metrics/eval.json: no teacher.retrieval, targets.min_gap; run"):
+        report.run(params(project))
+    write_inputs(project)
+    frame = pd.read_csv(project / "plots/eval/sts.csv")
+    frame.drop(columns="predicted").to_csv(project / "plots/eval/sts.csv", index=False)
+    with pytest.raises(DataError, match=r"plots/eval/sts.csv: no column predicted; run `embedforge evaluate` again"):
+        report.run(params(project))
+    assert not (project / "reports").exists()
+
+
+def test_optional_inputs_may_be_missing(project):
+    write_inputs(project)
+    for name in ("plots/train/steps.csv", "plots/train/epochs.csv", "data/raw/manifest.json"):
+        (project / name).unlink()
+    shutil.rmtree(project / "data" / "validation")
+    results = report.run(params(project))
+    page = page_of(project)
+    assert results["report.figures"] == 3
+    assert not (project / "reports/figures/training_curves.png").exists()
+    missing = re.findall(r'<p class="missing">Not available: ([^<]*)', page)
+    assert [text.split()[1] for text in missing] == [
+        "plots/train/steps.csv",
+        "data/raw/manifest.json",
+        "data/validation/results.json",
+        "dvc.lock",
+    ]
+
+
+def test_page_shows_data_manifest_validation_and_resolved_params(project):
+    write_inputs(project)
+    report.run(params(project, "train.lr=0.0003"))
+    page = page_of(project)
+    assert '<td>stsb/validation</td><td class="num">1,500</td>' in page
+    assert f'<code title="{"ab12" * 16}">{("ab12" * 16)[:12]}</code>' in page
+    assert "Data validation passed: 40 expectations" in page and "20 / 20" in page
+    assert "<td>train.lr</td><td><code>0.0003</code>" in page
+    assert "<td>download.limit</td><td><code>" in page
+    assert "main-news" in page and "Sentence 20 of the map." in page
+
+
+def test_lineage_names_the_runs_commit_and_dvc_hashes_and_the_report_is_logged(project, monkeypatch):
+    write_inputs(project)
+    lock = {
+        "schema": "2.0",
+        "stages": {"train": {"cmd": "embedforge train", "outs": [{"path": "models/student", "md5": "9f8e7d.dir"}]}},
+    }
+    (project / "dvc.lock").write_text(yaml.safe_dump(lock), encoding="utf-8")
+    cfg = params(project, "tracking.enabled=true")
+    with tracking.start(cfg, "pipeline") as parent:
+        monkeypatch.setenv(tracking.PARENT_RUN_ENV, parent.run_id)
+        run_stage("report", cfg)
+
+    page = page_of(project)
+    client = MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("embedforge").experiment_id], "tags.`embedforge.stage` = 'report'"
+    )
+    run_id = runs[0].info.run_id
+    assert f"<code>{run_id}</code>" in page and f"<code>{parent.run_id}</code>" in page
+    assert f"<code>{tracking.lineage_tags()['git.commit']}</code>" in page
+    assert "<td>train</td><td><code>models/student</code></td>" in page and "9f8e7d.dir" in page
+    logged = {artifact.path for artifact in client.list_artifacts(run_id, "report")}
+    assert logged == {"report/index.html", "report/figures"}
+    assert runs[0].data.metrics["report.figures"] == 4 and runs[0].data.tags["report.path"] == "reports/index.html"
+
+
+def test_page_renders_in_headless_chromium(project, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium not installed: apt-get install chromium to render the report")
+    write_inputs(project)
+    report.run(params(project))
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--screenshot={shot}",
+            "--window-size=1280,2400",
+            (project / "reports" / "index.html").resolve().as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert shot.read_bytes().startswith(PNG_MAGIC) and shot.stat().st_size > 10_000
