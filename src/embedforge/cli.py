@@ -125,3 +125,31 @@ def run_pipeline(
                 raise error
 
     _guarded(action)
+
+
+@app.command("schedule")
+def schedule(
+    ctx: typer.Context,
+    cron: Annotated[str | None, typer.Option(help='A cron schedule, e.g. "0 3 * * *" (03:00 every day).')] = None,
+    interval: Annotated[float | None, typer.Option(help="Run every this many seconds.", min=1)] = None,
+    name: Annotated[str, typer.Option(help="The Prefect deployment's name.")] = "embedforge-scheduled",
+    params: ParamsOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Serve the Prefect flow on a schedule until stopped (Ctrl-C): each run skips the stages that did not change."""
+    params_path, all_overrides = _settings(ctx, params, overrides)
+
+    def action() -> None:
+        if (cron is None) == (interval is None):
+            raise UserError("schedule: give exactly one of --cron or --interval")
+        load_params(params_path, all_overrides)  # a bad value fails now, not at 03:00
+        from embedforge.flow import pipeline
+
+        pipeline.serve(
+            name=name,
+            cron=cron,
+            interval=interval,
+            parameters={"params": str(params_path), "overrides": all_overrides},
+        )
+
+    _guarded(action)

@@ -60,18 +60,43 @@ def _git(*args: str) -> str | None:
 
 
 def lineage_tags() -> dict[str, str]:
+    """Git commit and dirty flag, and the Prefect flow run when a flow started this process's work."""
     commit = _git("rev-parse", "HEAD")
     dirty = _git("status", "--porcelain", "--untracked-files=no")
-    return {
+    tags = {
         "git.commit": commit or "unknown",
         "git.dirty": "unknown" if dirty is None else str(bool(dirty)).lower(),
     }
+    if "prefect" in sys.modules:
+        from prefect.runtime import flow_run
+
+        if flow_run.get_id():
+            tags["prefect.flow_run_id"] = str(flow_run.get_id())
+    return tags
+
+
+def run_link(run_id: str | None) -> str | None:
+    """Where to see a run: the UI page on a tracking server, else how to open the local store."""
+    if not run_id:
+        return None
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    run = mlflow.get_run(run_id)
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    return f"run {run_id} in {uri} (`mlflow ui --backend-store-uri {uri}`)"
 
 
 def content_hash(path: Path) -> str:
-    """sha256 over the relative names and bytes of every file under ``path`` (or of the file itself)."""
+    """sha256 over the relative names and bytes of every file under ``path`` (or of the file itself).
+
+    Bytecode caches are left out: importing the code must not change its hash.
+    """
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = (
+        sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts) if path.is_dir() else [path]
+    )
     for file in files:
         digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
         with file.open("rb") as handle:

@@ -1,0 +1,148 @@
+"""The Prefect flow on the tiny config: a real flow run against a temporary Prefect server (prefect_test_harness)."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    TaskRunFilter,
+    TaskRunFilterFlowRunId,
+)
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL
+from prefect.testing.utilities import prefect_test_harness
+
+from embedforge.flow import pipeline
+
+BIN = Path(sys.executable).parent
+STAGES = ["download", "validate", "precompute", "tokenize", "train", "evaluate", "report"]
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def tiny(project: Path, small_mirror: Path, tiny_teacher: Path) -> list[str]:
+    """The project with dvc.yaml beside params.yaml; returns the overrides of a tiny run."""
+    shutil.copy(REPO_ROOT / "dvc.yaml", project / "dvc.yaml")
+    return [
+        "download.source=mirror",
+        f"download.mirror={small_mirror}",
+        "download.limit=60",
+        f"precompute.teacher={tiny_teacher}",
+        "precompute.backend=torch",
+        "model.hidden_size=64",
+        "model.num_heads=2",
+        "model.intermediate_size=128",
+        "model.teacher_layers=[1, 0]",
+        "model.max_positions=128",
+        "train.batch_size=8",
+        "train.epochs=1",
+        "evaluate.speed_sentences=40",
+        "evaluate.speed_rounds=1",
+        "evaluate.map_sentences=30",
+    ]
+
+
+def task_runs(state) -> dict:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
+    return {run.name: run for run in runs}
+
+
+def ran(runs: dict) -> set[str]:
+    return {name for name, run in runs.items() if run.state.name != "Cached"}
+
+
+def test_second_run_skips_everything_and_a_train_param_reruns_train_evaluate_report(harness, project, tiny):
+    first = pipeline(overrides=tiny, return_state=True)
+    assert first.is_completed(), first.message
+    runs = task_runs(first)
+    assert ran(runs) == set(STAGES)
+    assert (project / "reports/index.html").is_file() and (project / "metrics/eval.json").is_file()
+    precompute, tokenize = runs["precompute"], runs["tokenize"]
+    assert precompute.start_time < tokenize.end_time and tokenize.start_time < precompute.end_time  # side by side
+
+    with get_client(sync_client=True) as client:
+        flow_run_filter = ArtifactFilterFlowRunId(any_=[first.state_details.flow_run_id])
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=flow_run_filter))
+    assert [artifact.key for artifact in artifacts] == ["evaluation-summary"]
+    summary = artifacts[0].data
+    assert "| STS Spearman, stsb/validation |" in summary and "MLflow run: run " in summary
+
+    second = pipeline(overrides=tiny, return_state=True)
+    assert second.is_completed() and ran(task_runs(second)) == set()
+
+    third = pipeline(overrides=[*tiny, "train.lr=1e-3"], return_state=True)
+    assert third.is_completed() and ran(task_runs(third)) == {"train", "evaluate", "report"}
+
+    client = MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("embedforge").experiment_id])
+    parents = {run.info.run_id for run in runs if run.info.run_name == "pipeline"}
+    stage_runs = [run for run in runs if run.info.run_name in STAGES]
+    assert len(parents) == 3 and len(stage_runs) == 7 + 3
+    assert {run.data.tags["mlflow.parentRunId"] for run in stage_runs} <= parents
+    flow_run_ids = {str(state.state_details.flow_run_id) for state in (first, second, third)}
+    assert {run.data.tags["prefect.flow_run_id"] for run in runs} == flow_run_ids
+
+
+def test_missing_outputs_are_rebuilt_even_when_the_key_matches(harness, project, tiny):
+    assert pipeline(overrides=tiny, return_state=True).is_completed()
+    shutil.rmtree(project / "reports")
+    again = pipeline(overrides=tiny, return_state=True)
+    assert ran(task_runs(again)) == {"report"} and (project / "reports/index.html").is_file()
+
+
+def test_failed_validation_fails_the_flow_with_the_summary_and_is_not_retried(harness, project, tiny):
+    state = pipeline(overrides=[*tiny, "validate.max_chars=5"], return_state=True)
+    assert state.is_failed()
+    assert "expect_column_value_lengths_to_be_between" in state.message or "max_chars" in state.message, state.message
+    runs = task_runs(state)
+    assert runs["validate"].run_count == 1 and "precompute" not in runs
+
+
+def test_schedule_serves_the_flow_with_its_cron_until_stopped(harness, project):
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    command = ["embedforge", "schedule", "--cron", "0 3 * * *", "--name", "nightly", "--set", "train.lr=1e-4"]
+    server = subprocess.Popen(
+        command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deployment = None
+        with get_client(sync_client=True) as client:
+            for _ in range(120):
+                try:
+                    deployment = client.read_deployment_by_name("embedforge-pipeline/nightly")
+                    break
+                except ObjectNotFound:
+                    assert server.poll() is None, server.stdout.read()
+                    time.sleep(1)
+        assert deployment is not None, "the schedule was not served within 2 minutes"
+        assert [schedule.schedule.cron for schedule in deployment.schedules] == ["0 3 * * *"]
+        assert deployment.parameters == {"params": "params.yaml", "overrides": ["train.lr=1e-4"]}
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=60)
+    assert server.returncode is not None
+
+
+def test_schedule_needs_exactly_one_of_cron_and_interval(project):
+    done = subprocess.run(
+        [str(BIN / "embedforge"), "schedule"], cwd=project, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 2 and "give exactly one of --cron or --interval" in done.stderr
