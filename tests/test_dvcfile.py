@@ -1,0 +1,60 @@
+import shutil
+
+import pytest
+from conftest import REPO_ROOT
+
+from embedforge import dvcfile
+from embedforge.config import load_params
+from embedforge.errors import UserError
+from embedforge.report.markdown import evaluation_summary
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    shutil.copy(REPO_ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "src/embedforge/stages").mkdir(parents=True)
+    (tmp_path / "src/embedforge/stages/evaluate.py").write_text("print('v1')\n")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def key(repo, stage, *overrides):
+    return dvcfile.fingerprint(dvcfile.stage_spec(stage), load_params(repo / "params.yaml", list(overrides)), repo)
+
+
+def test_the_fingerprint_follows_declared_params_and_deps_only(repo):
+    spec = dvcfile.stage_spec("evaluate")
+    assert "evaluate" in spec.params and "models/student" in spec.deps and "metrics/eval.json" in spec.outs
+    base = key(repo, "evaluate")
+    assert key(repo, "evaluate") == base
+    assert key(repo, "evaluate", "evaluate.min_gap=0.3") != base  # a declared section
+    assert key(repo, "evaluate", "precompute.teacher=elsewhere") != base  # a declared single key
+    assert key(repo, "evaluate", "train.lr=1.0") == base  # not declared for evaluate
+    (repo / "src/embedforge/stages/__pycache__").mkdir()
+    (repo / "src/embedforge/stages/__pycache__/evaluate.cpython-311.pyc").write_bytes(b"\0")
+    assert key(repo, "evaluate") == base  # bytecode is not code
+    (repo / "src/embedforge/stages/evaluate.py").write_text("print('v2')\n")
+    assert key(repo, "evaluate") != base
+
+
+def test_outputs_present_and_unknown_stages(repo):
+    spec = dvcfile.stage_spec("report")
+    assert not dvcfile.outputs_present(spec, repo)
+    (repo / "reports").mkdir()
+    assert dvcfile.outputs_present(spec, repo)
+    with pytest.raises(UserError, match="no stage 'deploy'"):
+        dvcfile.stage_spec("deploy")
+
+
+def test_evaluation_summary_is_a_markdown_table_with_undefined_values():
+    scored = {
+        "sts": {"stsb/test": {"spearman": None}},
+        "separation": {"gap": 0.3, "passed": False},
+        "retrieval": {"recall@1": 0.5, "mrr": 0.6, "queries": 10},
+        "speed": {"sentences_per_s": 100.0},
+    }
+    text = evaluation_summary({"student": scored, "teacher": scored, "speed_ratio": 2.5}, "run abc")
+    assert "| STS Spearman, stsb/test | undefined | undefined |" in text
+    assert "| Separation targets | FAIL | FAIL |" in text and "| recall @ 1 | 0.5000 | 0.5000 |" in text
+    assert "queries" not in text and "**2.50x**" in text and text.endswith("MLflow run: run abc")
