@@ -247,6 +247,7 @@ class TrackingParams(Section):
     enabled: bool = True
     uri: str | None = None
     experiment: str = Field(default="embedforge", min_length=1)
+    timeout_s: float = Field(default=5.0, gt=0)
 
 
 class Params(Section):

@@ -10,6 +10,7 @@ variable ``EMBEDFORGE_PARENT_RUN_ID`` that ``embedforge run`` sets.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -17,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +26,22 @@ from embedforge.config import Params, flatten
 from embedforge.memory import PeakMemory
 
 PARENT_RUN_ENV = "EMBEDFORGE_PARENT_RUN_ID"
+OFFLINE_DIR = Path("mlruns/offline")
 DEFAULT_STORE_DIR = Path("mlruns")
 SQLITE_PREFIX = "sqlite:///"
 MAX_PARAM_CHARS = 6000
 
 log = logging.getLogger(__name__)
+_current: ContextVar[StageRun | None] = ContextVar("embedforge_stage_run", default=None)
+_warned_offline = False
+
+
+def tracking_errors() -> tuple[type[BaseException], ...]:
+    """What a tracking call raises when the store or server fails (imported only once tracking is on)."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException, requests.RequestException, OSError)
 
 
 def tracking_uri(cfg: Params) -> str:
@@ -105,32 +118,75 @@ def content_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _log_params(mlflow: Any, cfg: Params) -> None:
-    flat = {key: str(value)[:MAX_PARAM_CHARS] for key, value in flatten(cfg.to_dict()).items()}
-    mlflow.log_params(flat)
+class OfflineLog:
+    """Where a run's records go when the tracking server cannot be reached: JSON lines under mlruns/offline/."""
+
+    def __init__(self, run_name: str):
+        OFFLINE_DIR.mkdir(parents=True, exist_ok=True)
+        self.path = OFFLINE_DIR / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{run_name}.jsonl"
+
+    def write(self, kind: str, payload: dict[str, Any], step: int | None = None) -> None:
+        record = {"time": time.time(), "kind": kind, "step": step, "values": payload}
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, default=str) + "\n")
+
+
+def warn_offline_once(uri: str, error: BaseException, offline: OfflineLog) -> None:
+    global _warned_offline
+    if not _warned_offline:
+        log.warning(
+            "MLflow tracking at %s is unreachable (%s): the pipeline goes on and keeps its metrics in %s",
+            uri,
+            str(error).splitlines()[0][:200],
+            offline.path.parent,
+        )
+        _warned_offline = True
 
 
 class StageRun:
-    """What a stage may record while it runs; a no-op when tracking is off."""
+    """What a stage may record while it runs; a no-op when tracking is off.
 
-    def __init__(self, mlflow: Any | None):
+    When the tracking server stops answering, the run carries on offline: the first
+    failure warns (once per process) and everything after it goes to an OfflineLog.
+    """
+
+    def __init__(self, mlflow: Any | None, run_name: str = "", uri: str = ""):
         self._mlflow = mlflow
+        self._run_name, self._uri = run_name, uri
+        self.offline: OfflineLog | None = None
         self.run_id: str | None = mlflow.active_run().info.run_id if mlflow else None
 
+    def go_offline(self, error: BaseException) -> None:
+        self._mlflow = None
+        self.offline = self.offline or OfflineLog(self._run_name)
+        warn_offline_once(self._uri, error, self.offline)
+
+    def _record(self, kind: str, payload: dict[str, Any], call: Any, step: int | None = None) -> None:
+        if self._mlflow is not None:
+            try:
+                call()
+                return
+            except tracking_errors() as error:
+                self.go_offline(error)
+        if self.offline is not None:
+            self.offline.write(kind, payload, step)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        flat = {key: str(value)[:MAX_PARAM_CHARS] for key, value in params.items()}
+        self._record("params", flat, lambda: self._mlflow.log_params(flat))
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        if self._mlflow and metrics:
-            self._mlflow.log_metrics({key: float(value) for key, value in metrics.items()}, step=step)
+        if metrics:
+            values = {key: float(value) for key, value in metrics.items()}
+            self._record("metrics", values, lambda: self._mlflow.log_metrics(values, step=step), step)
 
     def log_artifacts(self, path: Path, artifact_path: str | None = None) -> None:
         if self._mlflow and path.exists():
-            if path.is_dir():
-                self._mlflow.log_artifacts(str(path), artifact_path)
-            else:
-                self._mlflow.log_artifact(str(path), artifact_path)
+            log_one = self._mlflow.log_artifacts if path.is_dir() else self._mlflow.log_artifact
+            self._record("artifact", {"path": str(path)}, lambda: log_one(str(path), artifact_path))
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        if self._mlflow:
-            self._mlflow.set_tags(tags)
+        self._record("tags", tags, lambda: self._mlflow.set_tags(tags))
 
     def log_sentence_transformer(self, model: Any, name: str) -> None:
         """The model in MLflow's sentence-transformers flavour, loadable with ``mlflow.sentence_transformers``.
@@ -147,18 +203,60 @@ class StageRun:
         requirements = [
             f"{package}=={version(package)}" for package in ("sentence-transformers", "torch", "transformers")
         ]
-        mlflow.sentence_transformers.log_model(model, name=name, pip_requirements=requirements)
+        self._record(
+            "model",
+            {"name": name},
+            lambda: mlflow.sentence_transformers.log_model(model, name=name, pip_requirements=requirements),
+        )
 
 
 def current() -> StageRun:
-    """The active run as a StageRun (a no-op one when tracking is off): what a stage logs steps through."""
-    mlflow = sys.modules.get("mlflow")
-    return StageRun(mlflow if mlflow is not None and mlflow.active_run() is not None else None)
+    """The run ``start`` opened in this thread (a no-op one when tracking is off): what a stage logs through."""
+    return _current.get() or StageRun(None)
+
+
+def server_unreachable(uri: str, timeout_s: float) -> BaseException | None:
+    """For an http(s) tracking URI: the error of a bounded health check, or None when the server answers."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
+    except requests.RequestException as error:
+        return error
+    return None
+
+
+def open_run(
+    mlflow: Any, cfg: Params, run_name: str, uri: str, tags: dict[str, str], parent_run_id: str | None
+) -> StageRun:
+    """Start the MLflow run, or an offline one when the server cannot be reached within tracking.timeout_s."""
+    run = StageRun(None, run_name, uri)
+    error = server_unreachable(uri, cfg.tracking.timeout_s)
+    if error is None:
+        try:
+            mlflow.start_run(
+                run_name=run_name,
+                experiment_id=_experiment_id(mlflow, cfg.tracking.experiment, uri),
+                parent_run_id=parent_run_id or os.environ.get(PARENT_RUN_ENV),
+                nested=mlflow.active_run() is not None,
+                tags=tags,
+            )
+            return StageRun(mlflow, run_name, uri)
+        except tracking_errors() as failure:
+            error = failure
+    run.go_offline(error)
+    run.set_tags(tags)
+    return run
 
 
 @contextmanager
 def start(cfg: Params, run_name: str, inputs: list[Path] = (), parent_run_id: str | None = None) -> Iterator[StageRun]:
-    """An MLflow run for one stage (or the pipeline parent) with params, lineage tags, wall time and peak memory."""
+    """An MLflow run for one stage (or the pipeline parent) with params, lineage tags, wall time and peak memory.
+
+    A tracking server that cannot be reached never stops the work: the run goes offline (see StageRun).
+    """
     if not cfg.tracking.enabled:
         yield StageRun(None)
         return
@@ -169,25 +267,30 @@ def start(cfg: Params, run_name: str, inputs: list[Path] = (), parent_run_id: st
     uri = tracking_uri(cfg)
     if uri.startswith(SQLITE_PREFIX):
         Path(uri.removeprefix(SQLITE_PREFIX)).parent.mkdir(parents=True, exist_ok=True)
+    else:  # a server: bounded waits instead of MLflow's minutes of retries
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(cfg.tracking.timeout_s)))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     mlflow.set_tracking_uri(uri)
     tags = {"embedforge.stage": run_name, **lineage_tags()}
     tags.update({f"input.{path}": content_hash(path) for path in inputs if path.exists()})
-    with mlflow.start_run(
-        run_name=run_name,
-        experiment_id=_experiment_id(mlflow, cfg.tracking.experiment, uri),
-        parent_run_id=parent_run_id or os.environ.get(PARENT_RUN_ENV),
-        nested=mlflow.active_run() is not None,
-        tags=tags,
-    ):
-        _log_params(mlflow, cfg)
-        run = StageRun(mlflow)
-        memory = PeakMemory().start()
-        started = time.perf_counter()
-        try:
-            yield run
-        except BaseException as exc:
-            mlflow.set_tag("error", str(exc)[:5000])
-            raise
-        finally:
-            memory.stop()
-            run.log_metrics({"wall_time_s": time.perf_counter() - started, **memory.metrics()})
+    run = open_run(mlflow, cfg, run_name, uri, tags, parent_run_id)
+    token = _current.set(run)
+    run.log_params(flatten(cfg.to_dict()))
+    memory = PeakMemory().start()
+    started = time.perf_counter()
+    status = "FINISHED"
+    try:
+        yield run
+    except BaseException as exc:
+        status = "FAILED"
+        run.set_tags({"error": str(exc)[:5000]})
+        raise
+    finally:
+        memory.stop()
+        run.log_metrics({"wall_time_s": time.perf_counter() - started, **memory.metrics()})
+        _current.reset(token)
+        if run.offline is None:
+            try:
+                mlflow.end_run(status)
+            except tracking_errors() as error:
+                run.go_offline(error)
