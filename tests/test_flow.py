@@ -23,6 +23,9 @@ from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
 
 from embedforge.flow import pipeline
+from embedforge.runs import RunLog
+from embedforge.runs import diff as runs_diff
+from embedforge.runs import table as runs_table
 
 BIN = Path(sys.executable).parent
 STAGES = ["download", "validate", "precompute", "tokenize", "train", "evaluate", "report"]
@@ -99,6 +102,15 @@ def test_second_run_skips_everything_and_a_train_param_reruns_train_evaluate_rep
     assert {run.data.tags["mlflow.parentRunId"] for run in stage_runs} <= parents
     flow_run_ids = {str(state.state_details.flow_run_id) for state in (first, second, third)}
     assert {run.data.tags["prefect.flow_run_id"] for run in runs} == flow_run_ids
+
+    log = RunLog(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}", "embedforge")
+    table = runs_table(log, last=10)
+    assert table["stages_run"].tolist() == [3, 0, 7]  # newest first: the lr change re-ran 3 stages, the repeat none
+    assert isinstance(table["sts_spearman"][0], float) and table["sts_spearman"][1] == "-"
+    assert table["peak_rss_mb"][0] > 0 and table["minutes"][2] > 0
+    changes = runs_diff(log, table["run"][2], table["run"][0]).set_index("")
+    assert changes.loc["train.lr"].tolist() == ["5e-05", "0.001"]
+    assert "speed_ratio" in changes.index and "download.limit" not in changes.index
 
 
 def test_missing_outputs_are_rebuilt_even_when_the_key_matches(harness, project, tiny):

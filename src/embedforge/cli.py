@@ -153,3 +153,31 @@ def schedule(
         )
 
     _guarded(action)
+
+
+@app.command("runs")
+def show_runs(
+    ctx: typer.Context,
+    last: Annotated[int, typer.Option(help="How many of the latest pipeline runs.", min=1)] = 10,
+    diff: Annotated[
+        tuple[str, str] | None, typer.Option(help="Two pipeline run ids (or unique prefixes) to compare.")
+    ] = None,
+    params: ParamsOption = None,
+) -> None:
+    """The last pipeline runs from MLflow: key params, STS Spearman, separation, retrieval, speed, memory, time."""
+    params_path, overrides = _settings(ctx, params, None)
+
+    def action() -> None:
+        import pandas as pd
+
+        from embedforge import runs
+
+        cfg = load_params(params_path, overrides)
+        log = runs.RunLog(tracking.tracking_uri(cfg), cfg.tracking.experiment)
+        frame = runs.diff(log, *diff) if diff else runs.table(log, last)
+        with pd.option_context(
+            "display.width", 250, "display.max_columns", None, "display.float_format", "{:.4g}".format
+        ):
+            typer.echo(frame.to_string(index=False) if not frame.empty else "no pipeline runs yet")
+
+    _guarded(action)
