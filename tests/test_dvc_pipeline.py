@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO_ROOT
 from mlflow.tracking import MlflowClient
 
@@ -80,6 +81,9 @@ def test_embedforge_run_reproduces_then_skips_and_nests_mlflow_runs(clone):
     assert len(parents) == 2 and len(children) == len(stages), first.stdout
     assert {run.data.tags["mlflow.parentRunId"] for run in children} == {parents[0].info.run_id}
     assert all(run.info.status == "FINISHED" for run in runs)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    tokens = next(dep for dep in lock["stages"]["train"]["deps"] if dep["path"] == "data/tokens")
+    assert parents[1].data.tags["dvc.train.data/tokens"] == tokens["md5"]
 
 
 def test_changing_a_param_reruns_only_the_stages_that_read_it(clone):

@@ -20,9 +20,11 @@ from prefect.client.schemas.filters import (
 )
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
+from prefect.states import Failed
 from prefect.testing.utilities import prefect_test_harness
 
-from embedforge.flow import pipeline
+from embedforge.errors import UserError
+from embedforge.flow import is_transient, pipeline
 from embedforge.runs import RunLog
 from embedforge.runs import diff as runs_diff
 from embedforge.runs import table as runs_table
@@ -103,6 +105,11 @@ def test_second_run_skips_everything_and_a_train_param_reruns_train_evaluate_rep
     flow_run_ids = {str(state.state_details.flow_run_id) for state in (first, second, third)}
     assert {run.data.tags["prefect.flow_run_id"] for run in runs} == flow_run_ids
 
+    versions = client.search_model_versions("name = 'embedforge-student'")
+    assert sorted(int(version.version) for version in versions) == [1, 2]  # one per training run
+    for version in versions:
+        assert float(version.tags["eval.speed_ratio"]) > 0 and "eval.sts.stsb/validation.spearman" in version.tags
+
     log = RunLog(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}", "embedforge")
     table = runs_table(log, last=10)
     assert table["stages_run"].tolist() == [3, 0, 7]  # newest first: the lr change re-ran 3 stages, the repeat none
@@ -158,3 +165,11 @@ def test_schedule_needs_exactly_one_of_cron_and_interval(project):
         [str(BIN / "embedforge"), "schedule"], cwd=project, capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 2 and "give exactly one of --cron or --interval" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [(OSError("connection reset"), True), (UserError("validate.max_chars: bad"), False)],
+)
+def test_only_transient_failures_are_retried(error, retried):
+    assert is_transient(None, None, Failed(data=error)) is retried

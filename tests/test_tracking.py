@@ -1,4 +1,7 @@
+import time
+
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from embedforge import tracking
@@ -58,3 +61,20 @@ def test_tracking_uri_param_beats_environment(project, mirror_params, monkeypatc
     assert runs_by_name(explicit)["download"].data.metrics["rows.total"] > 0
     default_store = MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
     assert default_store.get_experiment_by_name("embedforge") is None
+
+
+def test_a_name_mlflow_refuses_is_raised_not_hidden_as_an_outage(project, mirror_params):
+    with (
+        pytest.raises(MlflowException, match="Names may only contain"),
+        tracking.start(mirror_params("tracking.enabled=true"), "download") as run,
+    ):
+        run.log_metrics({"recall@1": 0.5})
+    assert not (project / "mlruns/offline").exists()
+
+
+def test_system_metrics_are_sampled_during_a_stage(project, mirror_params, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    with tracking.start(mirror_params("tracking.enabled=true"), "download"):
+        time.sleep(3)
+    run = runs_by_name(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")["download"]
+    assert "system/cpu_utilization_percentage" in run.data.metrics

@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 import yaml
 
-from embedforge import tracking
+from embedforge import dvcfile, tracking
 from embedforge.config import load_params
 from embedforge.errors import UserError
 from embedforge.stages import STAGES, Stage, run_stage
@@ -123,6 +123,7 @@ def run_pipeline(
                 error = UserError(f"dvc repro failed with exit code {done.returncode}")
                 error.exit_code = done.returncode
                 raise error
+            parent.set_tags(dvcfile.lock_tags())
 
     _guarded(action)
 

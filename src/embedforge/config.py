@@ -248,6 +248,7 @@ class TrackingParams(Section):
     uri: str | None = None
     experiment: str = Field(default="embedforge", min_length=1)
     timeout_s: float = Field(default=5.0, gt=0)
+    registered_model: str | None = Field(default="embedforge-student", min_length=1)
 
 
 class Params(Section):

@@ -19,6 +19,7 @@ from embedforge.errors import UserError
 from embedforge.tracking import content_hash
 
 DVC_FILE = Path("dvc.yaml")
+DVC_LOCK = Path("dvc.lock")
 
 
 @dataclass(frozen=True)
@@ -65,3 +66,15 @@ def fingerprint(spec: StageSpec, cfg: Params, root: Path) -> str:
 
 def outputs_present(spec: StageSpec, root: Path) -> bool:
     return all((root / out).exists() for out in spec.outs)
+
+
+def lock_tags(path: Path = DVC_LOCK) -> dict[str, str]:
+    """dvc.lock's md5 of every stage's deps as ``dvc.<stage>.<dep>`` tags: the exact inputs `dvc repro` recorded."""
+    if not path.is_file():
+        return {}
+    stages = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages", {})
+    return {
+        f"dvc.{stage}.{dep['path']}": str(dep.get("md5", "unknown"))
+        for stage, entry in stages.items()
+        for dep in entry.get("deps", [])
+    }

@@ -27,6 +27,7 @@ from embedforge.memory import PeakMemory
 
 PARENT_RUN_ENV = "EMBEDFORGE_PARENT_RUN_ID"
 OFFLINE_DIR = Path("mlruns/offline")
+MODEL_HASH_TAG = "embedforge.model_sha256"
 DEFAULT_STORE_DIR = Path("mlruns")
 SQLITE_PREFIX = "sqlite:///"
 MAX_PARAM_CHARS = 6000
@@ -42,6 +43,11 @@ def tracking_errors() -> tuple[type[BaseException], ...]:
     from mlflow.exceptions import MlflowException
 
     return (MlflowException, requests.RequestException, OSError)
+
+
+def is_refused_input(error: BaseException) -> bool:
+    """MLflow refusing a name or value is a bug to fix, not a failed server to work around."""
+    return getattr(error, "error_code", None) == "INVALID_PARAMETER_VALUE"
 
 
 def tracking_uri(cfg: Params) -> str:
@@ -135,7 +141,7 @@ def warn_offline_once(uri: str, error: BaseException, offline: OfflineLog) -> No
     global _warned_offline
     if not _warned_offline:
         log.warning(
-            "MLflow tracking at %s is unreachable (%s): the pipeline goes on and keeps its metrics in %s",
+            "MLflow tracking at %s is unreachable or failing (%s): the pipeline goes on and keeps its records in %s",
             uri,
             str(error).splitlines()[0][:200],
             offline.path.parent,
@@ -167,6 +173,8 @@ class StageRun:
                 call()
                 return
             except tracking_errors() as error:
+                if is_refused_input(error):
+                    raise
                 self.go_offline(error)
         if self.offline is not None:
             self.offline.write(kind, payload, step)
@@ -188,8 +196,10 @@ class StageRun:
     def set_tags(self, tags: dict[str, str]) -> None:
         self._record("tags", tags, lambda: self._mlflow.set_tags(tags))
 
-    def log_sentence_transformer(self, model: Any, name: str) -> None:
-        """The model in MLflow's sentence-transformers flavour, loadable with ``mlflow.sentence_transformers``.
+    def log_sentence_transformer(self, model: Any, name: str, registered_model: str | None, model_hash: str) -> None:
+        """The model in MLflow's sentence-transformers flavour, loadable with ``mlflow.sentence_transformers``,
+        and a new version of ``registered_model`` in the Model Registry tagged with ``model_hash`` (the saved
+        directory's content hash), by which evaluate later finds the version to tag with its numbers.
 
         The requirements are the installed versions, given rather than inferred: inference
         re-imports the model in a subprocess, which takes longer than the logging itself.
@@ -203,11 +213,32 @@ class StageRun:
         requirements = [
             f"{package}=={version(package)}" for package in ("sentence-transformers", "torch", "transformers")
         ]
-        self._record(
-            "model",
-            {"name": name},
-            lambda: mlflow.sentence_transformers.log_model(model, name=name, pip_requirements=requirements),
-        )
+
+        def log() -> None:
+            info = mlflow.sentence_transformers.log_model(
+                model, name=name, pip_requirements=requirements, registered_model_name=registered_model
+            )
+            if registered_model:
+                self._mlflow.MlflowClient().set_model_version_tag(
+                    registered_model, info.registered_model_version, MODEL_HASH_TAG, model_hash
+                )
+
+        self._record("model", {"name": name, "registered_model": registered_model}, log)
+
+    def tag_model_version(self, registered_model: str | None, model_hash: str, tags: dict[str, str]) -> None:
+        """Put ``tags`` on the registered version whose saved directory had ``model_hash``, if there is one."""
+        if not (self._mlflow and registered_model):
+            return
+
+        def tag() -> None:
+            client = self._mlflow.MlflowClient()
+            versions = client.search_model_versions(f"name = '{registered_model}'")
+            for found in versions:
+                if found.tags.get(MODEL_HASH_TAG) == model_hash:
+                    for key, value in tags.items():
+                        client.set_model_version_tag(registered_model, found.version, key, value)
+
+        self._record("model_version_tags", tags, tag)
 
 
 def current() -> StageRun:
@@ -242,6 +273,7 @@ def open_run(
                 parent_run_id=parent_run_id or os.environ.get(PARENT_RUN_ENV),
                 nested=mlflow.active_run() is not None,
                 tags=tags,
+                log_system_metrics=True,  # CPU, memory, disk, network every 10 s; short peaks: PeakMemory
             )
             return StageRun(mlflow, run_name, uri)
         except tracking_errors() as failure:
@@ -289,8 +321,20 @@ def start(cfg: Params, run_name: str, inputs: list[Path] = (), parent_run_id: st
         memory.stop()
         run.log_metrics({"wall_time_s": time.perf_counter() - started, **memory.metrics()})
         _current.reset(token)
+        if run.run_id is not None:  # an MLflow run was started, even if it went offline since
+            end_run(mlflow, run, status)
+
+
+def end_run(mlflow: Any, run: StageRun, status: str) -> None:
+    """End the MLflow run, stopping its system-metrics sampler first: ``mlflow.end_run`` stops it only after
+    telling the server, so a dead server would leave that thread polling for the rest of the process."""
+    from mlflow.tracking.fluent import run_id_to_system_metrics_monitor
+
+    monitor = run_id_to_system_metrics_monitor.pop(run.run_id, None)
+    if monitor is not None:
+        monitor.finish()
+    try:
+        mlflow.end_run(status)
+    except tracking_errors() as error:
         if run.offline is None:
-            try:
-                mlflow.end_run(status)
-            except tracking_errors() as error:
-                run.go_offline(error)
+            run.go_offline(error)

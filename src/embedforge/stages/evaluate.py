@@ -198,7 +198,9 @@ def run(cfg: Params) -> dict[str, float | str]:
     points = data.map_sentences.assign(x=coordinates[:, 0], y=coordinates[:, 1])
     write_csv(points[["x", "y", "label", "text"]], "embedding_map.csv")
     write_json(METRICS_PATH, report)
-    tracking.current().log_artifacts(METRICS_PATH)
+    run = tracking.current()
+    run.log_artifacts(METRICS_PATH)
+    run.tag_model_version(cfg.tracking.registered_model, tracking.content_hash(STUDENT_DIR), headline(report))
     log.info("%s", summary_line(report, params.sts_splits[0]))
     results: dict[str, float | str] = {
         f"eval.{metric_name(key)}": float(value)
@@ -207,6 +209,16 @@ def run(cfg: Params) -> dict[str, float | str]:
     }
     results["eval.device_used"] = device
     return results
+
+
+def headline(report: dict[str, Any]) -> dict[str, str]:
+    """The student's numbers a registered model version carries: STS, separation, retrieval, speed ratio."""
+    student = report["student"]
+    numbers = {f"eval.sts.{split}.spearman": values["spearman"] for split, values in student["sts"].items()}
+    numbers.update({f"eval.separation.{key}": student["separation"][key] for key in ("gap", "passed")})
+    numbers.update({f"eval.retrieval.{key}": value for key, value in student["retrieval"].items()})
+    numbers["eval.speed_ratio"] = report["speed_ratio"]
+    return {metric_name(key): "undefined" if value is None else str(value) for key, value in numbers.items()}
 
 
 def metric_name(key: str) -> str:

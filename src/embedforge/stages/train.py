@@ -295,7 +295,9 @@ def run(cfg: Params, **hooks: Any) -> dict[str, float | str]:
     model.to("cpu")
     with atomic_dir(STUDENT_DIR) as out:
         model.save(str(out))
-    run_log.log_sentence_transformer(model, "student")
+    run_log.log_sentence_transformer(
+        model, "student", cfg.tracking.registered_model, tracking.content_hash(STUDENT_DIR)
+    )
 
     summary = summarize(trainer, state, memory)
     write_json(METRICS_PATH, summary)
