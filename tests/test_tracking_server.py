@@ -117,6 +117,7 @@ def test_a_server_that_dies_mid_run_does_not_stop_the_stage(project, mirror_para
         run.log_metrics({"train.loss": 0.25}, step=3)
     assert run.offline is not None and caplog.text.count("is unreachable or failing") == 1
     assert mlflow.active_run() is None  # ended, so the next run does not nest under it
+    assert tracking.run_link(run.run_id) is None
     assert not any(thread.name.startswith("SystemMetricsMonitor") for thread in threading.enumerate())
     losses = [(r["step"], r["values"]["train.loss"]) for r in offline_records(project) if "train.loss" in r["values"]]
     assert losses == [(2, 0.5), (3, 0.25)]

@@ -101,7 +101,10 @@ def run_link(run_id: str | None) -> str | None:
     import mlflow
 
     uri = mlflow.get_tracking_uri()
-    run = mlflow.get_run(run_id)
+    try:
+        run = mlflow.get_run(run_id)
+    except tracking_errors():  # the server went away: the link can wait, the flow run must not fail on it
+        return None
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
     return f"run {run_id} in {uri} (`mlflow ui --backend-store-uri {uri}`)"
