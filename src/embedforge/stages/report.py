@@ -25,18 +25,18 @@ import yaml
 from embedforge import tracking
 from embedforge.config import Params, flatten
 from embedforge.data.schema import MANIFEST_PATH, VALIDATION_RESULTS_PATH
+from embedforge.dvcfile import DVC_LOCK
 from embedforge.errors import DataError
 from embedforge.files import atomic_dir
 from embedforge.report import figures, html
+from embedforge.stages.evaluate import METRICS_PATH as EVAL_METRICS
+from embedforge.stages.evaluate import PLOTS_DIR as EVAL_PLOTS
+from embedforge.stages.train import METRICS_PATH as TRAIN_METRICS
+from embedforge.stages.train import PLOTS_DIR as TRAIN_PLOTS
 
 REPORT_DIR = Path("reports")
 PAGE_NAME = "index.html"
 FIGURES_DIRNAME = "figures"
-EVAL_METRICS = Path("metrics/eval.json")
-TRAIN_METRICS = Path("metrics/train.json")
-EVAL_PLOTS = Path("plots/eval")
-TRAIN_PLOTS = Path("plots/train")
-DVC_LOCK = Path("dvc.lock")
 EVALUATE = "embedforge evaluate"
 TRAIN = "embedforge train"
 EVAL_KEYS = (  # what the summary reads
