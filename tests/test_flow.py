@@ -138,26 +138,34 @@ def test_failed_validation_fails_the_flow_with_the_summary_and_is_not_retried(ha
 def test_schedule_serves_the_flow_with_its_cron_until_stopped(harness, project):
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     command = ["embedforge", "schedule", "--cron", "0 3 * * *", "--name", "nightly", "--set", "train.lr=1e-4"]
-    server = subprocess.Popen(
-        command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        deployment = None
-        with get_client(sync_client=True) as client:
-            for _ in range(120):
-                try:
-                    deployment = client.read_deployment_by_name("embedforge-pipeline/nightly")
+    log_path = project / "schedule.log"  # a file, not a pipe: an unread pipe that fills up blocks the server
+    with log_path.open("w") as log:
+        server = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            deployment = None
+            with get_client(sync_client=True) as client:
+                for _ in range(120):
+                    try:
+                        deployment = client.read_deployment_by_name("embedforge-pipeline/nightly")
+                        break
+                    except ObjectNotFound:
+                        assert server.poll() is None, log_path.read_text()
+                        time.sleep(1)
+            assert deployment is not None, "the schedule was not served within 2 minutes"
+            assert [schedule.schedule.cron for schedule in deployment.schedules] == ["0 3 * * *"]
+            assert deployment.parameters == {"params": "params.yaml", "overrides": ["train.lr=1e-4"]}
+            for _ in range(60):  # Ctrl-C only once it serves: the deployment exists a moment before that
+                if "is being served" in log_path.read_text():
                     break
-                except ObjectNotFound:
-                    assert server.poll() is None, server.stdout.read()
-                    time.sleep(1)
-        assert deployment is not None, "the schedule was not served within 2 minutes"
-        assert [schedule.schedule.cron for schedule in deployment.schedules] == ["0 3 * * *"]
-        assert deployment.parameters == {"params": "params.yaml", "overrides": ["train.lr=1e-4"]}
-    finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=60)
-    assert server.returncode is not None
+                time.sleep(1)
+        finally:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+                pytest.fail(f"embedforge schedule did not stop on SIGINT:\n{log_path.read_text()[-3000:]}")
 
 
 def test_schedule_needs_exactly_one_of_cron_and_interval(project):
