@@ -140,7 +140,14 @@ def test_schedule_serves_the_flow_with_its_cron_until_stopped(harness, project):
     command = ["embedforge", "schedule", "--cron", "0 3 * * *", "--name", "nightly", "--set", "train.lr=1e-4"]
     log_path = project / "schedule.log"  # a file, not a pipe: an unread pipe that fills up blocks the server
     with log_path.open("w") as log:
-        server = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        # Ctrl-C as a terminal delivers it: a background job of a shell without job control (as in CI) has
+        # SIGINT ignored, which its children inherit, and Python then installs no KeyboardInterrupt handler.
+        # A handled signal is reset to the default on exec, an ignored one is not.
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            server = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         try:
             deployment = None
             with get_client(sync_client=True) as client:
