@@ -1,24 +1,48 @@
 """Model families: the teacher, and the students trained by the train stage.
 
-A family is how to build a new student (``build``) and how many bytes one training
-step of it needs (``estimate_memory``), so the train stage can size its micro-batches
-before it starts. A family plugs in by adding itself to ``MODEL_FAMILIES`` under its
-``model.kind``.
+A family is how to build a new student from ``model.*`` (``build``), how many bytes
+one training step of it needs (``estimate_memory``), so the train stage can size its
+micro-batches before it starts, and what to warn about given the amount of training
+data (``advise``). A family plugs in by adding itself to ``MODEL_FAMILIES`` under its
+``model.kind``; every family's student is a SentenceTransformer. Families are named
+by module and function, and imported on first use: importing this package (as every
+stage does for the teacher) must not load torch and sentence-transformers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass
 from typing import Any
-
-from embedforge.models.encoder import build_encoder, estimate_memory_bytes
 
 
 @dataclass(frozen=True)
 class ModelFamily:
-    build: Callable[..., Any]
-    estimate_memory: Callable[..., dict[str, int]]
+    module: str
+    builder: str
+    estimator: str
+    adviser: str | None = None
+
+    def function(self, name: str) -> Any:
+        return getattr(importlib.import_module(self.module), name)
+
+    @property
+    def build(self) -> Any:
+        """``build(params: ModelParams, tokenizer_dir, max_length, teacher_path, seed) -> SentenceTransformer``."""
+        return self.function(self.builder)
+
+    @property
+    def estimate_memory(self) -> Any:
+        """``estimate_memory(model, batch_size, max_length) -> {weights, gradients, optimizer, activations, total}``."""
+        return self.function(self.estimator)
+
+    def advise(self, model: Any, examples: int) -> str | None:
+        """A warning about training this model on ``examples`` examples, or None."""
+        return None if self.adviser is None else self.function(self.adviser)(model, examples)
 
 
-MODEL_FAMILIES = {"encoder": ModelFamily(build=build_encoder, estimate_memory=estimate_memory_bytes)}
+MODEL_FAMILIES = {
+    "encoder": ModelFamily("embedforge.models.encoder", "build_encoder", "estimate_memory_bytes"),
+    "lattice": ModelFamily("embedforge.models.lattice", "build_student", "estimate_lattice_memory", "advice"),
+    "dynamic": ModelFamily("embedforge.models.dynamic", "build_student", "estimate_dynamic_memory"),
+}

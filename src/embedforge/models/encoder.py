@@ -124,9 +124,21 @@ def refuse_mismatches(
             f"model.teacher_layers names {beyond}, beyond the teacher's {config.num_hidden_layers} layers "
             f"(0..{config.num_hidden_layers - 1})"
         )
-    if params.max_positions > config.max_position_embeddings:
+    problems += embedding_problems(tokenizer, teacher, params.max_positions)
+    if problems:
+        raise UserError(
+            f"model.init: teacher_layers cannot copy the teacher at {teacher_path} "
+            f"(or set model.init: scratch):\n" + "\n".join(f"  {problem}" for problem in problems)
+        )
+
+
+def embedding_problems(tokenizer: PreTrainedTokenizerBase, teacher: Transformer, max_positions: int) -> list[str]:
+    """Every way the teacher's embedding layer cannot serve ``tokenizer``'s ids at ``max_positions`` positions."""
+    config = teacher.auto_model.config
+    problems = []
+    if max_positions > config.max_position_embeddings:
         problems.append(
-            f"model.max_positions ({params.max_positions}) must be <= the teacher's "
+            f"model.max_positions ({max_positions}) must be <= the teacher's "
             f"{config.max_position_embeddings} position embeddings"
         )
     teacher_rows = teacher.auto_model.get_input_embeddings().num_embeddings
@@ -140,11 +152,7 @@ def refuse_mismatches(
             "the tokenizer's vocabulary is not the teacher's, so its word embeddings would be misread: "
             "use the teacher's vocabulary (tokenize.tokenizer: teacher, tokenize.train_vocab: null)"
         )
-    if problems:
-        raise UserError(
-            f"model.init: teacher_layers cannot copy the teacher at {teacher_path} "
-            f"(or set model.init: scratch):\n" + "\n".join(f"  {problem}" for problem in problems)
-        )
+    return problems
 
 
 def copy_teacher_layers(teacher: BertModel, student: BertModel, layers: list[int]) -> None:
