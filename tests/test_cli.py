@@ -89,3 +89,20 @@ def test_failed_validation_exits_3_with_the_summary(project, small_mirror):
 def test_runs_without_any_pipeline_run_is_a_user_error(project):
     done = embedforge("runs", cwd=project)
     assert_user_error(done, "no MLflow experiment 'embedforge'", "run the pipeline first")
+
+
+def test_run_set_writes_params_yaml_keeping_comments_and_refuses_bad_values_untouched(project):
+    before = (project / "params.yaml").read_text()
+    done = embedforge("run", "--set", "model.kind=cube", cwd=project)
+    assert_user_error(done, "model.kind: input should be 'encoder', 'lattice' or 'dynamic'")
+    assert (project / "params.yaml").read_text() == before
+
+    from embedforge.config import write_overrides
+
+    write_overrides(
+        project / "params.yaml", ["model.kind=lattice", "model.lattice.size=[4, 4, 4]", "model.lattice.mode=null"]
+    )
+    after = (project / "params.yaml").read_text()
+    model = yaml.safe_load(after)["model"]
+    assert model["kind"] == "lattice" and model["lattice"]["size"] == [4, 4, 4] and model["lattice"]["mode"] is None
+    assert "# the student family" in after and after.count("\n") >= before.count("\n")

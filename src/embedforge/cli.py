@@ -19,7 +19,7 @@ import typer
 import yaml
 
 from embedforge import dvcfile, tracking
-from embedforge.config import load_params
+from embedforge.config import load_params, write_overrides
 from embedforge.errors import UserError
 from embedforge.stages import STAGES, Stage, run_stage
 
@@ -101,11 +101,24 @@ def run_pipeline(
     targets: Annotated[list[str] | None, typer.Argument(help="Stages to reproduce [default: all].")] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Re-run stages even if unchanged.")] = False,
     params: ParamsOption = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            "-s",
+            help="Write dotted.key=value into params.yaml before the run, as `dvc exp run -S` does (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the pipeline with `dvc repro`: unchanged stages are skipped; one MLflow parent run holds every stage run."""
-    params_path, _ = _settings(ctx, params, None)
+    params_path, global_overrides = _settings(ctx, params, None)
 
     def action() -> None:
+        if global_overrides:
+            raise UserError("run: give --set after `run` (it writes params.yaml, which dvc repro reads)")
+        if overrides:
+            write_overrides(params_path, overrides)
         scripts = str(Path(sys.executable).parent)
         dvc = shutil.which("dvc", path=scripts) or shutil.which("dvc")
         if dvc is None:

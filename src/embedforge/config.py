@@ -119,8 +119,58 @@ class TokenizeParams(Section):
         return self
 
 
+LatticeMode = Literal["development", "research", "production"]
+
+
+class LatticeParams(Section):
+    """The 3D cellular network: its cells, the width of each cell's state, and how many update steps run."""
+
+    mode: LatticeMode | None = "development"
+    size: list[Annotated[int, Field(ge=1)]] | None = Field(default=None, min_length=3, max_length=3)
+    channels: int = Field(default=8, gt=0)
+    steps: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> LatticeParams:
+        if (self.mode is None) == (self.size is None):
+            raise ValueError(
+                "model.lattice: give exactly one of model.lattice.mode and model.lattice.size "
+                f"(got mode {self.mode!r} and size {self.size!r}); set the other to null"
+            )
+        return self
+
+
+class DynamicParams(Section):
+    """Embedding dimensions that grow while saturated and shrink where unused (the NAOMI-II seed)."""
+
+    embedding_dim: int = Field(default=128, gt=0)
+    expand_by: int = Field(default=64, gt=0)
+    expand_interval: int = Field(default=1, gt=0)
+    max_dims: int = Field(default=384, gt=0)
+    saturation: float = Field(default=0.3, gt=0, le=1)
+    active_rate: float = Field(default=0.05, gt=0, le=1)
+    prune: bool = True
+    shrink: float = Field(default=0.01, ge=0)
+    sparsity_weight: float = Field(default=0.1, ge=0)
+    sparsity_target: list[Annotated[float, Field(ge=0, le=1)]] = Field(default=[0.4, 0.7], min_length=2, max_length=2)
+    min_batch_size: int = Field(default=16, ge=2)
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> DynamicParams:
+        if self.embedding_dim > self.max_dims:
+            raise ValueError(
+                f"model.dynamic.embedding_dim ({self.embedding_dim}) must be <= model.dynamic.max_dims ({self.max_dims})"
+            )
+        low, high = self.sparsity_target
+        if low > high:
+            raise ValueError(
+                f"model.dynamic.sparsity_target ({self.sparsity_target}) must be [low, high] with low <= high"
+            )
+        return self
+
+
 class ModelParams(Section):
-    kind: Literal["encoder"] = "encoder"
+    kind: Literal["encoder", "lattice", "dynamic"] = "encoder"
     hidden_size: int = Field(default=384, gt=0)
     num_layers: int = Field(default=6, gt=0)
     num_heads: int = Field(default=12, gt=0)
@@ -129,6 +179,8 @@ class ModelParams(Section):
     dropout: float = Field(default=0.1, ge=0, lt=1)
     init: Literal["scratch", "teacher_layers"] = "teacher_layers"
     teacher_layers: list[Annotated[int, Field(ge=0)]] = [0, 1, 2, 3, 4, 5]
+    lattice: LatticeParams = LatticeParams()
+    dynamic: DynamicParams = DynamicParams()
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelParams:
@@ -140,8 +192,11 @@ class ModelParams(Section):
 
     @model_validator(mode="after")
     def _one_teacher_layer_per_layer(self) -> ModelParams:
-        """With ``init: teacher_layers`` student layer i starts as teacher layer ``teacher_layers[i]``."""
-        if self.init != "teacher_layers":
+        """With ``init: teacher_layers`` student layer i starts as teacher layer ``teacher_layers[i]``.
+
+        The lattice has no layers: it copies only the teacher's token embeddings.
+        """
+        if self.init != "teacher_layers" or self.kind == "lattice":
             return self
         if len(self.teacher_layers) != self.num_layers:
             raise ValueError(
@@ -167,7 +222,34 @@ class ResumeWarmupParams(Section):
     start: float = Field(default=0.2, gt=0, le=1)
 
 
+class CausalLMParams(Section):
+    """What the causal LM objective shows each epoch: greedy continuations of these prompts."""
+
+    prompts: list[str] = Field(default=["A man is", "Two dogs", "The woman is"], min_length=1)
+    max_new_tokens: int = Field(default=16, gt=0)
+
+
+class PhaseParams(Section):
+    """One phase of staged training: a share of the training examples, for some epochs."""
+
+    data_fraction: float = Field(gt=0, le=1)
+    epochs: int = Field(gt=0)
+    balanced: bool = False  # the same number of examples from every dataset of train.datasets
+
+
+class StagedParams(Section):
+    """Foundation (small data, many epochs) -> consolidation (medium, balanced) -> mastery (all data, few epochs)."""
+
+    foundation: PhaseParams = PhaseParams(data_fraction=0.1, epochs=4)
+    consolidation: PhaseParams = PhaseParams(data_fraction=0.5, epochs=2, balanced=True)
+    mastery: PhaseParams = PhaseParams(data_fraction=1.0, epochs=1)
+
+
 class TrainParams(Section):
+    objective: Literal["embedding", "clm"] = "embedding"
+    schedule: Literal["single", "staged"] = "single"
+    staged: StagedParams = StagedParams()
+    clm: CausalLMParams = CausalLMParams()
     epochs: int = Field(default=3, gt=0)
     max_steps: int | None = Field(default=None, gt=0)
     max_minutes: float | None = Field(default=None, gt=0)
@@ -195,6 +277,7 @@ class TrainParams(Section):
     loader_workers: int = Field(default=0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    memory_limit_mb: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _some_objective(self) -> TrainParams:
@@ -209,8 +292,12 @@ class TrainParams(Section):
 
     @property
     def uses_pairs(self) -> bool:
-        """InfoNCE trains on pairs; distillation alone trains on every distinct sentence."""
-        return self.objectives.get("infonce", 0) > 0
+        """InfoNCE trains on pairs; distillation alone, and the causal LM, train on every distinct sentence."""
+        return self.objective == "embedding" and self.objectives.get("infonce", 0) > 0
+
+    @property
+    def distills(self) -> bool:
+        return self.objective == "embedding" and self.objectives.get("distill", 0) > 0
 
 
 class EvaluateParams(Section):
@@ -265,6 +352,15 @@ class Params(Section):
     tracking: TrackingParams = TrackingParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+
+    @model_validator(mode="after")
+    def _objective_fits_the_model(self) -> Params:
+        if self.train.objective == "clm" and self.model.kind != "encoder":
+            raise ValueError(
+                f"train.objective: clm trains a transformer stack with a causal mask and an LM head, "
+                f"so it needs model.kind: encoder, got {self.model.kind!r}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _max_length_fits_the_model(self) -> Params:
@@ -416,6 +512,29 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
     except ValidationError as exc:
         lines = "\n".join(f"  {_format_error(err)}" for err in exc.errors())
         raise UserError(f"{path}: invalid params\n{lines}") from None
+
+
+def write_overrides(path: str | Path, overrides: list[str]) -> None:
+    """Write ``--set`` overrides into params.yaml itself, keeping its comments and order.
+
+    What DVC tracks is params.yaml, so a pipeline run with overrides must record them
+    there (as ``dvc exp run --set-param`` does). They are validated first: a bad value
+    leaves the file untouched.
+    """
+    from ruamel.yaml import YAML
+
+    from embedforge.files import atomic_path
+
+    path = Path(path)
+    load_params(path, overrides)
+    yaml_rt = YAML()
+    yaml_rt.preserve_quotes = True
+    document = yaml_rt.load(path.read_text(encoding="utf-8")) or {}
+    for item in overrides:
+        key_path, value = parse_override(item)
+        set_dotted(document, key_path, value)
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
+        yaml_rt.dump(document, handle)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
