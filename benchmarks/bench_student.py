@@ -30,16 +30,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    from sentence_transformers import SentenceTransformer
-
+    from embedforge.api import load_sentence_transformer
     from embedforge.evaluation.speed import encode_speed
     from embedforge.evaluation.sts import STSEvaluator
     from embedforge.models import teacher as teachers
     from embedforge.models.encoder import count_parameters
 
     models = {
-        "teacher": SentenceTransformer(str(teachers.resolve(args.teacher, "--teacher").path), device="cpu"),
-        "student": SentenceTransformer(str(args.student), device="cpu"),
+        "teacher": load_sentence_transformer(teachers.resolve(args.teacher, "--teacher").path),
+        "student": load_sentence_transformer(args.student),  # any family: the lattice and dynamic ones too
     }
     evaluate = STSEvaluator(args.sts, batch_size=args.batch_size)
     speeds = encode_speed(models, evaluate.first + evaluate.second, args.batch_size, args.rounds)

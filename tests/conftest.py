@@ -169,3 +169,42 @@ def build_tiny_sentence_model(directory: Path, seed: int = 0, hidden_size: int =
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_sentence_model(tmp_path_factory.mktemp("tiny_teacher"))
+
+
+TINY_STUDENT = [
+    "model.hidden_size=64",
+    "model.num_heads=2",
+    "model.intermediate_size=128",
+    "model.num_layers=2",
+    "model.teacher_layers=[1, 0]",
+    "model.max_positions=128",
+]
+QUICK_TRAINING = [
+    "train.batch_size=8",
+    "train.epochs=2",
+    "train.lr=1e-3",
+    "train.loader_workers=0",
+    "train.log_every_steps=1",
+    "train.checkpoint_every_steps=2",
+    "train.objectives={infonce: 1.0, distill: 0.5}",
+]
+
+
+@pytest.fixture
+def ready(project: Path, train_ready_data: Path, tiny_teacher: Path):
+    """The project with data through tokenize; returns a builder of params with extra overrides."""
+    shutil.copytree(train_ready_data, project / "data")
+
+    def params(*overrides: str):
+        return load_params(
+            project / "params.yaml",
+            [
+                "tracking.enabled=false",
+                f"precompute.teacher={tiny_teacher}",
+                *TINY_STUDENT,
+                *QUICK_TRAINING,
+                *overrides,
+            ],
+        )
+
+    return params

@@ -1,5 +1,7 @@
 """A real `dvc repro` in a fresh git repository laid out like a clone of this project."""
 
+import json
+import math
 import os
 import re
 import shutil
@@ -104,3 +106,44 @@ def test_changing_a_param_reruns_only_the_stages_that_read_it(clone):
     for stage in ("download", "validate", "precompute", "tokenize", "train"):
         assert f"Running stage '{stage}'" not in rerun, rerun
     assert '"min_gap": 0.3' in (repo / "metrics/eval.json").read_text()
+
+
+FAMILIES = {  # each run's --set overrides, written into params.yaml on top of the previous run's
+    "lattice": ["model.kind=lattice", "model.lattice.mode=null", "model.lattice.size=[4, 4, 4]"],
+    "dynamic": ["model.kind=dynamic", "model.dynamic.embedding_dim=64", "model.dynamic.max_dims=96"],
+    "clm": ["model.kind=encoder", "train.objective=clm", "train.clm.max_new_tokens=4"],
+    "staged": [
+        "train.objective=embedding",
+        "train.schedule=staged",
+        "train.staged.foundation.epochs=2",
+        "train.staged.consolidation.epochs=1",
+    ],
+}
+
+
+def test_every_model_family_trains_end_to_end_through_dvc_repro_with_set_overrides(clone):
+    from embedforge.api import load_sentence_transformer
+
+    repo, env = clone
+    for index, (family, overrides) in enumerate(FAMILIES.items()):
+        done = sh("embedforge", "run", *(f"--set={item}" for item in overrides), cwd=repo, env=env)
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        assert "# the student family" in (repo / "params.yaml").read_text()  # --set keeps the comments
+        for stage in ("train", "evaluate", "report"):
+            assert f"Running stage '{stage}'" in done.stdout, (family, done.stdout)
+        if index:
+            assert "Running stage 'download'" not in done.stdout and "Running stage 'tokenize'" not in done.stdout
+        summary = json.loads((repo / "metrics/train.json").read_text())
+        evaluation = json.loads((repo / "metrics/eval.json").read_text())
+        assert -1 <= evaluation["student"]["sts"]["stsb/validation"]["spearman"] <= 1, family
+        model = load_sentence_transformer(repo / "models/student")
+        assert model.encode(["A dog runs."]).shape == (1, summary["embedding_dim"]), family
+        if family == "lattice":
+            assert params["model"]["lattice"]["size"] == [4, 4, 4] and summary["similarity_best"] is not None
+        if family == "dynamic":
+            assert summary["embedding_dim"] in (64, 96)
+        if family == "clm":
+            assert summary["perplexity"] == pytest.approx(math.exp(summary["val_loss"]))
+            assert "Causal LM continuations" in (repo / "reports/index.html").read_text()
+        if family == "staged":
+            assert list(summary["phases"]) == ["foundation", "consolidation", "mastery"]

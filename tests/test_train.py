@@ -1,7 +1,6 @@
 """The train stage on a 2-layer, 64-wide student of the tiny teacher and the small mirror's few hundred pairs."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -9,54 +8,15 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from embedforge.config import load_params
 from embedforge.errors import UserError
 from embedforge.files import sha256_file
 from embedforge.models.encoder import build_encoder
 from embedforge.stages import train
 from embedforge.training.trainer import TrainingDiverged, autocast_dtype
 
-TINY_STUDENT = [
-    "model.hidden_size=64",
-    "model.num_heads=2",
-    "model.intermediate_size=128",
-    "model.num_layers=2",
-    "model.teacher_layers=[1, 0]",
-    "model.max_positions=128",
-]
-QUICK_TRAINING = [
-    "train.batch_size=8",
-    "train.epochs=2",
-    "train.lr=1e-3",
-    "train.loader_workers=0",
-    "train.log_every_steps=1",
-    "train.checkpoint_every_steps=2",
-    "train.objectives={infonce: 1.0, distill: 0.5}",
-]
-
 
 class Killed(Exception):
     """Stands in for a kill: raised from inside the loop after a chosen step."""
-
-
-@pytest.fixture
-def ready(project: Path, train_ready_data: Path, tiny_teacher: Path):
-    """The project with data through tokenize; returns a builder of params with extra overrides."""
-    shutil.copytree(train_ready_data, project / "data")
-
-    def params(*overrides: str):
-        return load_params(
-            project / "params.yaml",
-            [
-                "tracking.enabled=false",
-                f"precompute.teacher={tiny_teacher}",
-                *TINY_STUDENT,
-                *QUICK_TRAINING,
-                *overrides,
-            ],
-        )
-
-    return params
 
 
 def losses_of(cfg, **hooks) -> dict[int, float]:
@@ -265,8 +225,8 @@ def test_hard_negatives_can_be_left_out(ready):
     )
     frame.to_parquet("data/raw/snli/train.parquet", index=False)
     files = [Path("data/raw/snli/train.parquet")]
-    with_negatives = train.examples_of(ready("train.datasets=[snli]"), "train", files)
-    without = train.examples_of(ready("train.datasets=[snli]", "train.hard_negatives=false"), "train", files)
+    with_negatives = train.examples_of(ready("train.datasets=[snli]"), "train", files)["snli"]
+    without = train.examples_of(ready("train.datasets=[snli]", "train.hard_negatives=false"), "train", files)["snli"]
     assert [e.negative is not None for e in with_negatives] == [True]
     assert [e.negative for e in without] == [None]
     assert with_negatives[0].positive == without[0].positive

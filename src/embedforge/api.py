@@ -11,6 +11,7 @@ and the two calls people reach for first.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,19 @@ def load_sentence_transformer(path: str | Path, device: str = "cpu") -> Any:
             f"point at the output of `embedforge train` (models/student) or a model saved with .save()"
         )
     try:
-        return SentenceTransformer(str(path), device=device)
+        return SentenceTransformer(str(path), device=device, trust_remote_code=only_known_modules(path))
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"{path}: cannot load the model: {exc}") from None
+
+
+def only_known_modules(path: Path) -> bool:
+    """Whether every module of the model is sentence-transformers' or embedforge's own (the lattice and dynamic
+    families add theirs): only then may sentence-transformers import a module class it does not ship, and the code
+    it imports is this installed package's, never code from the model directory."""
+    types = [module["type"] for module in json.loads((path / "modules.json").read_text(encoding="utf-8"))]
+    return any(t.startswith("embedforge.") for t in types) and all(
+        t.startswith(("embedforge.", "sentence_transformers.")) for t in types
+    )
 
 
 @dataclass(frozen=True)

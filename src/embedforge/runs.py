@@ -14,7 +14,17 @@ import pandas as pd
 
 from embedforge.errors import UserError
 
-KEY_PARAMS = ("preset", "model.num_layers", "model.hidden_size", "train.lr", "train.epochs", "train.batch_size")
+KEY_PARAMS = (
+    "preset",
+    "model.kind",
+    "model.num_layers",
+    "model.hidden_size",
+    "train.objective",
+    "train.schedule",
+    "train.lr",
+    "train.epochs",
+    "train.batch_size",
+)
 METRICS = {  # column: metric of the evaluate run ({split} is the first of evaluate.sts_splits)
     "sts_spearman": "eval.student.sts.{split}.spearman",
     "separation_gap": "eval.student.separation.gap",

@@ -196,6 +196,11 @@ class StageRun:
             log_one = self._mlflow.log_artifacts if path.is_dir() else self._mlflow.log_artifact
             self._record("artifact", {"path": str(path)}, lambda: log_one(str(path), artifact_path))
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._record(
+            "text", {"artifact_file": artifact_file, "text": text}, lambda: self._mlflow.log_text(text, artifact_file)
+        )
+
     def set_tags(self, tags: dict[str, str]) -> None:
         self._record("tags", tags, lambda: self._mlflow.set_tags(tags))
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import jinja2
 
+from embedforge.config import flatten
+
 MODELS = ("student", "teacher")
 SHA_SHOWN = 12
 COMPARISONS = {"≥": operator.ge, "≤": operator.le}
@@ -119,6 +121,14 @@ measured, is marked at the step each epoch ended.") }}
 {% if training %}
 <h3>Training summary (metrics/train.json)</h3>
 <table>{% for name, value in training %}<tr><td><code>{{ name }}</code></td><td class="num">{{ value }}</td></tr>{% endfor %}
+</table>
+{% endif %}
+{% if generations %}
+<h3>Causal LM continuations (plots/train/generations.csv)</h3>
+<p>Greedy continuations of fixed prompts (train.clm.prompts) after each epoch: what the language model learned.</p>
+<table><tr><th>Epoch</th><th>Prompt</th><th>Continuation</th></tr>
+{% for epoch, prompt, continuation in generations %}<tr><td class="num">{{ epoch }}</td><td>{{ prompt }}</td>
+<td>{{ continuation }}</td></tr>{% endfor %}
 </table>
 {% endif %}
 </section>
@@ -288,6 +298,7 @@ class Page:
     map_examples: list[tuple[str, str]]
     manifest: dict[str, Any] | None
     validation: dict[str, Any] | None
+    generations: list[tuple[int, str, str]] = ()
 
 
 def number(value: Any, digits: int = 3) -> str:
@@ -471,7 +482,8 @@ def render(page: Page) -> str:
         summary=summary(page.evaluation),
         figures={name: base64.b64encode(png).decode("ascii") for name, png in page.figures.items()},
         missing_figures=page.missing_figures,
-        training=[(name, number(value)) for name, value in page.training.items()],
+        training=[(name, number(value)) for name, value in flatten(page.training).items()],
+        generations=page.generations,
         map_examples=page.map_examples,
         manifest=manifest_view(page.manifest) if page.manifest is not None else None,
         validation=validation_view(page.validation) if page.validation is not None else None,

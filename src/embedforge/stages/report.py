@@ -150,16 +150,24 @@ def draw(evaluation: dict[str, Any], plots: dict[str, pd.DataFrame | None]) -> d
 def read_plots() -> dict[str, pd.DataFrame | None]:
     """The plot CSVs: the evaluation's are required, the training curves optional."""
     steps, epochs = TRAIN_PLOTS / "steps.csv", TRAIN_PLOTS / "epochs.csv"
+    generations = TRAIN_PLOTS / "generations.csv"  # the causal LM's; header only for the other objectives
     plots = {
         "sts": read_csv(EVAL_PLOTS / "sts.csv", EVALUATE, ("split", "model", "gold", "predicted")),
         "separation": read_csv(EVAL_PLOTS / "separation.csv", EVALUATE, ("model", "kind", "cosine")),
         "embedding_map": read_csv(EVAL_PLOTS / "embedding_map.csv", EVALUATE, ("x", "y", "label", "text")),
         "steps": read_csv(steps, TRAIN, ("step", "train.loss", "train.lr")) if steps.is_file() else None,
         "epochs": read_csv(epochs, TRAIN, ("epoch", "step")) if epochs.is_file() else None,
+        "generations": pd.read_csv(generations, keep_default_na=False) if generations.is_file() else None,
     }
     if not (plots["sts"]["model"] == "student").any():
         raise DataError(f"{EVAL_PLOTS / 'sts.csv'}: no student rows; run `{EVALUATE}` again")
     return plots
+
+
+def generation_rows(frame: pd.DataFrame | None) -> list[tuple[int, str, str]]:
+    if frame is None or frame.empty:
+        return []
+    return list(zip(frame["epoch"].astype(int), frame["prompt"].astype(str), frame["continuation"].astype(str)))
 
 
 def run(cfg: Params) -> dict[str, float | str]:
@@ -181,6 +189,7 @@ def run(cfg: Params) -> dict[str, float | str]:
         validation=(
             read_object(VALIDATION_RESULTS_PATH, "embedforge validate") if VALIDATION_RESULTS_PATH.is_file() else None
         ),
+        generations=generation_rows(plots["generations"]),
     )
     text = html.render(page).encode("utf-8")
     with atomic_dir(REPORT_DIR) as out:

@@ -14,9 +14,13 @@ assembles its parts from params.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +30,15 @@ import psutil
 import torch
 
 from embedforge import tracking
-from embedforge.config import Params
+from embedforge.config import Params, flatten
 from embedforge.data.schema import RAW_DIR, TRAIN_SPLIT, raw_split_path
 from embedforge.data.sentences import split_files
 from embedforge.embeddings import EMBEDDINGS_DIR, EmbeddingCache
 from embedforge.errors import DataError, UserError
-from embedforge.evaluation.sts import cosine_scores, sts_correlation
 from embedforge.files import atomic_dir, atomic_path, write_json
 from embedforge.models import MODEL_FAMILIES
 from embedforge.models import teacher as teachers
+from embedforge.models.causal_lm import CausalLMLoss, LMHead, make_causal
 from embedforge.models.encoder import count_parameters
 from embedforge.stages.tokenize import TOKENIZER_DIRNAME, TOKENS_DIR
 from embedforge.stages.validate import require_passed
@@ -45,11 +49,13 @@ from embedforge.training.batches import (
     TokenStore,
     build_examples,
     sentence_examples,
-    text_ids,
 )
 from embedforge.training.checkpoint import CHECKPOINTS_DIR, TrainState
-from embedforge.training.losses import DistillLoss, InfoNCELoss, Objective
+from embedforge.training.growth import DimensionGrowth
+from embedforge.training.losses import DistillLoss, InfoNCELoss, Objective, SparsityLoss
+from embedforge.training.phases import Phase, training_phases
 from embedforge.training.trainer import Trainer
+from embedforge.training.validation import LanguageModelValidation, STSValidation, Validation
 
 log = logging.getLogger(__name__)
 
@@ -57,61 +63,27 @@ STUDENT_DIR = Path("models/student")
 METRICS_PATH = Path("metrics/train.json")
 PLOTS_DIR = Path("plots/train")
 ARCHITECTURE_EXCLUDES = ("init", "teacher_layers", "dropout")  # how a model starts or trains, not its shape
+CURVES = {"steps": ["step"], "epochs": ["epoch"], "generations": ["epoch", "prompt", "continuation"]}
+FINISHED_FILE = "finished.json"  # a staged phase's final state and history, so train.resume can skip it
+LOGIT_TENSORS = 3  # the causal LM keeps logits, their log-softmax and its gradient: 4 bytes x vocabulary per token
 
 
-class STSValidation:
-    """STS Spearman of one raw split, computed from its pre-tokenized sentences."""
-
-    def __init__(self, split: str, store: TokenStore):
-        path = self.path_of(split)
-        frame = pd.read_parquet(path, columns=["sentence1", "sentence2", "score"])
-        if frame.empty:
-            raise DataError(f"train.sts_validation: {path} has no rows")
-        self.name = split
-        self.first = store.rows(list(text_ids(frame["sentence1"])))
-        self.second = store.rows(list(text_ids(frame["sentence2"])))
-        self.gold = frame["score"].to_numpy(dtype=np.float64)
-
-    @staticmethod
-    def path_of(split: str) -> Path:
-        """``stsb/validation`` -> data/raw/stsb/validation.parquet, which must exist."""
-        dataset, _, name = split.partition("/")
-        path = raw_split_path(dataset, name)
-        if not name or not path.is_file():
-            raise UserError(f"train.sts_validation: {split!r} is not a downloaded <dataset>/<split> ({path} missing)")
-        return path
-
-    def __call__(self, trainer: Trainer) -> float | None:
-        vectors = trainer.embed_rows(np.concatenate([self.first, self.second]))
-        half = len(self.first)
-        return sts_correlation(cosine_scores(vectors[:half], vectors[half:]), self.gold, self.name).spearman
-
-
-class Validation:
-    """What early stopping can watch: STS Spearman and the objective's loss on the validation examples."""
-
-    def __init__(self, sts: STSValidation | None, batches: LengthBucketedBatches | None):
-        self.sts, self.batches = sts, batches
-
-    def __call__(self, trainer: Trainer) -> dict[str, float | None]:
-        scores: dict[str, float | None] = {}
-        if self.sts is not None:
-            scores["sts_spearman"] = self.sts(trainer)
-        if self.batches is not None:
-            scores["val_loss"] = trainer.mean_loss(self.batches)
-        return scores
-
-
-def examples_of(cfg: Params, split: str, files: list[Path]) -> list[Example]:
-    """Pairs (with hard negatives unless train.hard_negatives is off) when InfoNCE is on, else every
-    distinct sentence of ``files``: distillation needs no pairs."""
+def examples_of(cfg: Params, split: str, files: list[Path]) -> dict[str, list[Example]]:
+    """Each dataset's examples: pairs (with hard negatives unless train.hard_negatives is off) when InfoNCE is on,
+    else every distinct sentence: distillation and the causal LM need no pairs."""
     params = cfg.train
-    if not params.uses_pairs:
-        return sentence_examples(TOKENS_DIR, files)
-    examples = build_examples(RAW_DIR, [path.parent.name for path in files], split, params.stsb_min_score)
-    if params.hard_negatives:
-        return examples
-    return sorted({Example(e.anchor, e.positive, None) for e in examples}, key=lambda e: (e.anchor, e.positive))
+    by_dataset = {}
+    for path in files:
+        if not params.uses_pairs:
+            by_dataset[path.parent.name] = sentence_examples(TOKENS_DIR, [path])
+            continue
+        examples = build_examples(RAW_DIR, [path.parent.name], split, params.stsb_min_score)
+        if not params.hard_negatives:
+            examples = sorted(
+                {Example(e.anchor, e.positive, None) for e in examples}, key=lambda e: (e.anchor, e.positive)
+            )
+        by_dataset[path.parent.name] = examples
+    return by_dataset
 
 
 def teacher_matrix(cache: EmbeddingCache, store: TokenStore, needed: np.ndarray) -> torch.Tensor:
@@ -140,18 +112,29 @@ def used_rows(*batches: LengthBucketedBatches | None) -> np.ndarray:
     return np.unique(np.concatenate(rows))
 
 
-def free_memory(device: str) -> int:
-    return torch.cuda.mem_get_info()[0] if device == "cuda" else psutil.virtual_memory().available
+def available_memory(cfg: Params, device: str) -> int:
+    """What a training step may use: what is free, capped at train.memory_limit_mb when set."""
+    free = torch.cuda.mem_get_info()[0] if device == "cuda" else psutil.virtual_memory().available
+    limit = cfg.train.memory_limit_mb
+    return free if limit is None else min(free, int(limit * 2**20))
 
 
 def plan_micro_batches(cfg: Params, model: torch.nn.Module, parts: int, longest: int, available: int) -> dict[str, int]:
     """Split each batch into enough micro-batches that the estimated step fits in ``available`` bytes.
 
     ``parts`` sentences per example (anchor, positive, negative) are all held for the
-    backward pass; ``longest`` is the longest sequence a batch can have.
+    backward pass; ``longest`` is the longest sequence a batch can have. When a batch
+    must be split, the warning names the largest train.batch_size that fits whole.
     """
     params = cfg.train
-    estimate = MODEL_FAMILIES[cfg.model.kind].estimate_memory
+    family_estimate = MODEL_FAMILIES[cfg.model.kind].estimate_memory
+
+    def estimate(model: torch.nn.Module, sentences: int, length: int) -> dict[str, int]:
+        bytes_ = family_estimate(model, sentences, length)
+        if params.objective == "clm":
+            bytes_["total"] += LOGIT_TENSORS * 4 * sentences * length * len(model.tokenizer)
+        return bytes_
+
     micro_batches = params.grad_accum_steps
     while True:
         size = math.ceil(params.batch_size / micro_batches)
@@ -161,39 +144,64 @@ def plan_micro_batches(cfg: Params, model: torch.nn.Module, parts: int, longest:
         micro_batches *= 2
     if needed > available:
         raise UserError(
-            f"train: one example needs about {needed / 2**20:.0f} MB to train but {available / 2**20:.0f} MB is "
-            f"free: use a smaller model or tokenize.max_length"
+            f"train: one example needs about {needed / 2**20:.0f} MB to train ({cfg.model.kind} model) but "
+            f"{available / 2**20:.0f} MB is available (train.memory_limit_mb or free memory): use a smaller model "
+            f"or tokenize.max_length"
         )
     if micro_batches != params.grad_accum_steps:
+        fits = max(
+            (b for b in range(1, params.batch_size) if estimate(model, b * parts, longest)["total"] <= available),
+            default=1,
+        )
         log.warning(
-            "estimated %.0f MB per step exceeds the %.0f MB free: accumulating %d micro-batches of %d",
+            "estimated %.0f MB per step exceeds the %.0f MB available: accumulating %d micro-batches of %d "
+            "(train.batch_size: %d would fit in one pass)",
             estimate(model, math.ceil(params.batch_size / params.grad_accum_steps) * parts, longest)["total"] / 2**20,
             available / 2**20,
             micro_batches,
             size,
+            fits,
         )
     return {"micro_batches": micro_batches, "estimate_bytes": needed, "available_bytes": int(available)}
 
 
-def build_objective(cfg: Params, student_dim: int, teacher_dim: int | None) -> Objective:
+def build_student(cfg: Params, tokenizer_dir: Path, teacher_path: Path) -> torch.nn.Module:
+    """The model family's new student; for the causal LM objective, with causal attention."""
+    model = MODEL_FAMILIES[cfg.model.kind].build(
+        cfg.model, tokenizer_dir, cfg.tokenize.max_length, teacher_path, cfg.seed
+    )
+    return make_causal(model) if cfg.train.objective == "clm" else model
+
+
+def build_objective(cfg: Params, model: torch.nn.Module, teacher_dim: int | None) -> Objective:
     params = cfg.train
-    losses: dict[str, torch.nn.Module] = {"infonce": InfoNCELoss(params.temperature)}
-    if teacher_dim is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            losses["distill"] = DistillLoss(student_dim, teacher_dim, params.distill_loss)
-    return Objective(params.objectives, losses)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        if params.objective == "clm":
+            return Objective({"clm": 1.0}, {"clm": CausalLMLoss(LMHead.for_student(model))})
+        student_dim = model.get_embedding_dimension()
+        dynamic = cfg.model.kind == "dynamic"
+        weights: dict[str, float] = dict(params.objectives)
+        losses: dict[str, torch.nn.Module] = {"infonce": InfoNCELoss(params.temperature)}
+        if teacher_dim is not None:
+            # a dynamic embedding changes size, so it always reads the teacher's space through a projection
+            losses["distill"] = DistillLoss(student_dim, teacher_dim, params.distill_loss, force_projection=dynamic)
+        if dynamic:
+            weights["sparsity"] = cfg.model.dynamic.sparsity_weight
+            losses["sparsity"] = SparsityLoss()
+        return Objective(weights, losses)
 
 
-def write_curves(history: dict[str, list[dict[str, float]]]) -> None:
-    """The step and epoch logs as CSV for ``dvc plots``, written whole each time (never half a file)."""
-    for name, rows in history.items():
+def write_curves(history: dict[str, list[dict[str, Any]]]) -> None:
+    """The step and epoch logs (and the causal LM's generations) as CSV for ``dvc plots`` and the report, written
+    whole each time (never half a file)."""
+    for name, columns in CURVES.items():
         with atomic_path(PLOTS_DIR / f"{name}.csv") as tmp:
-            pd.DataFrame(rows).to_csv(tmp, index=False)
+            pd.DataFrame(history.get(name, []), columns=None if history.get(name) else columns).to_csv(tmp, index=False)
 
 
-def run(cfg: Params, **hooks: Any) -> dict[str, float | str]:
-    """Train per ``cfg.train``; ``hooks`` (``on_step``, ``before_micro_batch``) go to the Trainer, for tests."""
+def run(cfg: Params, **hooks: Any) -> dict[str, Any]:
+    """Train per ``cfg.train``; ``hooks`` (``on_step``, ``before_micro_batch``) go to every Trainer, for tests."""
     params = cfg.train
     require_passed()
     tokenizer_dir = TOKENS_DIR / TOKENIZER_DIRNAME
@@ -201,7 +209,6 @@ def run(cfg: Params, **hooks: Any) -> dict[str, float | str]:
         raise DataError(f"{tokenizer_dir}: missing; run `embedforge tokenize` first")
     device = teachers.pick_device(params.device)
     teacher = teachers.resolve(cfg.precompute.teacher)
-    distill = params.objectives.get("distill", 0) > 0
 
     train_files = split_files(params.datasets, [TRAIN_SPLIT])
     validation_files = [
@@ -209,89 +216,111 @@ def run(cfg: Params, **hooks: Any) -> dict[str, float | str]:
     ]
     sts_file = STSValidation.path_of(params.sts_validation) if params.sts_validation else None
     store = TokenStore.load(TOKENS_DIR, train_files + validation_files + ([sts_file] if sts_file else []))
-    model = MODEL_FAMILIES[cfg.model.kind].build(
-        cfg.model, tokenizer_dir, cfg.tokenize.max_length, teacher.path, cfg.seed
-    )
+    model = build_student(cfg, tokenizer_dir, teacher.path)
     pad_id = model.tokenizer.pad_token_id
-    batches = LengthBucketedBatches(
-        examples_of(cfg, TRAIN_SPLIT, train_files), store, params.batch_size, pad_id, cfg.seed, params.bucket_batches
-    )
+    phases = training_phases(params, examples_of(cfg, TRAIN_SPLIT, train_files), cfg.seed, CHECKPOINTS_DIR)
+    everything = phases[-1].examples if params.schedule == "single" else sorted_union(phases)
+    advice = MODEL_FAMILIES[cfg.model.kind].advise(model, len(everything))
+    if advice:
+        log.warning(advice)
+
+    def batches_of(examples: list[Example], batch_size: int = params.batch_size) -> LengthBucketedBatches:
+        return LengthBucketedBatches(examples, store, batch_size, pad_id, cfg.seed, params.bucket_batches)
+
     validation_batches = None
     if validation_files:
+        validation_examples = examples_of(cfg, params.validation_split, validation_files)
         validation_batches = LengthBucketedBatches(
-            examples_of(cfg, params.validation_split, validation_files), store, params.batch_size, pad_id, cfg.seed
+            [e for examples in validation_examples.values() for e in examples],
+            store,
+            params.batch_size,
+            pad_id,
+            cfg.seed,
         )
-    monitor = params.early_stopping.monitor
-    if monitor == "val_loss" and validation_batches is None:
-        raise UserError(
-            f"train.early_stopping.monitor is val_loss but no {params.validation_split!r} split of "
-            f"{', '.join(params.datasets)} was downloaded (train.validation_split)"
-        )
-    if monitor == "sts_spearman" and not params.sts_validation:
-        raise UserError("train.early_stopping.monitor is sts_spearman but train.sts_validation is null")
-    sts = STSValidation(params.sts_validation, store) if params.sts_validation else None
+    validation = build_validation(cfg, store, validation_batches)
 
+    all_batches = batches_of(everything)
     teacher_vectors, teacher_dim = None, None
-    if distill:
+    if params.distills:
         cache = EmbeddingCache(EMBEDDINGS_DIR / teacher.name)
-        teacher_vectors = teacher_matrix(cache, store, used_rows(batches, validation_batches))
+        teacher_vectors = teacher_matrix(cache, store, used_rows(all_batches, validation_batches))
         teacher_dim = cache.dim
-    student_dim = model.get_embedding_dimension()
-    objective = build_objective(cfg, student_dim, teacher_dim)
+    objective = build_objective(cfg, model, teacher_dim)
 
-    parts = 1 + (batches.positive_rows >= 0).any() + (batches.negative_rows >= 0).any()
-    memory = plan_micro_batches(cfg, model, int(parts), int(store.lengths.max(initial=1)), free_memory(device))
+    parts = 1 + (all_batches.positive_rows >= 0).any() + (all_batches.negative_rows >= 0).any()
+    memory = plan_micro_batches(
+        cfg, model, int(parts), int(store.lengths.max(initial=1)), available_memory(cfg, device)
+    )
     architecture = {
-        f"model.{key}": value for key, value in cfg.model.model_dump().items() if key not in ARCHITECTURE_EXCLUDES
+        f"model.{key}": value
+        for key, value in flatten(cfg.model.model_dump()).items()
+        if key.partition(".")[0] not in ARCHITECTURE_EXCLUDES
     }
-    architecture.update({"vocab_size": len(model.tokenizer), "student_dim": student_dim, "teacher_dim": teacher_dim})
-
+    architecture.update(
+        {
+            "vocab_size": len(model.tokenizer),
+            "student_dim": model.get_embedding_dimension(),
+            "teacher_dim": teacher_dim,
+            "train.objective": params.objective,
+        }
+    )
     run_log = tracking.current()
     run_log.log_metrics(
         {
             "memory.estimate_mb": memory["estimate_bytes"] / 2**20,
             "memory.available_mb": memory["available_bytes"] / 2**20,
             "model.parameters": count_parameters(model),
-            "train.examples": len(batches.examples),
-            "train.padding_ratio": batches.padding_ratio(0),
+            "train.examples": len(everything),
+            "train.padding_ratio": all_batches.padding_ratio(0),
         }
     )
-    torch.manual_seed(cfg.seed)
-    trainer = Trainer(
-        model,
-        objective,
-        batches,
-        params,
-        device,
-        architecture,
-        CHECKPOINTS_DIR,
-        Validation(sts, validation_batches),
-        teacher_vectors,
-        log_metrics=lambda metrics, step: run_log.log_metrics(metrics, step=step),
-        **hooks,
-    )
-    if params.resume:
-        if not (CHECKPOINTS_DIR / "last").is_dir():
-            raise UserError(f"train.resume is true but {CHECKPOINTS_DIR / 'last'} does not exist: nothing to resume")
-        state = trainer.resume("last")
-    else:
+    if not params.resume:
         shutil.rmtree(CHECKPOINTS_DIR, ignore_errors=True)
-        state = TrainState(micro_batches=memory["micro_batches"])
+    else:
+        needed = CHECKPOINTS_DIR / "last" if params.schedule == "single" else CHECKPOINTS_DIR
+        if not needed.exists():
+            raise UserError(f"train.resume is true but {needed} does not exist: nothing to resume")
     log.info(
-        "training %s (%d parameters) on %d examples, %d steps/epoch, device %s; about %.0f MB per step",
+        "training %s (%d parameters) on %d examples in %d phase(s), device %s; about %.0f MB per step",
         cfg.model.kind,
         count_parameters(model),
-        len(batches.examples),
-        len(batches),
+        len(everything),
+        len(phases),
         device,
         memory["estimate_bytes"] / 2**20,
     )
-    state = trainer.fit(state)
-    write_curves(trainer.history)
+    torch.manual_seed(cfg.seed)
+    results: list[PhaseResult] = []
+    for phase in phases:
+        deadline = results[-1].trainer.deadline if results else None  # train.max_minutes spans every phase
+        if deadline is not None and time.perf_counter() >= deadline:
+            log.warning("train.max_minutes ran out before phase %s: it does not run", phase.label)
+            break
+        trainer = Trainer(
+            model,
+            objective,
+            all_batches if phase.examples is everything else batches_of(phase.examples),
+            phase.params,
+            device,
+            dict(architecture),
+            phase.checkpoints,
+            validation,
+            teacher_vectors,
+            **hooks,
+        )
+        if cfg.model.kind == "dynamic":
+            rows = validation_batches.anchor_rows if validation_batches is not None else all_batches.anchor_rows
+            trainer.on_epoch_end = DimensionGrowth(
+                cfg.model.dynamic, rows, params.batch_size, lambda size, chosen=phase.examples: batches_of(chosen, size)
+            )
+        trainer.deadline = deadline
+        results.append(train_phase(cfg, trainer, phase, memory, results))
+    trainer = results[-1].trainer
+    write_curves(merged_history(results))
 
-    best = CHECKPOINTS_DIR / "best"
-    if state.best_epoch is not None and best.is_dir():
-        checkpoint.load_weights(best, model)
+    best = results[-1].phase.checkpoints / "best"
+    if results[-1].state.best_epoch is not None and best.is_dir():
+        load_checkpoint_weights(trainer, best)
     model.to("cpu")
     with atomic_dir(STUDENT_DIR) as out:
         model.save(str(out))
@@ -299,25 +328,155 @@ def run(cfg: Params, **hooks: Any) -> dict[str, float | str]:
         model, "student", cfg.tracking.registered_model, tracking.content_hash(STUDENT_DIR)
     )
 
-    summary = summarize(trainer, state, memory)
+    summary = summarize(results[-1], memory)
+    if params.schedule == "staged":
+        phase_summaries = {result.phase.label: summarize(result, memory) for result in results}
+        earlier_epochs = sum(phase["epochs"] for phase in list(phase_summaries.values())[:-1])
+        summary.update(
+            {key: sum(phase[key] for phase in phase_summaries.values()) for key in ("steps", "epochs", "train_seconds")}
+        )
+        if summary["best_epoch"] is not None:
+            summary["best_epoch"] += earlier_epochs  # numbered on across phases, as in plots/train/epochs.csv
+        summary["phases"] = phase_summaries
     write_json(METRICS_PATH, summary)
-    results: dict[str, float | str] = {f"train.{key}": value for key, value in summary.items() if value is not None}
-    results["train.device_used"] = device
-    return results
+    flat = {f"train.{key}": value for key, value in flatten(summary).items() if value is not None}
+    flat["train.device_used"] = device
+    return flat
 
 
-def summarize(trainer: Trainer, state: TrainState, memory: dict[str, int]) -> dict[str, Any]:
+@dataclass
+class PhaseResult:
+    phase: Phase
+    trainer: Trainer
+    state: TrainState
+
+
+def sorted_union(phases: list[Phase]) -> list[Example]:
+    return sorted(
+        {e for phase in phases for e in phase.examples}, key=lambda e: (e.anchor, e.positive or "", e.negative or "")
+    )
+
+
+def build_validation(cfg: Params, store: TokenStore, batches: LengthBucketedBatches | None):
+    """The epoch's judge; refuses an early-stopping monitor that nothing would measure."""
+    params = cfg.train
+    monitor = params.early_stopping.monitor
+    if monitor == "val_loss" and batches is None:
+        raise UserError(
+            f"train.early_stopping.monitor is val_loss but no {params.validation_split!r} split of "
+            f"{', '.join(params.datasets)} was downloaded (train.validation_split)"
+        )
+    if monitor == "sts_spearman" and not params.sts_validation:
+        raise UserError("train.early_stopping.monitor is sts_spearman but train.sts_validation is null")
+    sts = STSValidation(params.sts_validation, store) if params.sts_validation else None
+    if params.objective != "clm":
+        return Validation(sts, batches)
+    if batches is None:
+        raise UserError(
+            f"train.objective: clm reports perplexity on the {params.validation_split!r} split of "
+            f"{', '.join(params.datasets)}, which was not downloaded (train.validation_split)"
+        )
+    return LanguageModelValidation(sts, batches, params.clm.prompts, params.clm.max_new_tokens)
+
+
+def train_phase(
+    cfg: Params, trainer: Trainer, phase: Phase, memory: dict[str, int], done: list[PhaseResult]
+) -> PhaseResult:
+    """Train one phase in its own MLflow run (a child of the train run when staged), resuming or continuing as
+    train.resume and the schedule say; a staged phase that already finished is only read back."""
+    finished = phase.checkpoints / FINISHED_FILE
+    if phase.name is not None and cfg.train.resume and finished.is_file():
+        state, trainer.history = read_finished(trainer, finished)
+        log.info("train.resume: phase %s already finished at step %d", phase.name, state.step)
+        return PhaseResult(phase, trainer, state)
+    parent = tracking.current()
+    with (
+        tracking.start(cfg, f"train.{phase.name}", parent_run_id=parent.run_id)
+        if phase.name
+        else nullcontext(parent) as run_log
+    ):
+        trainer.log_metrics = lambda metrics, step: run_log.log_metrics(metrics, step=step)
+        trainer.log_text = run_log.log_text
+        if phase.name is not None:
+            run_log.log_metrics({"phase.examples": len(phase.examples), "phase.epochs": phase.params.epochs})
+        last = phase.checkpoints / "last"
+        if cfg.train.resume and last.is_dir():
+            match_dims(trainer, last)
+            state = trainer.resume("last")
+        else:
+            shutil.rmtree(phase.checkpoints, ignore_errors=True)
+            state = TrainState(micro_batches=memory["micro_batches"])
+            if phase.continues:
+                previous = done[-1]
+                best = previous.phase.checkpoints / "best"
+                if previous.state.best_epoch is not None and best.is_dir():
+                    load_checkpoint_weights(trainer, best)
+                state.resumed_at_step = 0  # the resume ramp replaces a second warm-up
+        state = trainer.fit(state)
+        result = PhaseResult(phase, trainer, state)
+        if phase.name is not None:
+            summary = summarize(result, memory)
+            run_log.log_metrics(
+                {key: value for key, value in flatten(summary).items() if isinstance(value, int | float)}
+            )
+            write_json(finished, {"state": asdict(state), "history": trainer.history})
+    return result
+
+
+def match_dims(trainer: Trainer, directory: Path) -> None:
+    """A dynamic model takes the dimensions of the checkpoint it is about to load."""
+    if isinstance(trainer.on_epoch_end, DimensionGrowth):
+        dims = checkpoint.read_state(directory).architecture["student_dim"]
+        trainer.on_epoch_end.match(trainer, TrainState(), dims)
+
+
+def load_checkpoint_weights(trainer: Trainer, directory: Path) -> None:
+    match_dims(trainer, directory)
+    checkpoint.load_weights(directory, trainer.model, trainer.objective)
+
+
+def read_finished(trainer: Trainer, path: Path) -> tuple[TrainState, dict[str, list[dict[str, Any]]]]:
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    return TrainState(**saved["state"]), saved["history"]
+
+
+def merged_history(results: list[PhaseResult]) -> dict[str, list[dict[str, Any]]]:
+    """One history across phases: steps and epochs numbered on from the previous phase, each row with its phase."""
+    merged: dict[str, list[dict[str, Any]]] = {name: [] for name in CURVES}
+    steps = epochs = 0
+    for result in results:
+        history = result.trainer.history
+        label = {"phase": result.phase.name} if result.phase.name else {}
+        merged["steps"] += [
+            {**row, "step": row["step"] + steps, "epoch": row["epoch"] + epochs, **label} for row in history["steps"]
+        ]
+        merged["epochs"] += [
+            {**row, "step": row["step"] + steps, "epoch": row["epoch"] + epochs, **label} for row in history["epochs"]
+        ]
+        merged["generations"] += [
+            {**row, "epoch": row["epoch"] + epochs, **label} for row in history.get("generations", [])
+        ]
+        steps += result.state.step
+        epochs += len(history["epochs"])
+    return merged
+
+
+def summarize(result: PhaseResult, memory: dict[str, int]) -> dict[str, Any]:
     """metrics/train.json: how far training got, how good the kept epoch is, and how fast it went."""
+    trainer, state = result.trainer, result.state
     epochs = trainer.history["epochs"]
     totals = trainer.totals
     seconds = sum(totals.seconds.values())
     best = next((e for e in epochs if e["epoch"] == state.best_epoch), epochs[-1] if epochs else {})
-    return {
+    similarities = [e["val.similarity"] for e in epochs if "val.similarity" in e]
+    summary = {
         "steps": state.step,
         "epochs": len(epochs),
         "best_epoch": state.best_epoch,
         "sts_spearman": best.get("val.sts_spearman"),
         "val_loss": best.get("val.val_loss"),
+        "similarity_final": similarities[-1] if similarities else None,
+        "similarity_best": max(similarities) if similarities else None,
         "examples_per_s": totals.examples / seconds if seconds else 0.0,
         "tokens_per_s": totals.tokens / seconds if seconds else 0.0,
         "train_seconds": seconds,
@@ -327,4 +486,9 @@ def summarize(trainer: Trainer, state: TrainState, memory: dict[str, int]) -> di
         "micro_batches": state.micro_batches,
         "memory_estimate_mb": memory["estimate_bytes"] / 2**20,
         "parameters": count_parameters(trainer.model),
+        "embedding_dim": trainer.model.get_embedding_dimension(),
     }
+    for key in ("token_accuracy", "perplexity"):
+        if f"val.{key}" in best:
+            summary[key] = best[f"val.{key}"]
+    return summary

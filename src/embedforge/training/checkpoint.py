@@ -130,7 +130,12 @@ def load(
     return state, json.loads((directory / HISTORY_FILE).read_text(encoding="utf-8"))
 
 
-def load_weights(directory: Path, model: torch.nn.Module) -> None:
-    """Only the student's weights, e.g. the best checkpoint's into the model about to be saved."""
+def load_weights(directory: Path, model: torch.nn.Module, objective: torch.nn.Module | None = None) -> None:
+    """The student's (and the objective's) weights without the optimizer or the position in training: the best
+    checkpoint's into the model about to be saved, or into the next phase of a staged run."""
     tensors = load_file(str(directory / WEIGHTS_FILE))
     model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+    if objective is not None:
+        objective.load_state_dict(
+            {k.removeprefix("objective."): v for k, v in tensors.items() if k.startswith("objective.")}
+        )

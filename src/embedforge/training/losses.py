@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embedforge.models.dynamic import sparsity_penalty
+
 
 class InfoNCELoss(nn.Module):
     """Each anchor must pick its own positive among every positive and hard negative of the batch.
@@ -34,18 +36,26 @@ class DistillLoss(nn.Module):
     space; it exists for training only and is not part of the saved model.
     """
 
-    def __init__(self, student_dim: int, teacher_dim: int, kind: str = "mse"):
+    def __init__(self, student_dim: int, teacher_dim: int, kind: str = "mse", force_projection: bool = False):
         super().__init__()
         if kind not in ("mse", "cosine"):
             raise ValueError(f"unknown distillation loss {kind!r}; use 'mse' or 'cosine'")
         self.kind = kind
-        self.projection = nn.Identity() if student_dim == teacher_dim else nn.Linear(student_dim, teacher_dim)
+        same = student_dim == teacher_dim and not force_projection
+        self.projection = nn.Identity() if same else nn.Linear(student_dim, teacher_dim)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         mapped = self.projection(student)
         if self.kind == "mse":
             return F.mse_loss(mapped, teacher)
         return (1 - F.cosine_similarity(mapped, teacher, dim=-1)).mean()
+
+
+class SparsityLoss(nn.Module):
+    """The dynamic family's pull towards sparse embeddings (see ``models.dynamic.sparsity_penalty``)."""
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return sparsity_penalty(embeddings)
 
 
 class Objective(nn.Module):

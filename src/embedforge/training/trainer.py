@@ -122,7 +122,9 @@ class Trainer:
     ``teacher_vectors`` holds the teacher's embedding of every TokenStore row (needed
     by the distill objective). ``on_step`` is called after each optimizer step and
     ``before_micro_batch`` before each forward pass: hooks for logging and for tests
-    that inject faults.
+    that inject faults. ``on_epoch_end`` may change the model between epochs (a model
+    family that grows does); it runs after the best checkpoint is saved and before the
+    last one, and returns metrics to log.
     """
 
     def __init__(
@@ -137,8 +139,10 @@ class Trainer:
         validate: Callable[[Trainer], dict[str, float | None]],
         teacher_vectors: torch.Tensor | None = None,
         log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None,
+        log_text: Callable[[str, str], None] = lambda text, artifact_file: None,
         on_step: Callable[[StepRecord], None] | None = None,
         before_micro_batch: Callable[[Trainer, TrainState, int], None] | None = None,
+        on_epoch_end: Callable[[Trainer, TrainState], dict[str, float]] | None = None,
     ):
         self.model = model.to(device)
         self.objective = objective.to(device)
@@ -150,15 +154,18 @@ class Trainer:
         self.validate = validate
         self.teacher_vectors = None if teacher_vectors is None else teacher_vectors.to(device)
         self.log_metrics = log_metrics
+        self.log_text = log_text
         self.on_step = on_step
         self.before_micro_batch = before_micro_batch
+        self.on_epoch_end = on_epoch_end
+        self.deadline: float | None = None  # perf_counter time train.max_minutes ends at, set when fit starts
         self.dtype = autocast_dtype(params.precision, device)
         self.scaler = torch.amp.GradScaler(device, enabled=self.dtype == torch.float16 and device == "cuda")
         self.optimizer = self.build_optimizer()
         self.steps_per_epoch = len(batches)
         self.total_steps = min(params.epochs * self.steps_per_epoch, params.max_steps or math.inf)
         self.warmup_steps = round(params.warmup_ratio * self.total_steps)
-        self.history: dict[str, list[dict[str, float]]] = {"steps": [], "epochs": []}
+        self.history: dict[str, list[dict[str, Any]]] = {"steps": [], "epochs": []}
         self.totals = PhaseTimes()
 
     def build_optimizer(self) -> torch.optim.Optimizer:
@@ -174,10 +181,19 @@ class Trainer:
         ]
         return torch.optim.AdamW(groups, lr=self.params.lr, fused=True)
 
+    def rebatch(self, batches: LengthBucketedBatches, state: TrainState) -> None:
+        """Train the remaining epochs on ``batches`` (e.g. of another batch size); the schedule's end stays at
+        the last epoch, now counted in the new batches' steps."""
+        self.batches = batches
+        self.steps_per_epoch = len(batches)
+        remaining = (self.params.epochs - state.epoch) * self.steps_per_epoch
+        self.total_steps = min(state.step + remaining, self.params.max_steps or math.inf)
+
     def fit(self, state: TrainState) -> TrainState:
         """Train from ``state`` (fresh or loaded from a checkpoint) until the epochs, steps or minutes run out
         or early stopping says enough; return the final state."""
-        started = time.perf_counter()
+        if self.deadline is None and self.params.max_minutes is not None:
+            self.deadline = time.perf_counter() + 60 * self.params.max_minutes
         stop = False
         while state.epoch < self.params.epochs and not stop:
             times = PhaseTimes()
@@ -191,7 +207,7 @@ class Trainer:
                         progress.update()
                         if state.step % self.params.checkpoint_every_steps == 0:
                             self.save("last", state)
-                        stop = self.out_of_budget(state, started)
+                        stop = self.out_of_budget(state)
                         if stop:
                             break
                 scores = self.validate(self)
@@ -295,7 +311,8 @@ class Trainer:
     def loss(self, batch: PairBatch, times: PhaseTimes | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """The objective on one (micro-)batch; ``times`` splits the time into forward and loss."""
         with self.autocast():
-            embeddings = [self.embed(part) for part in batch.parts]
+            outputs = [self.features(part) for part in batch.parts]
+            embeddings = [output["sentence_embedding"] for output in outputs]
             if times is not None:
                 times.seconds["forward"] += self.lap()
             inputs: dict[str, tuple[torch.Tensor, ...]] = {}
@@ -305,17 +322,26 @@ class Trainer:
             if "distill" in self.objective.weights:
                 rows = torch.from_numpy(np.concatenate([part.rows for part in batch.parts])).to(self.device)
                 inputs["distill"] = (torch.cat(embeddings).float(), self.teacher_vectors[rows].float())
+            if "clm" in self.objective.weights:
+                first = outputs[0]
+                inputs["clm"] = (first["token_embeddings"], first["input_ids"], first["attention_mask"])
+            if "sparsity" in self.objective.weights:
+                inputs["sparsity"] = (torch.cat(embeddings).float(),)
             loss, parts = self.objective(inputs)
         if times is not None:
             times.seconds["loss"] += self.lap()
         return loss, parts
 
-    def embed(self, part: TokenBatch) -> torch.Tensor:
+    def features(self, part: TokenBatch) -> dict[str, torch.Tensor]:
+        """Everything the model computes for ``part``: its inputs, ``token_embeddings``, ``sentence_embedding``."""
         features = {
             "input_ids": part.input_ids.to(self.device, non_blocking=True),
             "attention_mask": part.attention_mask.to(self.device, non_blocking=True),
         }
-        return self.model(features)["sentence_embedding"]
+        return self.model(features)
+
+    def embed(self, part: TokenBatch) -> torch.Tensor:
+        return self.features(part)["sentence_embedding"]
 
     @torch.no_grad()
     def embed_rows(self, rows: np.ndarray) -> np.ndarray:
@@ -378,11 +404,10 @@ class Trainer:
         )
         self.log_metrics({"train.micro_batches": state.micro_batches}, state.step)
 
-    def out_of_budget(self, state: TrainState, started: float) -> bool:
+    def out_of_budget(self, state: TrainState) -> bool:
         if self.params.max_steps is not None and state.step >= self.params.max_steps:
             return True
-        limit = self.params.max_minutes
-        return limit is not None and time.perf_counter() - started >= 60 * limit
+        return self.deadline is not None and time.perf_counter() >= self.deadline
 
     def update_early_stopping(self, state: TrainState, scores: dict[str, float | None]) -> bool:
         """Record the monitored score; True when it beats the best so far by more than ``min_delta``."""
@@ -432,6 +457,10 @@ class Trainer:
             state.epoch, state.batches_done = finished, 0
         if improved:
             self.save("best", state)
+        if self.on_epoch_end is not None and state.batches_done == 0:  # a whole epoch, not one cut short
+            changes = self.on_epoch_end(self, state)
+            self.history["epochs"][-1].update(changes)
+            self.log_metrics(changes, state.step)
         self.save("last", state)
 
     def log_step(self, record: StepRecord, times: PhaseTimes) -> None:
