@@ -2,7 +2,8 @@
 
 Prepares the data once in ``--workdir`` (download from EMBEDFORGE_MIRROR, validate,
 precompute, tokenize), then trains every family with the same ``train.max_minutes``
-(epochs and patience high, so the clock is the limit) on the same data and
+(epochs and patience high, so the clock is the limit, and so the learning rate
+is flat after a short warm-up) on the same data and
 objective (cosine distillation to the teacher; the causal LM trains on next-token
 prediction instead, which is what it is). Every student and the teacher are then
 scored on STS-B validation and timed encoding the same sentences in interleaved
@@ -32,6 +33,18 @@ COMMON = [
     "train.batch_size=128",
     "train.epochs=1000",
     "train.early_stopping.patience=1000",
+    "train.warmup_ratio=0.0005",  # of 1000 epochs' steps: about half an epoch, then a flat rate (the clock ends it)
+]
+EPOCH_COLUMNS = [  # what each family's epochs show in the output, where it has them
+    "epoch",
+    "phase",
+    "val.sts_spearman",
+    "val.similarity",
+    "val.perplexity",
+    "dims",
+    "sparsity",
+    "sparsity_in_band",
+    "batch_size",
 ]
 FAMILIES = {
     "encoder": [],
@@ -56,6 +69,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
+    import pandas as pd
     import torch
 
     from embedforge.api import load_sentence_transformer
@@ -81,6 +95,8 @@ def main() -> None:
         destination = Path("students") / family
         shutil.rmtree(destination, ignore_errors=True)
         shutil.copytree("models/student", destination)
+        epochs = pd.read_csv("plots/train/epochs.csv")
+        results["epoch_log"] = epochs[[c for c in EPOCH_COLUMNS if c in epochs]].round(4).to_dict("records")
         trained[family] = results
 
     evaluate = STSEvaluator(Path("data/raw/stsb/validation.parquet"), batch_size=64)
@@ -114,6 +130,7 @@ def main() -> None:
                     if f"train.{key}" in results
                 }
             )
+            entry["epoch_log"] = results["epoch_log"]
         report[name] = entry
     print(json.dumps(report, indent=2))
 

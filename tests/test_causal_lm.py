@@ -192,4 +192,3 @@ def test_generate_stops_at_the_models_max_seq_length(causal):
     with torch.no_grad():
         head.bias[causal.tokenizer.convert_tokens_to_ids("dog")] = 1e4
     assert generate(causal, head, PROMPT) == "dog dog"
-

@@ -47,7 +47,11 @@ def test_set_overrides_beat_file_and_environment(tmp_path, monkeypatch):
         ({}, ["train.early_stopping.monitor=loss"], "train.early_stopping.monitor: input should be"),
         ({}, ["model.lattice.size=[4, 4, 4]"], "give exactly one of model.lattice.mode and model.lattice.size"),
         ({}, ["model.lattice.size=[4, 4]"], "model.lattice.size: list should have at least 3 items"),
-        ({}, ["model.dynamic.embedding_dim=512"], "model.dynamic.embedding_dim (512) must be <= model.dynamic.max_dims"),
+        (
+            {},
+            ["model.dynamic.embedding_dim=512"],
+            "model.dynamic.embedding_dim (512) must be <= model.dynamic.max_dims",
+        ),
         ({}, ["model.dynamic.sparsity_target=[0.7, 0.4]"], "model.dynamic.sparsity_target ([0.7, 0.4]) must be"),
         ({}, ["model.kind=lattice", "train.objective=clm"], "train.objective: clm trains a transformer stack"),
         ({}, ["train.schedule=cyclic"], "train.schedule: input should be 'single' or 'staged'"),

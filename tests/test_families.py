@@ -196,3 +196,26 @@ def test_train_max_minutes_spans_every_staged_phase(project, ready, caplog):
     assert list(summary["phases"]) == ["foundation"] and results["train.steps"] == 1
     assert "train.max_minutes ran out before phase consolidation" in caplog.text
     assert (project / "models/student/modules.json").is_file()
+
+
+class Killed(Exception):
+    """Stands in for a kill in the middle of a phase."""
+
+
+def test_staged_resume_skips_finished_phases_and_resumes_the_current_one(project, ready):
+    def kill_in_consolidation(record) -> None:
+        if Path("checkpoints/foundation/finished.json").is_file() and record.step == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train.run(ready(*STAGED, "train.checkpoint_every_steps=1"), on_step=kill_in_consolidation)
+    assert not Path("checkpoints/consolidation/finished.json").exists()
+    foundation = json.loads(Path("checkpoints/foundation/finished.json").read_text())
+
+    resumed = []
+    results = train.run(ready(*STAGED, "train.checkpoint_every_steps=1", "train.resume=true"), on_step=resumed.append)
+    summary = json.loads((project / "metrics/train.json").read_text())
+    assert summary["phases"]["foundation"]["steps"] == foundation["state"]["step"]  # read back, not retrained
+    assert summary["phases"]["foundation"]["train_seconds"] > 0
+    assert resumed[0].step == 3  # the kill came before step 3 was checkpointed: consolidation redoes it
+    assert results["train.steps"] == sum(phase["steps"] for phase in summary["phases"].values())

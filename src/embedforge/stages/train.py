@@ -54,7 +54,7 @@ from embedforge.training.checkpoint import CHECKPOINTS_DIR, TrainState
 from embedforge.training.growth import DimensionGrowth
 from embedforge.training.losses import DistillLoss, InfoNCELoss, Objective, SparsityLoss
 from embedforge.training.phases import Phase, training_phases
-from embedforge.training.trainer import Trainer
+from embedforge.training.trainer import PhaseTimes, Trainer
 from embedforge.training.validation import LanguageModelValidation, STSValidation, Validation
 
 log = logging.getLogger(__name__)
@@ -310,9 +310,11 @@ def run(cfg: Params, **hooks: Any) -> dict[str, Any]:
         )
         if cfg.model.kind == "dynamic":
             rows = validation_batches.anchor_rows if validation_batches is not None else all_batches.anchor_rows
-            trainer.on_epoch_end = DimensionGrowth(
+            growth = DimensionGrowth(
                 cfg.model.dynamic, rows, params.batch_size, lambda size, chosen=phase.examples: batches_of(chosen, size)
             )
+            growth.adopt(trainer, TrainState(), model.get_embedding_dimension())  # a later phase starts grown
+            trainer.on_epoch_end = growth
         trainer.deadline = deadline
         results.append(train_phase(cfg, trainer, phase, memory, results))
     trainer = results[-1].trainer
@@ -386,7 +388,7 @@ def train_phase(
     train.resume and the schedule say; a staged phase that already finished is only read back."""
     finished = phase.checkpoints / FINISHED_FILE
     if phase.name is not None and cfg.train.resume and finished.is_file():
-        state, trainer.history = read_finished(trainer, finished)
+        state = read_finished(trainer, finished)
         log.info("train.resume: phase %s already finished at step %d", phase.name, state.step)
         return PhaseResult(phase, trainer, state)
     parent = tracking.current()
@@ -419,7 +421,7 @@ def train_phase(
             run_log.log_metrics(
                 {key: value for key, value in flatten(summary).items() if isinstance(value, int | float)}
             )
-            write_json(finished, {"state": asdict(state), "history": trainer.history})
+            write_json(finished, {"state": asdict(state), "history": trainer.history, "totals": asdict(trainer.totals)})
     return result
 
 
@@ -435,9 +437,11 @@ def load_checkpoint_weights(trainer: Trainer, directory: Path) -> None:
     checkpoint.load_weights(directory, trainer.model, trainer.objective)
 
 
-def read_finished(trainer: Trainer, path: Path) -> tuple[TrainState, dict[str, list[dict[str, Any]]]]:
+def read_finished(trainer: Trainer, path: Path) -> TrainState:
+    """A finished phase's state, with its history and timings put back into ``trainer`` for the curves and summary."""
     saved = json.loads(path.read_text(encoding="utf-8"))
-    return TrainState(**saved["state"]), saved["history"]
+    trainer.history, trainer.totals = saved["history"], PhaseTimes(**saved["totals"])
+    return TrainState(**saved["state"])
 
 
 def merged_history(results: list[PhaseResult]) -> dict[str, list[dict[str, Any]]]:
