@@ -96,7 +96,10 @@ def main() -> None:
         shutil.rmtree(destination, ignore_errors=True)
         shutil.copytree("models/student", destination)
         epochs = pd.read_csv("plots/train/epochs.csv")
-        results["epoch_log"] = epochs[[c for c in EPOCH_COLUMNS if c in epochs]].round(4).to_dict("records")
+        logged = epochs[[c for c in EPOCH_COLUMNS if c in epochs]].round(4)
+        results["epoch_log"] = [  # an epoch cut short by the clock has no growth columns: left out, not NaN
+            {key: value for key, value in row.items() if pd.notna(value)} for row in logged.to_dict("records")
+        ]
         trained[family] = results
 
     evaluate = STSEvaluator(Path("data/raw/stsb/validation.parquet"), batch_size=64)

@@ -48,6 +48,7 @@ from embedforge.training.batches import (
     LengthBucketedBatches,
     TokenStore,
     build_examples,
+    in_order,
     sentence_examples,
 )
 from embedforge.training.checkpoint import CHECKPOINTS_DIR, TrainState
@@ -79,9 +80,7 @@ def examples_of(cfg: Params, split: str, files: list[Path]) -> dict[str, list[Ex
             continue
         examples = build_examples(RAW_DIR, [path.parent.name], split, params.stsb_min_score)
         if not params.hard_negatives:
-            examples = sorted(
-                {Example(e.anchor, e.positive, None) for e in examples}, key=lambda e: (e.anchor, e.positive)
-            )
+            examples = in_order(Example(e.anchor, e.positive, None) for e in examples)
         by_dataset[path.parent.name] = examples
     return by_dataset
 
@@ -219,7 +218,9 @@ def run(cfg: Params, **hooks: Any) -> dict[str, Any]:
     model = build_student(cfg, tokenizer_dir, teacher.path)
     pad_id = model.tokenizer.pad_token_id
     phases = training_phases(params, examples_of(cfg, TRAIN_SPLIT, train_files), cfg.seed, CHECKPOINTS_DIR)
-    everything = phases[-1].examples if params.schedule == "single" else sorted_union(phases)
+    everything = (
+        phases[-1].examples if params.schedule == "single" else in_order(e for phase in phases for e in phase.examples)
+    )
     advice = MODEL_FAMILIES[cfg.model.kind].advise(model, len(everything))
     if advice:
         log.warning(advice)
@@ -351,12 +352,6 @@ class PhaseResult:
     phase: Phase
     trainer: Trainer
     state: TrainState
-
-
-def sorted_union(phases: list[Phase]) -> list[Example]:
-    return sorted(
-        {e for phase in phases for e in phase.examples}, key=lambda e: (e.anchor, e.positive or "", e.negative or "")
-    )
 
 
 def build_validation(cfg: Params, store: TokenStore, batches: LengthBucketedBatches | None):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +116,15 @@ class Example:
     positive: str | None
     negative: str | None
 
+    def sort_key(self) -> tuple[str, str, str]:
+        """The order examples are kept in: by ids, so it never depends on the files' row order."""
+        return self.anchor, self.positive or "", self.negative or ""
+
+
+def in_order(examples: Iterable[Example]) -> list[Example]:
+    """Distinct examples, sorted by ``Example.sort_key``."""
+    return sorted(set(examples), key=Example.sort_key)
+
 
 def text_ids(texts: pd.Series) -> pd.Series:
     """The sentence id of every text, hashing each distinct text once (SNLI premises repeat)."""
@@ -170,7 +179,7 @@ def build_examples(raw_dir: Path, datasets: list[str], split: str, stsb_min_scor
             examples.update(nli_examples(frame))
         else:
             examples.update(score_examples(frame, stsb_min_score))
-    return sorted(examples, key=lambda e: (e.anchor, e.positive, e.negative or ""))
+    return in_order(examples)
 
 
 def sentence_examples(tokens_dir: Path, files: list[Path]) -> list[Example]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from embedforge.config import PhaseParams, TrainParams
-from embedforge.training.batches import Example
+from embedforge.training.batches import Example, in_order
 
 STAGED_PHASES = ("foundation", "consolidation", "mastery")
 
@@ -50,17 +50,13 @@ def phase_examples(by_dataset: dict[str, list[Example]], phase: PhaseParams) -> 
         counts = dict.fromkeys(by_dataset, share)
     else:
         counts = {name: round(phase.data_fraction * len(examples)) for name, examples in by_dataset.items()}
-    chosen = {example for name, examples in by_dataset.items() for example in examples[: max(counts[name], 1)]}
-    return sorted(chosen, key=lambda e: (e.anchor, e.positive or "", e.negative or ""))
+    return in_order(example for name, examples in by_dataset.items() for example in examples[: max(counts[name], 1)])
 
 
 def training_phases(params: TrainParams, by_dataset: dict[str, list[Example]], seed: int, root: Path) -> list[Phase]:
     """What to train, in order: the whole data once, or the three staged phases."""
     if params.schedule == "single":
-        everything = sorted(
-            {e for examples in by_dataset.values() for e in examples},
-            key=lambda e: (e.anchor, e.positive or "", e.negative or ""),
-        )
+        everything = in_order(e for examples in by_dataset.values() for e in examples)
         return [Phase(None, everything, params, root, continues=False)]
     mixed = shuffled(by_dataset, seed)
     phases = []
