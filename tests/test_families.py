@@ -219,3 +219,18 @@ def test_staged_resume_skips_finished_phases_and_resumes_the_current_one(project
     assert summary["phases"]["foundation"]["train_seconds"] > 0
     assert resumed[0].step == 3  # the kill came before step 3 was checkpointed: consolidation redoes it
     assert results["train.steps"] == sum(phase["steps"] for phase in summary["phases"].values())
+
+
+def test_causal_lm_generations_are_logged_to_mlflow_each_epoch(project, ready):
+    from mlflow.tracking import MlflowClient
+
+    from embedforge.stages import run_stage
+
+    run_stage("train", ready("train.objective=clm", "train.clm.prompts=[A man is]", "tracking.enabled=true"))
+    client = MlflowClient(f"sqlite:///{project / 'mlruns/mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("embedforge").experiment_id])[0]
+    logged = sorted(item.path for item in client.list_artifacts(run.info.run_id, "generations"))
+    assert logged == ["generations/epoch_001.txt", "generations/epoch_002.txt"]
+    text = Path(client.download_artifacts(run.info.run_id, "generations/epoch_002.txt")).read_text()
+    assert text.startswith("A man is -> ")
+    assert "val.perplexity" in run.data.metrics and "val.token_accuracy" in run.data.metrics

@@ -18,7 +18,6 @@ from torch import nn
 
 from embedforge.config import DynamicParams
 from embedforge.models.dynamic import (
-    DynamicHead,
     adapted_batch_size,
     dynamic_head,
     grow_linear_inputs,
@@ -67,12 +66,12 @@ class DimensionGrowth:
         )
         pruned = 0 if plan.keep is None else int((~plan.keep).sum())
         if pruned:
-            head.prune(plan.keep.to(head_device(head)))
+            head.prune(plan.keep)
             self.resize_projection(trainer, lambda linear: prune_linear_inputs(linear, plan.keep))
         if plan.grow_by:
             head.grow(plan.grow_by)
             self.resize_projection(trainer, lambda linear: grow_linear_inputs(linear, plan.grow_by))
-        if pruned or plan.grow_by:
+        if plan.changes_dimensions:
             self.adopt(trainer, state, head.dims)
         low, high = rule.sparsity_target
         return {
@@ -105,7 +104,7 @@ class DimensionGrowth:
         weights then overwrite these."""
         head = dynamic_head(trainer.model)
         if dims < head.dims:
-            keep = torch.arange(head.dims, device=head_device(head)) < dims
+            keep = torch.arange(head.dims) < dims  # the head moves the mask to its weights' device
             head.prune(keep)
             self.resize_projection(trainer, lambda linear: prune_linear_inputs(linear, keep))
         elif dims > head.dims:
@@ -113,7 +112,3 @@ class DimensionGrowth:
             head.grow(by)
             self.resize_projection(trainer, lambda linear: grow_linear_inputs(linear, by))
         self.adopt(trainer, state, head.dims)
-
-
-def head_device(head: DynamicHead) -> torch.device:
-    return next(head.parameters()).device
