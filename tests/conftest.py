@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pandas as pd
@@ -133,6 +134,13 @@ def mirror_params(project: Path, small_mirror: Path):
     return build
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now, for a server a test starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def leftovers(root: Path) -> list[Path]:
     """Temporary files or directories a failed stage must not leave behind."""
     return [path for path in root.rglob(".*") if path.name.endswith(".tmp")]
@@ -169,6 +177,29 @@ def build_tiny_sentence_model(directory: Path, seed: int = 0, hidden_size: int =
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_sentence_model(tmp_path_factory.mktemp("tiny_teacher"))
+
+
+@pytest.fixture
+def tiny(project: Path, small_mirror: Path, tiny_teacher: Path) -> list[str]:
+    """The project with dvc.yaml beside params.yaml; returns the overrides of a tiny whole-pipeline run."""
+    shutil.copy(REPO_ROOT / "dvc.yaml", project / "dvc.yaml")
+    return [
+        "download.source=mirror",
+        f"download.mirror={small_mirror}",
+        "download.limit=60",
+        f"precompute.teacher={tiny_teacher}",
+        "precompute.backend=torch",
+        "model.hidden_size=64",
+        "model.num_heads=2",
+        "model.intermediate_size=128",
+        "model.teacher_layers=[1, 0]",
+        "model.max_positions=128",
+        "train.batch_size=8",
+        "train.epochs=1",
+        "evaluate.speed_sentences=40",
+        "evaluate.speed_rounds=1",
+        "evaluate.map_sentences=30",
+    ]
 
 
 TINY_STUDENT = [

@@ -4,7 +4,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,18 +13,13 @@ from pathlib import Path
 import mlflow
 import pytest
 import requests
+from conftest import free_port
 from mlflow.tracking import MlflowClient
 
 from embedforge import tracking
 from embedforge.stages import run_stage
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

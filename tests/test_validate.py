@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from embedforge.config import Params, ValidateParams
-from embedforge.data.schema import DATASETS, RAW_DIR, VALIDATION_RESULTS_PATH, raw_split_path
+from embedforge.data.schema import DATASETS, raw_split_path
 from embedforge.errors import DataError, UserError, ValidationFailed
+from embedforge.paths import RAW_DIR, VALIDATION_RESULTS_PATH
 from embedforge.stages import validate
 from embedforge.stages.download import write_split
 

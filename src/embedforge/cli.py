@@ -141,11 +141,21 @@ def run_pipeline(
     _guarded(action)
 
 
+CronOption = Annotated[str | None, typer.Option(help='A cron schedule, e.g. "0 3 * * *" (03:00 every day).')]
+IntervalOption = Annotated[float | None, typer.Option(help="Run every this many seconds.", min=1)]
+
+
+def _flow_parameters(params_path: Path, overrides: list[str]) -> dict[str, object]:
+    """The flow's parameters, checked now: a bad value fails at deploy time, not at 03:00."""
+    load_params(params_path, overrides)
+    return {"params": str(params_path), "overrides": overrides}
+
+
 @app.command("schedule")
 def schedule(
     ctx: typer.Context,
-    cron: Annotated[str | None, typer.Option(help='A cron schedule, e.g. "0 3 * * *" (03:00 every day).')] = None,
-    interval: Annotated[float | None, typer.Option(help="Run every this many seconds.", min=1)] = None,
+    cron: CronOption = None,
+    interval: IntervalOption = None,
     name: Annotated[str, typer.Option(help="The Prefect deployment's name.")] = "embedforge-scheduled",
     params: ParamsOption = None,
     overrides: SetOption = None,
@@ -156,14 +166,39 @@ def schedule(
     def action() -> None:
         if (cron is None) == (interval is None):
             raise UserError("schedule: give exactly one of --cron or --interval")
-        load_params(params_path, all_overrides)  # a bad value fails now, not at 03:00
-        from embedforge.flow import pipeline
+        parameters = _flow_parameters(params_path, all_overrides)
+        from embedforge.flow import api_server, pipeline
 
-        pipeline.serve(
-            name=name,
-            cron=cron,
-            interval=interval,
-            parameters={"params": str(params_path), "overrides": all_overrides},
+        with api_server():
+            pipeline.serve(name=name, cron=cron, interval=interval, parameters=parameters)
+
+    _guarded(action)
+
+
+@app.command("deploy")
+def deploy(
+    ctx: typer.Context,
+    pool: Annotated[str, typer.Option(help="The Prefect work pool whose workers run it (type process).")],
+    cron: CronOption = None,
+    interval: IntervalOption = None,
+    name: Annotated[str, typer.Option(help="The Prefect deployment's name.")] = "embedforge",
+    params: ParamsOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Register the flow on the Prefect server (PREFECT_API_URL) for a work pool's workers to run in this directory."""
+    params_path, all_overrides = _settings(ctx, params, overrides)
+
+    def action() -> None:
+        if cron is not None and interval is not None:
+            raise UserError("deploy: give at most one of --cron or --interval")
+        parameters = _flow_parameters(params_path, all_overrides)
+        from embedforge.flow import FLOW_NAME
+        from embedforge.flow import deploy as deploy_flow
+
+        deployment_id = deploy_flow(name, pool, parameters, cron, interval)
+        typer.echo(f"deployment {FLOW_NAME}/{name} ({deployment_id}) on work pool {pool!r}")
+        typer.echo(
+            f"run it now: prefect deployment run '{FLOW_NAME}/{name}'; a worker: prefect worker start --pool {pool}"
         )
 
     _guarded(action)

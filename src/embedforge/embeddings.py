@@ -28,7 +28,6 @@ from embedforge.data.sentences import normalize_text, search_sorted, sentence_id
 from embedforge.errors import UserError
 from embedforge.files import atomic_path
 
-EMBEDDINGS_DIR = Path("data/embeddings")
 MANIFEST_NAME = "manifest.json"
 SHARD_METADATA_KEY = b"embedforge"
 ROW_GROUP_ROWS = 1024

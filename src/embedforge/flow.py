@@ -6,7 +6,11 @@ contents, params' values and the project directory; see ``dvcfile``), with
 results persisted in Prefect's result store, so a second flow run with nothing
 changed runs no stage, and changing ``train.lr`` re-runs train, evaluate and report only. A stage whose
 outputs are gone runs whatever its key says. precompute and tokenize run
-concurrently, both needing only validate. download retries with backoff; a
+concurrently, both needing only validate. Tasks run in worker processes
+(``ProcessPoolTaskRunner``), never in threads of one process: two stages importing
+transformers' lazy modules at once in one process fail (a concurrent circular
+import hands one thread a half-initialised module), and a stage's peak memory,
+torch threads and environment must be its own. download retries with backoff; a
 deterministic failure (bad params, failed validation) is never retried. Each run
 ends with a markdown artifact: the evaluation summary and the MLflow run.
 """
@@ -14,25 +18,42 @@ ends with a markdown artifact: the evaluation summary and the MLflow run.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# The ephemeral Prefect server inherits this: its telemetry heartbeat phones home, and its first write races the
+# flow's on the fresh sqlite store ("database is locked" tracebacks in a run that succeeds).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import TaskRunContext
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.task_runners import ProcessPoolTaskRunner
 from prefect.tasks import exponential_backoff
+from prefect.types.entrypoint import EntrypointType
 
 from embedforge import dvcfile, tracking
 from embedforge.config import load_params
 from embedforge.errors import UserError
+from embedforge.paths import EVAL_METRICS_PATH
 from embedforge.report.markdown import evaluation_summary
 from embedforge.stages import run_stage
-from embedforge.stages.evaluate import METRICS_PATH as EVAL_METRICS_PATH
 
 FLOW_NAME = "embedforge-pipeline"
+SERVER_START_TIMEOUT_S = 120
+
+log = logging.getLogger(__name__)
 
 
 def stage_cache_key(context: TaskRunContext, inputs: dict[str, Any]) -> str:
@@ -61,7 +82,7 @@ def submit(name: str, params_path: str, overrides: list[str], **options: Any) ->
 
 @contextmanager
 def parent_run_in_environment(run_id: str | None) -> Iterator[None]:
-    """Stage runs (in task threads, where MLflow's active run is not visible) nest under the flow's run."""
+    """Stage runs (in task worker processes, which inherit the environment) nest under the flow's run."""
     previous = os.environ.get(tracking.PARENT_RUN_ENV)
     if run_id:
         os.environ[tracking.PARENT_RUN_ENV] = run_id
@@ -74,7 +95,7 @@ def parent_run_in_environment(run_id: str | None) -> Iterator[None]:
             os.environ[tracking.PARENT_RUN_ENV] = previous
 
 
-@flow(name=FLOW_NAME)
+@flow(name=FLOW_NAME, task_runner=ProcessPoolTaskRunner(max_workers=2))  # two: precompute beside tokenize
 def pipeline(params: str = "params.yaml", preset: str | None = None, overrides: list[str] | None = None) -> dict:
     """All seven stages; returns every stage's results by stage name."""
     settings = [*([f"preset={preset}"] if preset else []), *(overrides or [])]
@@ -101,3 +122,80 @@ def pipeline(params: str = "params.yaml", preset: str | None = None, overrides: 
             description="The student against its teacher, from metrics/eval.json",
         )
     return results
+
+
+def deploy(name: str, pool: str, parameters: dict[str, Any], cron: str | None, interval: float | None) -> str:
+    """Register the flow on the Prefect server as a deployment run by the workers of ``pool``, in this directory.
+
+    The flow is found by module path (the installed embedforge, no code upload) and runs with this project
+    directory as its working directory, so params.yaml, dvc.yaml and data/ are the ones the user deployed from.
+    """
+    deployment_id = pipeline.deploy(
+        name=name,
+        work_pool_name=pool,
+        parameters=parameters,
+        cron=cron,
+        interval=interval,
+        job_variables={"working_dir": str(Path.cwd())},
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        build=False,
+        push=False,
+        print_next_steps=False,
+    )
+    return str(deployment_id)
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_healthy(url: str, server: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise UserError(f"prefect server exited with code {server.returncode}; its log: {log_path}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise UserError(f"prefect server did not answer on {url} within {SERVER_START_TIMEOUT_S} s; its log: {log_path}")
+
+
+@contextmanager
+def api_server(home: Path | None = None) -> Iterator[str]:
+    """The Prefect API a schedule needs: PREFECT_API_URL when set, else a `prefect server start` of our own.
+
+    Prefect's ephemeral API (what a process without PREFECT_API_URL gets) runs no scheduler service, so a
+    schedule served against it is registered and never fires. Our server listens on 127.0.0.1 only, keeps its
+    database in PREFECT_HOME (``home`` overrides it), and stops when the block ends.
+    """
+    configured = PREFECT_API_URL.value()
+    if configured:
+        yield configured
+        return
+    port = _free_loopback_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, **({"PREFECT_HOME": str(home)} if home else {})}
+    log_path = Path(env.get("PREFECT_HOME", Path.home() / ".prefect")) / "embedforge-server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with log_path.open("a", encoding="utf-8") as server_log:
+        server = subprocess.Popen(command, env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_until_healthy(url, server, log_path)
+        log.info(
+            "Prefect server (scheduler included) on %s, UI %s; its log: %s", url, url.removesuffix("/api"), log_path
+        )
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # its own session: the server and its service workers stop together
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

@@ -1,3 +1,4 @@
+
 """The common schema every raw split is normalised to, and what each dataset allows.
 
 All three datasets are sentence pairs, so one table shape serves them:
@@ -13,10 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-RAW_DIR = Path("data/raw")
-MANIFEST_PATH = RAW_DIR / "manifest.json"
-VALIDATION_DIR = Path("data/validation")
-VALIDATION_RESULTS_PATH = VALIDATION_DIR / "results.json"
+from embedforge.paths import RAW_DIR
 
 RAW_SCHEMA = pa.schema(
     [

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from embedforge.data.schema import RAW_DIR, raw_split_path
+from embedforge.data.schema import raw_split_path
 from embedforge.errors import DataError
+from embedforge.paths import RAW_DIR
 
 SENTENCE_COLUMNS = ("sentence1", "sentence2")
 READ_BATCH_ROWS = 65_536

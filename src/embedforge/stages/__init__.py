@@ -12,7 +12,7 @@ from pathlib import Path
 
 from embedforge import tracking
 from embedforge.config import Params
-from embedforge.data.schema import RAW_DIR
+from embedforge.paths import RAW_DIR
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedforge.config import Params
-from embedforge.data.schema import RAW_DIR, RAW_SCHEMA, TRAIN_SPLIT, pair_keys, raw_split_path
+from embedforge.data.schema import RAW_SCHEMA, TRAIN_SPLIT, pair_keys, raw_split_path
 from embedforge.data.sources import Source, SplitNotFound, make_source, normalise
 from embedforge.errors import DataError
 from embedforge.files import atomic_dir, sha256_file, write_json
+from embedforge.paths import RAW_DIR
 
 log = logging.getLogger(__name__)
 

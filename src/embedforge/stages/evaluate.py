@@ -31,13 +31,11 @@ from embedforge.evaluation.sts import cosine_scores, sts_correlation
 from embedforge.files import atomic_path, write_json
 from embedforge.models import teacher as teachers
 from embedforge.models.encoder import count_parameters
+from embedforge.paths import EVAL_METRICS_PATH, EVAL_PLOTS_DIR, STUDENT_DIR
 from embedforge.stages.validate import require_passed
 
 log = logging.getLogger(__name__)
 
-STUDENT_DIR = Path("models/student")
-METRICS_PATH = Path("metrics/eval.json")
-PLOTS_DIR = Path("plots/eval")
 MODELS = ("student", "teacher")
 
 
@@ -159,7 +157,7 @@ def disk_bytes(path: Path) -> int:
 
 
 def write_csv(frame: pd.DataFrame, name: str) -> None:
-    with atomic_path(PLOTS_DIR / name) as tmp:
+    with atomic_path(EVAL_PLOTS_DIR / name) as tmp:
         frame.to_csv(tmp, index=False)
 
 
@@ -197,9 +195,9 @@ def run(cfg: Params) -> dict[str, float | str]:
     write_csv(pd.concat([rows[1] for rows in plot_rows]), "separation.csv")
     points = data.map_sentences.assign(x=coordinates[:, 0], y=coordinates[:, 1])
     write_csv(points[["x", "y", "label", "text"]], "embedding_map.csv")
-    write_json(METRICS_PATH, report)
+    write_json(EVAL_METRICS_PATH, report)
     run = tracking.current()
-    run.log_artifacts(METRICS_PATH)
+    run.log_artifacts(EVAL_METRICS_PATH)
     run.tag_model_version(cfg.tracking.registered_model, tracking.content_hash(STUDENT_DIR), headline(report))
     log.info("%s", summary_line(report, params.sts_splits[0]))
     results: dict[str, float | str] = {

@@ -24,12 +24,11 @@ from embedforge.data.sentences import iter_sentences, sentence_id, split_files
 from embedforge.errors import UserError
 from embedforge.files import atomic_dir, write_json
 from embedforge.models import teacher as teachers
+from embedforge.paths import TOKENIZER_DIR, TOKENS_DIR
 from embedforge.stages.validate import require_passed
 
 log = logging.getLogger(__name__)
 
-TOKENS_DIR = Path("data/tokens")
-TOKENIZER_DIRNAME = "tokenizer"
 BATCH_SENTENCES = 8192
 TOKEN_SCHEMA = pa.schema(
     [
@@ -164,7 +163,7 @@ def run(cfg: Params) -> dict[str, float | str]:
     results: dict[str, float | str] = {"tokenize.vocab_size": len(tokenizer)}
     stats: dict[str, dict[str, float]] = {}
     with atomic_dir(TOKENS_DIR) as out:
-        tokenizer.save_pretrained(str(out / TOKENIZER_DIRNAME))
+        tokenizer.save_pretrained(str(out / TOKENIZER_DIR.name))
         for source in files:
             dataset, split = source.parent.name, source.stem
             split_stats = tokenize_split(

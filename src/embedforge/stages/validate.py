@@ -17,18 +17,11 @@ import pyarrow as pa
 
 from embedforge.config import Params
 from embedforge.data.expectations import SplitValidator, describe_failures
-from embedforge.data.schema import (
-    DATASETS,
-    RAW_DIR,
-    TRAIN_SPLIT,
-    VALIDATION_DIR,
-    VALIDATION_RESULTS_PATH,
-    raw_split_path,
-)
+from embedforge.data.schema import DATASETS, TRAIN_SPLIT, raw_split_path
 from embedforge.errors import DataError, UserError, ValidationFailed
 from embedforge.files import atomic_dir, write_json
+from embedforge.paths import DATA_DOCS_DIR, RAW_DIR, VALIDATION_DIR, VALIDATION_RESULTS_PATH
 
-DATA_DOCS_DIR = VALIDATION_DIR / "docs"
 log = logging.getLogger(__name__)
 
 

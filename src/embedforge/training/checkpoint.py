@@ -25,7 +25,6 @@ from safetensors.torch import load_file, save_file
 from embedforge.errors import UserError
 from embedforge.files import atomic_dir
 
-CHECKPOINTS_DIR = Path("checkpoints")
 WEIGHTS_FILE = "weights.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.safetensors"

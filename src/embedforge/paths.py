@@ -1,0 +1,24 @@
+"""Where each stage reads and writes, relative to the project directory: the names dvc.yaml lists.
+
+One small module with no imports of its own, so a stage that needs another stage's
+output path (the report reads train's and evaluate's) does not import that stage's
+code, and dvc.yaml's deps can list what each stage really runs.
+"""
+
+from pathlib import Path
+
+RAW_DIR = Path("data/raw")
+MANIFEST_PATH = RAW_DIR / "manifest.json"
+VALIDATION_DIR = Path("data/validation")
+VALIDATION_RESULTS_PATH = VALIDATION_DIR / "results.json"
+DATA_DOCS_DIR = VALIDATION_DIR / "docs"
+EMBEDDINGS_DIR = Path("data/embeddings")
+TOKENS_DIR = Path("data/tokens")
+TOKENIZER_DIR = TOKENS_DIR / "tokenizer"
+STUDENT_DIR = Path("models/student")
+CHECKPOINTS_DIR = Path("checkpoints")
+TRAIN_METRICS_PATH = Path("metrics/train.json")
+TRAIN_PLOTS_DIR = Path("plots/train")
+EVAL_METRICS_PATH = Path("metrics/eval.json")
+EVAL_PLOTS_DIR = Path("plots/eval")
+REPORT_DIR = Path("reports")

@@ -1,0 +1,164 @@
+"""The flow as users run it: a fresh process, a served schedule that fires, and a worker on a real Prefect server.
+
+Each test runs the product in its own subprocesses, so nothing imported by pytest hides what a fresh
+process does (two stages importing transformers at once) and the Prefect API is a real server.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from embedforge.config import write_overrides
+from embedforge.flow import api_server
+
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def user_env(project: Path) -> dict[str, str]:
+    """A user's shell: an empty PREFECT_HOME and no Prefect API configured, the repository importable."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(PREFECT_HOME=str(project / "prefect-home"), PYTHONPATH=str(REPO_ROOT))
+    env["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+    return env
+
+
+def start_with_ctrl_c_deliverable(command: list[str], cwd: Path, env: dict[str, str], log) -> subprocess.Popen:
+    """Start ``command`` so that SIGINT reaches it as Ctrl-C from a terminal would.
+
+    A background job of a shell without job control (as in CI) has SIGINT ignored, which its children
+    inherit, and Python then installs no KeyboardInterrupt handler. A handled signal is reset to the
+    default on exec, an ignored one is not.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def stop_with_ctrl_c(process: subprocess.Popen, log_path: Path) -> None:
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        pytest.fail(f"{process.args} did not stop on SIGINT:\n{log_path.read_text()[-3000:]}")
+
+
+def wait_for_deployment_run(deployment_name: str, process: subprocess.Popen, log_path: Path, timeout_s: float):
+    """The deployment and its first flow run in a final state (or fail, showing the process's log)."""
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            assert process.poll() is None, log_path.read_text()[-5000:]
+            try:
+                deployment = client.read_deployment_by_name(deployment_name)
+            except ObjectNotFound:
+                time.sleep(1)
+                continue
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+            )
+            finished = [run for run in runs if run.state is not None and run.state.is_final()]
+            if finished:
+                return deployment, finished[0]
+            time.sleep(2)
+    pytest.fail(f"no run of {deployment_name} finished within {timeout_s:.0f} s:\n{log_path.read_text()[-5000:]}")
+
+
+def server_url_in(log_path: Path, process: subprocess.Popen, timeout_s: float = 180) -> str:
+    """The API URL of the Prefect server `embedforge schedule` started, from its log line."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log_path.read_text()[-5000:]
+        for line in log_path.read_text().splitlines():
+            if "Prefect server (scheduler included) on " in line:
+                return line.split(" on ", 1)[1].split(",", 1)[0]
+        time.sleep(1)
+    pytest.fail(f"embedforge schedule started no Prefect server within {timeout_s:.0f} s:\n{log_path.read_text()}")
+
+
+def pipeline_runs(project: Path) -> list:
+    client = MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("embedforge").experiment_id
+    return client.search_runs([experiment], filter_string="attributes.run_name = 'pipeline'")
+
+
+def test_the_flow_completes_its_first_run_in_a_fresh_process(project, tiny):
+    """Nothing imported beforehand: precompute and tokenize import their libraries side by side."""
+    write_overrides(project / "params.yaml", tiny)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.flow"],
+        cwd=project,
+        env=user_env(project),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-5000:]
+    assert "Finished in state Completed()" in output and "Traceback" not in output, output[-5000:]
+    assert (project / "reports/index.html").is_file() and len(pipeline_runs(project)) == 1
+
+
+def test_a_served_schedule_runs_the_flow_on_its_interval_until_stopped(project, tiny):
+    """No PREFECT_API_URL, as a user first tries it: the ephemeral API would never fire the schedule.
+
+    An interval schedule's first run comes one interval after it is served.
+    """
+    settings = [item for override in tiny for item in ("--set", override)]
+    command = ["embedforge", "schedule", "--interval", "45", "--name", "every-45s", *settings]
+    log_path = project / "schedule.log"  # a file, not a pipe: an unread pipe that fills up blocks the server
+    started = time.monotonic()
+    with log_path.open("w") as log:
+        served = start_with_ctrl_c_deliverable(command, project, user_env(project), log)
+        try:
+            with temporary_settings({PREFECT_API_URL: server_url_in(log_path, served)}):
+                deployment, run = wait_for_deployment_run("embedforge-pipeline/every-45s", served, log_path, 600)
+        finally:
+            stop_with_ctrl_c(served, log_path)
+    print(f"first scheduled run completed {time.monotonic() - started:.0f} s after `embedforge schedule` started")
+    assert run.state.is_completed(), run.state.message
+    assert [schedule.schedule.interval.total_seconds() for schedule in deployment.schedules] == [45]
+    assert deployment.parameters == {"params": "params.yaml", "overrides": tiny}
+    assert (project / "reports/index.html").is_file()
+    assert str(run.id) in {mlflow_run.data.tags["prefect.flow_run_id"] for mlflow_run in pipeline_runs(project)}
+
+
+def test_a_process_worker_runs_a_deployment_from_a_prefect_server(project, tiny):
+    env = user_env(project)
+    settings = [item for override in tiny for item in ("--set", override)]
+    with api_server(home=project / "prefect-server-home") as url:
+        env["PREFECT_API_URL"] = url
+        for command in (
+            ["prefect", "work-pool", "create", "local", "--type", "process"],
+            ["embedforge", "deploy", "--pool", "local", "--name", "once", *settings],
+            ["prefect", "deployment", "run", "embedforge-pipeline/once"],
+        ):
+            done = subprocess.run(
+                command, cwd=project, env=env, capture_output=True, text=True, timeout=300, check=False
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+        log_path = project / "worker.log"
+        with log_path.open("w") as log:
+            worker = start_with_ctrl_c_deliverable(["prefect", "worker", "start", "--pool", "local"], project, env, log)
+            try:
+                _, run = wait_for_deployment_run("embedforge-pipeline/once", worker, log_path, 600)
+            finally:
+                stop_with_ctrl_c(worker, log_path)
+    assert run.state.is_completed(), f"{run.state.message}\n{log_path.read_text()[-5000:]}"
+    assert (project / "reports/index.html").is_file() and len(pipeline_runs(project)) == 1
