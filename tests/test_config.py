@@ -1,10 +1,20 @@
+from functools import reduce
 from pathlib import Path
 
 import pytest
 import yaml
 
-from embedforge.config import MIRROR_ENV, flatten, load_params
+from embedforge.config import MIRROR_ENV, PRESETS, Params, apply_preset, flatten, load_params
 from embedforge.errors import UserError
+
+PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
+# What the comment at the top of params.yaml shows of each preset: a table of what differs, then lines of
+# dotted keys, each naming the presets that share those values.
+PRESET_COLUMNS = ["download.limit", "model.num_layers", "model.teacher_layers", "train.epochs", "train.max_minutes"]
+PRESET_GROUPS = {
+    "the recipe": ["train.objectives", "train.datasets", "train.distill_loss", "train.lr", "train.batch_size"],
+    "the shape": ["model.hidden_size", "model.num_heads", "model.intermediate_size"],
+}
 
 
 def write_params(path: Path, tree: dict) -> Path:
@@ -20,14 +30,21 @@ def test_preset_fills_defaults_and_explicit_keys_win(tmp_path):
     assert cfg.train.epochs == 7  # explicit beats preset
 
 
+def test_environment_beats_file(tmp_path, monkeypatch):
+    params = write_params(tmp_path / "params.yaml", {"download": {"source": "hub", "mirror": "/from/file"}})
+    monkeypatch.setenv(MIRROR_ENV, "/from/env")
+    cfg = load_params(params)
+    assert cfg.download.source == "mirror" and cfg.download.mirror == "/from/env"
+
+
 def test_set_overrides_beat_file_and_environment(tmp_path, monkeypatch):
     params = write_params(tmp_path / "params.yaml", {"download": {"limit": 50}})
-    monkeypatch.setenv(MIRROR_ENV, str(tmp_path))
-    cfg = load_params(params, ["download.limit=7", "train.lr=1e-4", "preset=production"])
-    assert cfg.download.limit == 7
+    monkeypatch.setenv(MIRROR_ENV, "/from/env")
+    cfg = load_params(params, ["download.limit=7", "download.mirror=/from/set", "train.lr=1e-4", "preset=production"])
+    assert cfg.download.limit == 7  # beats the file's 50 and production's null
+    assert cfg.download.source == "mirror" and cfg.download.mirror == "/from/set"
     assert cfg.train.lr == pytest.approx(1e-4)
-    assert cfg.download.source == "mirror" and cfg.download.mirror == str(tmp_path)
-    assert cfg.model.num_layers == 6
+    assert cfg.model.num_layers == 6  # the preset named by --set fills the knobs the file leaves out
 
 
 @pytest.mark.parametrize(
@@ -78,9 +95,58 @@ def test_missing_params_file_is_a_user_error(tmp_path):
         load_params(tmp_path / "nope.yaml")
 
 
+def test_flatten_gives_the_dotted_names_mlflow_and_dvc_show():
+    tree = {"seed": 1, "train": {"lr": 0.5, "datasets": ["snli"], "staged": {"mastery": {"epochs": 2}}}, "report": {}}
+    assert flatten(tree) == {
+        "seed": 1,
+        "train.lr": 0.5,
+        "train.datasets": ["snli"],
+        "train.staged.mastery.epochs": 2,
+        "report": {},
+    }
+
+
 def test_repository_params_file_is_valid_and_flattens_to_dotted_names():
-    cfg = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    cfg = load_params(PARAMS_YAML, ["train.staged.mastery.epochs=5", "train.lr=2e-4"])
     flat = flatten(cfg.to_dict())
     assert flat["download.datasets.snli.hub_id"] == "stanfordnlp/snli"
-    assert flat["validate.max_leaked_pair_rate"] == 0.0
-    assert "train.lr" in flat
+    assert flat["validate.max_leaked_pair_rate"] == 0.0  # the section's alias, as params.yaml spells it
+    assert flat["train.staged.mastery.epochs"] == 5
+    assert flat["train.lr"] == pytest.approx(2e-4)
+    assert flat["train.objectives.infonce"] == 1.0
+    assert "train" not in flat and "train.staged.mastery" not in flat
+
+
+def shown(params: Params, key: str) -> str:
+    """The value of dotted ``key`` as YAML writes it on one line, so the comment reads like the file."""
+    value = reduce(getattr, key.split("."), params)
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1000).removesuffix("...\n").strip()
+
+
+def preset_comment() -> list[str]:
+    """The comment lines of params.yaml that show PRESETS, each preset resolved as a params file naming only it."""
+    resolved = {name: Params.model_validate(apply_preset({"preset": name}, PARAMS_YAML)) for name in PRESETS}
+    rows = [["", *PRESET_COLUMNS]]
+    rows += [[name, *(shown(params, key) for key in PRESET_COLUMNS)] for name, params in resolved.items()]
+    widths = [max(len(row[column]) for row in rows) + 2 for column in range(len(rows[0]))]
+    lines = ["#   " + "".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    for title, keys in PRESET_GROUPS.items():
+        sharing: dict[str, list[str]] = {}
+        for name, params in resolved.items():
+            sharing.setdefault(", ".join(shown(params, key) for key in keys), []).append(name)
+        lines.append(f"# {title}: {', '.join(keys)}")
+        lines += [f"#   {', '.join(names)}: {values}" for values, names in sharing.items()]
+    return lines
+
+
+def test_params_yaml_comment_shows_the_presets_as_the_code_defines_them():
+    expected = preset_comment()
+    lines = PARAMS_YAML.read_text(encoding="utf-8").splitlines()
+    start = lines.index(expected[0]) if expected[0] in lines else 0
+    stale = "params.yaml's preset comment differs from PRESETS; it should read:\n" + "\n".join(expected)
+    assert lines[start : start + len(expected)] == expected, stale
+
+
+def test_params_yaml_leaves_every_preset_knob_to_the_preset():
+    owned = {key for preset in PRESETS.values() for key in flatten(preset)}
+    assert owned & set(flatten(yaml.safe_load(PARAMS_YAML.read_text(encoding="utf-8")))) == set()

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from embedforge.config import max_length_problem
 from embedforge.errors import UserError
 
 if TYPE_CHECKING:
@@ -49,11 +50,8 @@ def build_encoder(
     import torch
     from transformers import AutoTokenizer, BertModel
 
-    if max_length > params.max_positions:
-        raise UserError(
-            f"tokenize.max_length ({max_length}) must be <= model.max_positions ({params.max_positions}): "
-            f"the student has no position embedding beyond model.max_positions"
-        )
+    if problem := max_length_problem(max_length, params.max_positions):
+        raise UserError(problem)
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     config = bert_config(params, tokenizer)
     teacher = None

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from embedforge.config import max_length_problem
 from embedforge.errors import UserError
 from embedforge.models.encoder import (
     FP32_BYTES,
@@ -171,11 +172,8 @@ def build_lattice(
     from sentence_transformers.sentence_transformer.modules import Normalize
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    if max_length > max_positions:
-        raise UserError(
-            f"tokenize.max_length ({max_length}) must be <= model.max_positions ({max_positions}): "
-            f"the student has no position embedding beyond model.max_positions"
-        )
+    if problem := max_length_problem(max_length, max_positions):
+        raise UserError(problem)
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     config = BertConfig(
         vocab_size=len(tokenizer),

@@ -1,27 +1,20 @@
-"""The schema of params.yaml, presets, and overrides.
+"""The schema of params.yaml: one section per stage, each knob once, with its bounds.
 
-Every knob of the pipeline lives here, once. Loading resolves, in order of
-increasing precedence: schema defaults < preset < params.yaml <
-EMBEDFORGE_MIRROR < ``--set`` overrides, then validates the result so that a bad
-value fails before any work starts, naming its dotted key.
+Every check on a single value or between values lives here, so a bad value fails
+before any work starts; the message names the dotted key (see ``errors``).
 """
 
 from __future__ import annotations
 
-import copy
-import os
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from embedforge.errors import UserError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PresetName = Literal["development", "research", "production", "distill-small"]
 DatasetName = Literal["snli", "stsb", "sick"]
 SplitName = str
 
+# Named here because the download section's own message points at it; ``params_file`` reads it.
 MIRROR_ENV = "EMBEDFORGE_MIRROR"
 
 
@@ -114,7 +107,8 @@ class TokenizeParams(Section):
     def _overlap_fits(self) -> TokenizeParams:
         if self.chunk_overlap >= self.max_length - 2:
             raise ValueError(
-                f"tokenize.chunk_overlap ({self.chunk_overlap}) must be < tokenize.max_length - 2 ({self.max_length - 2})"
+                f"tokenize.chunk_overlap ({self.chunk_overlap}) must be < "
+                f"tokenize.max_length - 2 ({self.max_length - 2})"
             )
         return self
 
@@ -159,7 +153,8 @@ class DynamicParams(Section):
     def _bounds_ordered(self) -> DynamicParams:
         if self.embedding_dim > self.max_dims:
             raise ValueError(
-                f"model.dynamic.embedding_dim ({self.embedding_dim}) must be <= model.dynamic.max_dims ({self.max_dims})"
+                f"model.dynamic.embedding_dim ({self.embedding_dim}) must be <= "
+                f"model.dynamic.max_dims ({self.max_dims})"
             )
         low, high = self.sparsity_target
         if low > high:
@@ -251,8 +246,18 @@ class TrainParams(Section):
     staged: StagedParams = StagedParams()
     clm: CausalLMParams = CausalLMParams()
     epochs: int = Field(default=3, gt=0)
-    max_steps: int | None = Field(default=None, gt=0)
-    max_minutes: float | None = Field(default=None, gt=0)
+    max_steps: int | None = Field(
+        default=None,
+        gt=0,
+        description="Optimizer steps per phase: in a staged schedule each phase gets its own train.max_steps, "
+        "while train.max_minutes spans all phases. null: no step limit.",
+    )
+    max_minutes: float | None = Field(
+        default=None,
+        gt=0,
+        description="Minutes spanning all phases: the phases of a staged schedule share one train.max_minutes (a phase "
+        "that would start after it ran out does not run), while train.max_steps counts per phase. null: no time limit.",
+    )
     batch_size: int = Field(default=64, ge=2)
     grad_accum_steps: int = Field(default=1, ge=1)
     lr: float = Field(default=5e-5, gt=0)
@@ -338,6 +343,20 @@ class TrackingParams(Section):
     registered_model: str | None = Field(default="embedforge-student", min_length=1)
 
 
+def max_length_problem(max_length: int, max_positions: int) -> str | None:
+    """Why chunks of ``max_length`` tokens do not fit a student of ``max_positions``, or None if they do.
+
+    Params check it before any stage runs; the model families check it again because they can
+    be built without params (tests, benchmarks), so the rule and its message live here once.
+    """
+    if max_length <= max_positions:
+        return None
+    return (
+        f"tokenize.max_length ({max_length}) must be <= model.max_positions ({max_positions}): "
+        f"the student has no position embedding beyond it"
+    )
+
+
 class Params(Section):
     preset: PresetName = "development"
     seed: int = 42
@@ -364,186 +383,10 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _max_length_fits_the_model(self) -> Params:
-        if self.tokenize.max_length > self.model.max_positions:
-            raise ValueError(
-                f"tokenize.max_length ({self.tokenize.max_length}) must be <= model.max_positions "
-                f"({self.model.max_positions}): the student has no position embedding beyond it"
-            )
+        if problem := max_length_problem(self.tokenize.max_length, self.model.max_positions):
+            raise ValueError(problem)
         return self
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved params as params.yaml would spell them."""
         return self.model_dump(mode="json", by_alias=True)
-
-
-def teacher_shaped(teacher_layers: list[int]) -> dict[str, Any]:
-    """Model knobs of a student with the teacher's width, heads and intermediate size, one layer per teacher layer."""
-    return {
-        "hidden_size": 384,
-        "num_layers": len(teacher_layers),
-        "num_heads": 12,
-        "intermediate_size": 1536,
-        "teacher_layers": teacher_layers,
-    }
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "development": {
-        "download": {"limit": 1000},
-        "model": teacher_shaped([0, 5]),
-        "train": {"epochs": 1},
-    },
-    "research": {
-        "download": {"limit": 20_000},
-        "model": teacher_shaped([0, 3, 5]),
-        "train": {"epochs": 3},
-    },
-    "production": {
-        "download": {"limit": None},
-        "model": teacher_shaped([0, 1, 2, 3, 4, 5]),
-        "train": {"epochs": 10},
-    },
-    # A student at 2.8x the teacher's encoding speed, distilled on every training sentence within 30 minutes of CPU.
-    "distill-small": {
-        "download": {"limit": None},
-        "model": teacher_shaped([0, 5]),
-        "train": {
-            "epochs": 8,
-            "max_minutes": 28,
-            "objectives": {"infonce": 0.0, "distill": 1.0},
-            "datasets": ["snli", "stsb", "sick"],
-            "distill_loss": "cosine",
-            "lr": 1e-4,
-            "batch_size": 128,
-        },
-    },
-}
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``base`` with ``override`` laid over it, merging nested dicts key by key."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """Split ``dotted.key=value`` into its key path and a YAML-typed value."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise UserError(f"--set {item!r}: expected dotted.key=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise UserError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from None
-    return key.strip().split("."), value
-
-
-def set_dotted(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    node = tree
-    for part in path[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
-        node = child
-    node[path[-1]] = value
-
-
-BOUNDS = {
-    "greater_than": ("gt", ">"),
-    "greater_than_equal": ("ge", ">="),
-    "less_than": ("lt", "<"),
-    "less_than_equal": ("le", "<="),
-}
-
-
-def _format_error(error: dict[str, Any]) -> str:
-    """One pydantic error as ``dotted.key: what is wrong, got value``."""
-    loc = ".".join(str(part) for part in error["loc"])
-    if error["type"] == "extra_forbidden":
-        return f"{loc}: unknown key"
-    if error["type"] in BOUNDS:
-        name, symbol = BOUNDS[error["type"]]
-        message = f"must be {symbol} {error['ctx'][name]}"
-    else:
-        message = error["msg"].removeprefix("Value error, ")
-        message = message[0].lower() + message[1:]
-    if not loc or message.startswith(f"{loc}."):
-        return message
-    if "input" in error and not isinstance(error["input"], dict):
-        return f"{loc}: {message}, got {error['input']!r}"
-    return f"{loc}: {message}"
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"{path}: params file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of sections at the top level")
-    return data
-
-
-def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
-    """Resolve and validate the params of a run; raise UserError naming every bad key."""
-    path = Path(path)
-    explicit = read_yaml(path)
-    mirror = os.environ.get(MIRROR_ENV)
-    if mirror:
-        explicit = deep_merge(explicit, {"download": {"source": "mirror", "mirror": mirror}})
-    for item in overrides or []:
-        key_path, value = parse_override(item)
-        set_dotted(explicit, key_path, value)
-
-    preset = explicit.get("preset", Params.model_fields["preset"].default)
-    if preset not in PRESETS:
-        raise UserError(f"{path}: preset: must be one of {', '.join(PRESETS)}, got {preset!r}")
-    resolved = deep_merge(PRESETS[preset], explicit)
-    try:
-        return Params.model_validate(resolved)
-    except ValidationError as exc:
-        lines = "\n".join(f"  {_format_error(err)}" for err in exc.errors())
-        raise UserError(f"{path}: invalid params\n{lines}") from None
-
-
-def write_overrides(path: str | Path, overrides: list[str]) -> None:
-    """Write ``--set`` overrides into params.yaml itself, keeping its comments and order.
-
-    What DVC tracks is params.yaml, so a pipeline run with overrides must record them
-    there (as ``dvc exp run --set-param`` does). They are validated first: a bad value
-    leaves the file untouched.
-    """
-    from ruamel.yaml import YAML
-
-    from embedforge.files import atomic_path
-
-    path = Path(path)
-    load_params(path, overrides)
-    yaml_rt = YAML()
-    yaml_rt.preserve_quotes = True
-    document = yaml_rt.load(path.read_text(encoding="utf-8")) or {}
-    for item in overrides:
-        key_path, value = parse_override(item)
-        set_dotted(document, key_path, value)
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
-        yaml_rt.dump(document, handle)
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``: the dotted names MLflow and DVC show."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat

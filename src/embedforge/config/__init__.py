@@ -1,0 +1,75 @@
+"""The params of a run: schema, presets, ``--set`` overrides and params.yaml, one module each.
+
+Everything the rest of the package imports is re-exported here, so callers write
+``from embedforge.config import Params, load_params`` whichever module holds the name.
+"""
+
+from embedforge.config.overrides import apply_overrides, deep_merge, flatten, parse_override, set_dotted
+from embedforge.config.params_file import load_params, read_yaml, write_overrides
+from embedforge.config.presets import PRESETS, apply_preset, teacher_shaped
+from embedforge.config.schema import (
+    MIRROR_ENV,
+    CausalLMParams,
+    DatasetName,
+    DatasetSource,
+    DownloadParams,
+    DynamicParams,
+    EarlyStoppingParams,
+    EvaluateParams,
+    LatticeMode,
+    LatticeParams,
+    ModelParams,
+    Params,
+    PhaseParams,
+    PrecomputeParams,
+    PresetName,
+    ReportParams,
+    ResumeWarmupParams,
+    Section,
+    SplitName,
+    StagedParams,
+    TokenizeParams,
+    TrackingParams,
+    TrainParams,
+    ValidateParams,
+    max_length_problem,
+)
+
+__all__ = [
+    "MIRROR_ENV",
+    "PRESETS",
+    "CausalLMParams",
+    "DatasetName",
+    "DatasetSource",
+    "DownloadParams",
+    "DynamicParams",
+    "EarlyStoppingParams",
+    "EvaluateParams",
+    "LatticeMode",
+    "LatticeParams",
+    "ModelParams",
+    "Params",
+    "PhaseParams",
+    "PrecomputeParams",
+    "PresetName",
+    "ReportParams",
+    "ResumeWarmupParams",
+    "Section",
+    "SplitName",
+    "StagedParams",
+    "TokenizeParams",
+    "TrackingParams",
+    "TrainParams",
+    "ValidateParams",
+    "apply_overrides",
+    "apply_preset",
+    "deep_merge",
+    "flatten",
+    "load_params",
+    "max_length_problem",
+    "parse_override",
+    "read_yaml",
+    "set_dotted",
+    "teacher_shaped",
+    "write_overrides",
+]

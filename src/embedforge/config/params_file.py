@@ -1,0 +1,67 @@
+"""params.yaml on disk: resolving a run's params from it, and writing ``--set`` overrides back into it.
+
+Precedence, lowest first: schema defaults < preset < params.yaml < EMBEDFORGE_MIRROR < ``--set``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from embedforge.config.errors import invalid_params
+from embedforge.config.overrides import apply_overrides, deep_merge
+from embedforge.config.presets import apply_preset
+from embedforge.config.schema import MIRROR_ENV, Params
+from embedforge.errors import UserError
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The sections of a params file, or a UserError saying why it has none."""
+    if not path.is_file():
+        raise UserError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Resolve and validate the params of a run; raise UserError naming every bad key."""
+    path = Path(path)
+    explicit = read_yaml(path)
+    mirror = os.environ.get(MIRROR_ENV)
+    if mirror:
+        explicit = deep_merge(explicit, {"download": {"source": "mirror", "mirror": mirror}})
+    apply_overrides(explicit, overrides or [])
+    try:
+        return Params.model_validate(apply_preset(explicit, path))
+    except ValidationError as exc:
+        raise invalid_params(path, exc) from None
+
+
+def write_overrides(path: str | Path, overrides: list[str]) -> None:
+    """Write ``--set`` overrides into params.yaml itself, keeping its comments and order.
+
+    What DVC tracks is params.yaml, so a pipeline run with overrides must record them
+    there (as ``dvc exp run --set-param`` does). They are validated first: a bad value
+    leaves the file untouched.
+    """
+    from ruamel.yaml import YAML
+
+    from embedforge.files import atomic_path
+
+    path = Path(path)
+    load_params(path, overrides)
+    yaml_rt = YAML()
+    yaml_rt.preserve_quotes = True
+    document = yaml_rt.load(path.read_text(encoding="utf-8")) or {}
+    apply_overrides(document, overrides)
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
+        yaml_rt.dump(document, handle)
