@@ -78,10 +78,10 @@ def write_inputs(root: Path, evaluation: dict | None = None, map_text: str = "A 
             {
                 "step": steps,
                 "epoch": (steps > 20) + 1,
-                "train.loss": 3.0 * np.exp(-steps / 15) + rng.normal(0, 0.05, steps.size),
-                "train.lr": np.minimum(steps / 4, 1) * 5e-5,
-                "train.tokens_per_s": 2500.0,
-                "train.examples_per_s": 95.0,
+                "step.loss": 3.0 * np.exp(-steps / 15) + rng.normal(0, 0.05, steps.size),
+                "step.lr": np.minimum(steps / 4, 1) * 5e-5,
+                "step.tokens_per_s": 2500.0,
+                "step.examples_per_s": 95.0,
             }
         ),
     )
@@ -152,6 +152,20 @@ def write_inputs(root: Path, evaluation: dict | None = None, map_text: str = "A 
 
 def params(root: Path, *overrides: str):
     return load_params(root / "params.yaml", ["tracking.enabled=false", *overrides])
+
+
+def images_of(page: str) -> list[str]:
+    """The alt text of every embedded figure: which figures the page shows."""
+    return re.findall(r'<img src="data:image/png;base64,[^"]*" alt="([^"]*)"', page)
+
+
+def notes_of(page: str) -> list[str]:
+    """The sentences that stand in for what the data was too thin to draw."""
+    return [text for text in re.findall(r'<p class="missing">([^<]*)</p>', page) if not text.startswith("Not ")]
+
+
+def edit_csv(path: Path, change) -> None:
+    write_csv(path, change(pd.read_csv(path)))
 
 
 def page_of(root: Path) -> str:
@@ -323,3 +337,82 @@ def test_page_renders_in_headless_chromium(project, tmp_path):
         check=True,
     )
     assert shot.read_bytes().startswith(PNG_MAGIC) and shot.stat().st_size > 10_000
+
+
+def test_a_one_step_run_says_so_instead_of_drawing_empty_curves(project):
+    write_inputs(project)
+    edit_csv(project / "plots/train/steps.csv", lambda steps: steps.head(1).assign(**{"step.loss": 2.5}))
+    results = report.run(params(project))
+    page = page_of(project)
+    assert notes_of(page) == [
+        "Training logged 1 step: too short for a loss or learning-rate curve (loss 2.500, learning rate 1.25e-05)."
+    ]
+    assert results["report.figures"] == len(images_of(page)) == 3
+    assert not any(alt.startswith("Training loss") for alt in images_of(page))
+    assert not (project / "reports/figures/training_curves.png").exists()
+    assert "Not available" not in page.split('<section id="training">')[1].split("</section>")[0]
+
+
+def test_empty_training_logs_as_train_writes_them_are_said_in_words(project):
+    """train writes a log that stayed empty as a header of its key column alone."""
+    write_inputs(project)
+    (project / "plots/train/steps.csv").write_text("step\n", encoding="utf-8")
+    (project / "plots/train/epochs.csv").write_text("epoch\n", encoding="utf-8")
+    results = report.run(params(project))
+    page = page_of(project)
+    assert notes_of(page) == ["Training logged no steps: no loss or learning-rate curve to draw."]
+    assert results["report.figures"] == 3 and not (project / "reports/figures/training_curves.png").exists()
+
+
+def test_a_constant_learning_rate_and_no_epoch_leave_only_the_loss_curve(project):
+    write_inputs(project)
+    edit_csv(project / "plots/train/steps.csv", lambda steps: steps.assign(**{"step.lr": 3e-4}))
+    (project / "plots/train/epochs.csv").write_text("epoch\n", encoding="utf-8")
+    results = report.run(params(project))
+    page = page_of(project)
+    assert notes_of(page) == [
+        "No epoch was logged: no validation loss to mark on the loss curve.",
+        "The learning rate stayed at 3.00e-04 for all 40 steps: no curve to draw.",
+    ]
+    assert results["report.figures"] == 4 and (project / "reports/figures/training_curves.png").exists()
+
+
+def test_the_old_step_column_names_are_refused_naming_the_new_ones(project):
+    write_inputs(project)
+    edit_csv(
+        project / "plots/train/steps.csv",
+        lambda steps: steps.rename(columns=lambda name: name.replace("step.", "train.")),
+    )
+    with pytest.raises(DataError, match=r"steps.csv: no column step.loss, step.lr; run `embedforge train` again"):
+        report.run(params(project))
+
+
+def test_evaluation_plots_without_usable_rows_are_said_in_words(project):
+    write_inputs(project)
+    edit_csv(
+        project / "plots/eval/separation.csv",
+        lambda pairs: pairs.assign(cosine=pairs["cosine"].where(pairs["model"] == "student")),
+    )
+    edit_csv(
+        project / "plots/eval/sts.csv",
+        lambda pairs: pairs.assign(gold=pairs["gold"].where(pairs["split"] == STS_SPLITS[0])),
+    )
+    edit_csv(project / "plots/eval/embedding_map.csv", lambda points: points.assign(x=np.nan))
+    results = report.run(params(project))
+    page = page_of(project)
+    assert notes_of(page) == [
+        "No similar or dissimilar pair of the teacher has a cosine: no histogram to draw for it.",
+        f"No pair of {STS_SPLITS[1]} has both a gold score and a predicted cosine: no scatter to draw for it.",
+        "No sentence of the embedding map has coordinates: no map to draw.",
+    ]
+    assert results["report.figures"] == 3 and not (project / "reports/figures/embedding_map.png").exists()
+    assert "main-news" in page  # the example sentences per label still show what the map would hold
+
+
+def test_a_causal_lm_run_without_continuations_says_so(project):
+    write_inputs(project)
+    (project / "plots/train/generations.csv").write_text("epoch,prompt,continuation\n", encoding="utf-8")
+    report.run(params(project))
+    assert notes_of(page_of(project)) == []
+    report.run(params(project, "train.objective=clm"))
+    assert notes_of(page_of(project)) == ["The causal LM logged no continuations (no epoch ended): no table to show."]

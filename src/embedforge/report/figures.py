@@ -1,17 +1,21 @@
-"""The report's figures, each a function of plain data that returns PNG bytes.
+"""The report's figures, each a function of plain data that returns a ``Drawing``: PNG bytes and notes.
 
 Figures are drawn on matplotlib's Agg canvas directly, never through pyplot, so
-they need no display and share no global figure state between calls.
+they need no display and share no global figure state between calls. A panel the
+data cannot fill (one logged step, a constant learning rate, a split without
+pairs) is left out and said in words instead: an empty axes reads as a bug.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from io import BytesIO
 
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -19,8 +23,20 @@ DPI = 110
 WIDTH_INCHES = 10.0
 PANELS_PER_ROW = 3
 KIND_COLOURS = {"similar": "#2a9d8f", "dissimilar": "#e76f51"}
-LOSS_PART_PREFIX = "train.loss."
+STEP_LOSS = "step.loss"  # plots/train/steps.csv, one row per optimiser step
+STEP_LR = "step.lr"
+LOSS_PART_PREFIX = "step.loss."
+VAL_LOSS = "val.val_loss"  # plots/train/epochs.csv
+MIN_CURVE_POINTS = 2  # a line through one point draws nothing
 LEGEND_HEADROOM = 1.5  # y-axis stretch that keeps a top legend off the bars
+
+
+@dataclass(frozen=True)
+class Drawing:
+    """A figure's PNG (None when the data fills no panel) and, in words, every panel left out and why."""
+
+    png: bytes | None
+    notes: tuple[str, ...] = ()
 
 
 def png(figure: Figure) -> bytes:
@@ -29,7 +45,7 @@ def png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def panel_grid(count: int, panel_height: float) -> tuple[Figure, list]:
+def panel_grid(count: int, panel_height: float) -> tuple[Figure, list[Axes]]:
     """A figure of ``count`` panels, at most PANELS_PER_ROW a row, and its axes in reading order."""
     columns = min(count, PANELS_PER_ROW)
     rows = math.ceil(count / columns)
@@ -40,40 +56,95 @@ def panel_grid(count: int, panel_height: float) -> tuple[Figure, list]:
     return figure, list(axes[:count])
 
 
-def training_curves(steps: pd.DataFrame, epochs: pd.DataFrame | None) -> bytes:
+def too_short(steps: pd.DataFrame) -> str:
+    if steps.empty:
+        return "Training logged no steps: no loss or learning-rate curve to draw."
+    first = steps.iloc[0]
+    return (
+        f"Training logged 1 step: too short for a loss or learning-rate curve "
+        f"(loss {first[STEP_LOSS]:.3f}, learning rate {first[STEP_LR]:.2e})."
+    )
+
+
+def draw_loss(axes: Axes, steps: pd.DataFrame, epochs: pd.DataFrame | None) -> None:
+    axes.plot(steps["step"], steps[STEP_LOSS], label="training loss (total)", color="#264653")
+    parts = [
+        column
+        for column in steps.columns
+        if column.startswith(LOSS_PART_PREFIX) and steps[column].count() >= MIN_CURVE_POINTS
+    ]
+    if len(parts) > 1:
+        for column in parts:
+            axes.plot(steps["step"], steps[column], label=column.removeprefix(LOSS_PART_PREFIX), alpha=0.7)
+    if epochs is not None and VAL_LOSS in epochs and epochs[VAL_LOSS].notna().any():
+        axes.plot(epochs["step"], epochs[VAL_LOSS], "o--", label="validation loss", color="#e76f51")
+    axes.set(title="Loss", xlabel="step", ylabel="loss")
+    axes.legend(fontsize="small")
+
+
+def draw_lr(axes: Axes, steps: pd.DataFrame) -> None:
+    axes.plot(steps["step"], steps[STEP_LR], color="#2a9d8f")
+    axes.set(title="Learning rate", xlabel="step", ylabel="learning rate")
+    axes.set_ylim(bottom=0)
+    axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+
+
+def training_curves(steps: pd.DataFrame, epochs: pd.DataFrame | None) -> Drawing:
     """Training loss (total, and each objective when there are several) and learning rate against step.
 
     Validation loss per epoch, where ``epochs`` has it, is drawn on the loss panel at the
-    step the epoch ended, so over- or under-fitting shows next to the training loss.
+    step the epoch ended, so over- or under-fitting shows next to the training loss. A run
+    too short for a curve, or a learning rate that never moved, gets a sentence instead.
     """
-    figure, (loss_axes, lr_axes) = panel_grid(2, 3.6)
-    loss_axes.plot(steps["step"], steps["train.loss"], label="training loss (total)", color="#264653")
-    parts = [column for column in steps.columns if column.startswith(LOSS_PART_PREFIX)]
-    if len(parts) > 1:
-        for column in parts:
-            loss_axes.plot(steps["step"], steps[column], label=column.removeprefix(LOSS_PART_PREFIX), alpha=0.7)
-    if epochs is not None and "val.val_loss" in epochs and epochs["val.val_loss"].notna().any():
-        loss_axes.plot(epochs["step"], epochs["val.val_loss"], "o--", label="validation loss", color="#e76f51")
-    loss_axes.set(title="Loss", xlabel="step", ylabel="loss")
-    loss_axes.legend(fontsize="small")
-    lr_axes.plot(steps["step"], steps["train.lr"], color="#2a9d8f")
-    lr_axes.set(title="Learning rate", xlabel="step", ylabel="learning rate")
-    lr_axes.set_ylim(bottom=0)
-    lr_axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-    for axes in (loss_axes, lr_axes):
+    if len(steps) < MIN_CURVE_POINTS:
+        return Drawing(None, (too_short(steps),))
+    losses, rates = steps[STEP_LOSS].dropna(), steps[STEP_LR].dropna()
+    notes = []
+    show_loss = len(losses) >= MIN_CURVE_POINTS
+    if not show_loss:
+        notes.append(f"Only {len(losses)} of the {len(steps)} logged steps recorded a loss: too few for a loss curve.")
+    elif epochs is not None and epochs.empty:
+        notes.append("No epoch was logged: no validation loss to mark on the loss curve.")
+    show_lr = len(rates) >= MIN_CURVE_POINTS and bool(rates.min() < rates.max())
+    if len(rates) < MIN_CURVE_POINTS:
+        notes.append(
+            f"Only {len(rates)} of the {len(steps)} logged steps recorded a learning rate: too few for its curve."
+        )
+    elif not show_lr:
+        notes.append(f"The learning rate stayed at {rates.iloc[0]:.2e} for all {len(rates)} steps: no curve to draw.")
+    if not (show_loss or show_lr):
+        return Drawing(None, tuple(notes))
+    figure, panels = panel_grid(int(show_loss) + int(show_lr), 3.6)
+    if show_loss:
+        draw_loss(panels[0], steps, epochs)
+    if show_lr:
+        draw_lr(panels[-1], steps)
+    for axes in panels:
         axes.grid(alpha=0.3)
-    return png(figure)
+    return Drawing(png(figure), tuple(notes))
 
 
-def cosine_histograms(pairs: pd.DataFrame, similar_min: float, dissimilar_max: float) -> bytes:
-    """Cosine of similar and dissimilar pairs, one panel per model, with the separation targets marked."""
+def cosine_histograms(pairs: pd.DataFrame, similar_min: float, dissimilar_max: float) -> Drawing:
+    """Cosine of similar and dissimilar pairs, one panel per model, with the separation targets marked.
+
+    A model without one similar or dissimilar pair that has a cosine gets no panel, but a sentence.
+    """
+    usable = pairs[pairs["kind"].isin(KIND_COLOURS)].dropna(subset=["cosine"])
     models = list(dict.fromkeys(pairs["model"]))
-    figure, panels = panel_grid(len(models), 3.4)
-    bins = np.linspace(min(pairs["cosine"].min(), dissimilar_max), max(pairs["cosine"].max(), similar_min), 41)
-    for axes, model in zip(panels, models):
-        rows = pairs[pairs["model"] == model]
+    shown = [model for model in models if (usable["model"] == model).any()]
+    notes = tuple(
+        f"No similar or dissimilar pair of the {model} has a cosine: no histogram to draw for it."
+        for model in models
+        if model not in shown
+    )
+    if not shown:
+        return Drawing(None, notes)
+    figure, panels = panel_grid(len(shown), 3.4)
+    bins = np.linspace(min(usable["cosine"].min(), dissimilar_max), max(usable["cosine"].max(), similar_min), 41)
+    for axes, model in zip(panels, shown):
+        rows = usable[usable["model"] == model]
         for kind, colour in KIND_COLOURS.items():
-            cosine = rows.loc[rows["kind"] == kind, "cosine"].dropna()
+            cosine = rows.loc[rows["kind"] == kind, "cosine"]
             axes.hist(cosine, bins=bins, density=True, alpha=0.6, color=colour, label=f"{kind} ({len(cosine)})")
         for kind, target, label in (("similar", similar_min, "≥"), ("dissimilar", dissimilar_max, "≤")):
             axes.axvline(
@@ -83,30 +154,45 @@ def cosine_histograms(pairs: pd.DataFrame, similar_min: float, dissimilar_max: f
         axes.set_ylim(top=axes.get_ylim()[1] * LEGEND_HEADROOM)
         axes.legend(fontsize="small", loc="upper left")
         axes.grid(alpha=0.3)
-    return png(figure)
+    return Drawing(png(figure), notes)
 
 
-def sts_scatter(pairs: pd.DataFrame) -> bytes:
-    """Predicted cosine against the human (gold) score, one panel per split: a tight rising band is good."""
+def sts_scatter(pairs: pd.DataFrame) -> Drawing:
+    """Predicted cosine against the human (gold) score, one panel per split: a tight rising band is good.
+
+    A split without one pair that has both numbers gets no panel, but a sentence.
+    """
+    scored = pairs.dropna(subset=["gold", "predicted"])
     splits = list(dict.fromkeys(pairs["split"]))
-    figure, panels = panel_grid(len(splits), 3.4)
-    for axes, split in zip(panels, splits):
-        rows = pairs[pairs["split"] == split].dropna(subset=["gold", "predicted"])
+    shown = [split for split in splits if (scored["split"] == split).any()]
+    notes = tuple(
+        f"No pair of {split} has both a gold score and a predicted cosine: no scatter to draw for it."
+        for split in splits
+        if split not in shown
+    )
+    if not shown:
+        return Drawing(None, notes)
+    figure, panels = panel_grid(len(shown), 3.4)
+    for axes, split in zip(panels, shown):
+        rows = scored[scored["split"] == split]
         axes.scatter(rows["gold"], rows["predicted"], s=8, alpha=0.35, color="#264653", edgecolors="none")
         axes.set(title=f"{split} ({len(rows)} pairs)", xlabel="gold score", ylabel="predicted cosine")
         axes.grid(alpha=0.3)
-    return png(figure)
+    return Drawing(png(figure), notes)
 
 
-def embedding_map(points: pd.DataFrame) -> bytes:
+def embedding_map(points: pd.DataFrame) -> Drawing:
     """The 2-D t-SNE map, one colour per label: sentences of one label should gather."""
-    labels = points["label"].fillna("unlabelled").astype(str)
+    placed = points.dropna(subset=["x", "y"])
+    if placed.empty:
+        return Drawing(None, ("No sentence of the embedding map has coordinates: no map to draw.",))
+    labels = placed["label"].fillna("unlabelled").astype(str)
     names = sorted(labels.unique())
     palette = colormaps["tab10" if len(names) <= 10 else "tab20"]
     figure = Figure(figsize=(WIDTH_INCHES, 6.5), dpi=DPI, layout="constrained")
     axes = figure.subplots()
     for index, name in enumerate(names):
-        chosen = points[labels == name]
+        chosen = placed[labels == name]
         axes.scatter(
             chosen["x"],
             chosen["y"],
@@ -117,4 +203,4 @@ def embedding_map(points: pd.DataFrame) -> bytes:
         )
     axes.set(title="Student embeddings, t-SNE", xticks=[], yticks=[])
     axes.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", title="label")
-    return png(figure)
+    return Drawing(png(figure), ())

@@ -3,7 +3,8 @@
 Reads the evaluation (``metrics/eval.json`` and ``plots/eval/*.csv``) and the training
 summary (``metrics/train.json``): without them there is nothing to report, so each
 is required. The training curves, the data manifest, the validation results and
-``dvc.lock`` only add context, so a missing one shows as "not available". Writes,
+``dvc.lock`` only add context, so a missing one shows as "not available". Data too
+thin for a figure (a run of one step, say) is said in words instead of drawn. Writes,
 all at once:
 
 - ``reports/index.html``: the page, figures embedded as data URIs, CSS inline;
@@ -24,17 +25,20 @@ import yaml
 
 from embedforge import tracking
 from embedforge.config import Params, flatten
-from embedforge.data.schema import MANIFEST_PATH, VALIDATION_RESULTS_PATH
 from embedforge.dvcfile import DVC_LOCK
 from embedforge.errors import DataError
 from embedforge.files import atomic_dir
+from embedforge.paths import (
+    EVAL_METRICS_PATH,
+    EVAL_PLOTS_DIR,
+    MANIFEST_PATH,
+    REPORT_DIR,
+    TRAIN_METRICS_PATH,
+    TRAIN_PLOTS_DIR,
+    VALIDATION_RESULTS_PATH,
+)
 from embedforge.report import figures, html
-from embedforge.stages.evaluate import METRICS_PATH as EVAL_METRICS
-from embedforge.stages.evaluate import PLOTS_DIR as EVAL_PLOTS
-from embedforge.stages.train import METRICS_PATH as TRAIN_METRICS
-from embedforge.stages.train import PLOTS_DIR as TRAIN_PLOTS
 
-REPORT_DIR = Path("reports")
 PAGE_NAME = "index.html"
 FIGURES_DIRNAME = "figures"
 EVALUATE = "embedforge evaluate"
@@ -45,6 +49,7 @@ EVAL_KEYS = (  # what the summary reads
     "size_ratio",
     *(f"targets.{target}" for target in ("similar_min", "dissimilar_max", "min_gap")),
 )
+GENERATION_COLUMNS = ("epoch", "prompt", "continuation")
 EXAMPLES_PER_LABEL = 2
 EXAMPLE_CHARS = 160
 
@@ -58,14 +63,22 @@ def read_json(path: Path, command: str) -> Any:
         raise DataError(f"{path}: unreadable ({exc}); run `{command}` again") from None
 
 
-def read_csv(path: Path, command: str, columns: tuple[str, ...]) -> pd.DataFrame:
-    """A CSV with at least ``columns`` and one row, else a DataError naming the file and its maker."""
+def read_csv(
+    path: Path, command: str, columns: tuple[str, ...], empty_ok: bool = False, keep_default_na: bool = True
+) -> pd.DataFrame:
+    """A CSV with at least ``columns`` and one row, else a DataError naming the file and its maker.
+
+    ``empty_ok`` takes a table without rows as it is, whatever its header: train writes a log that stayed
+    empty as its key column alone, and the figures say in words that there is nothing to draw.
+    """
     if not path.is_file():
         raise DataError(f"{path}: missing; run `{command}` first")
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, keep_default_na=keep_default_na)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"{path}: unreadable ({exc}); run `{command}` again") from None
+    if empty_ok and frame.empty:
+        return frame
     absent = [column for column in columns if column not in frame.columns]
     if absent:
         raise DataError(f"{path}: no column {', '.join(absent)}; run `{command}` again")
@@ -133,34 +146,49 @@ def label_examples(points: pd.DataFrame) -> list[tuple[str, str]]:
     ]
 
 
-def draw(evaluation: dict[str, Any], plots: dict[str, pd.DataFrame | None]) -> dict[str, bytes]:
-    """Every figure the inputs allow, by name; the training curves need plots/train/steps.csv."""
+def draw(
+    evaluation: dict[str, Any], plots: dict[str, pd.DataFrame | None]
+) -> tuple[dict[str, bytes], dict[str, tuple[str, ...]]]:
+    """Every figure the inputs allow, by name, and the sentences standing for what they were too thin to show.
+
+    The training curves need plots/train/steps.csv.
+    """
     targets = evaluation["targets"]
-    drawn: dict[str, bytes] = {}
+    drawings: dict[str, figures.Drawing] = {}
     if plots["steps"] is not None:
-        drawn["training_curves"] = figures.training_curves(plots["steps"], plots["epochs"])
-    drawn["cosine_histograms"] = figures.cosine_histograms(
+        drawings["training_curves"] = figures.training_curves(plots["steps"], plots["epochs"])
+    drawings["cosine_histograms"] = figures.cosine_histograms(
         plots["separation"], targets["similar_min"], targets["dissimilar_max"]
     )
-    drawn["sts_scatter"] = figures.sts_scatter(plots["sts"][plots["sts"]["model"] == "student"])
-    drawn["embedding_map"] = figures.embedding_map(plots["embedding_map"])
-    return drawn
+    drawings["sts_scatter"] = figures.sts_scatter(plots["sts"][plots["sts"]["model"] == "student"])
+    drawings["embedding_map"] = figures.embedding_map(plots["embedding_map"])
+    pngs = {name: drawing.png for name, drawing in drawings.items() if drawing.png is not None}
+    notes = {name: drawing.notes for name, drawing in drawings.items() if drawing.notes}
+    return pngs, notes
 
 
 def read_plots() -> dict[str, pd.DataFrame | None]:
     """The plot CSVs: the evaluation's are required, the training curves optional."""
-    steps, epochs = TRAIN_PLOTS / "steps.csv", TRAIN_PLOTS / "epochs.csv"
-    generations = TRAIN_PLOTS / "generations.csv"  # the causal LM's; header only for the other objectives
+    steps, epochs = TRAIN_PLOTS_DIR / "steps.csv", TRAIN_PLOTS_DIR / "epochs.csv"
+    generations = TRAIN_PLOTS_DIR / "generations.csv"  # the causal LM's; header only for the other objectives
     plots = {
-        "sts": read_csv(EVAL_PLOTS / "sts.csv", EVALUATE, ("split", "model", "gold", "predicted")),
-        "separation": read_csv(EVAL_PLOTS / "separation.csv", EVALUATE, ("model", "kind", "cosine")),
-        "embedding_map": read_csv(EVAL_PLOTS / "embedding_map.csv", EVALUATE, ("x", "y", "label", "text")),
-        "steps": read_csv(steps, TRAIN, ("step", "train.loss", "train.lr")) if steps.is_file() else None,
-        "epochs": read_csv(epochs, TRAIN, ("epoch", "step")) if epochs.is_file() else None,
-        "generations": pd.read_csv(generations, keep_default_na=False) if generations.is_file() else None,
+        "sts": read_csv(EVAL_PLOTS_DIR / "sts.csv", EVALUATE, ("split", "model", "gold", "predicted")),
+        "separation": read_csv(EVAL_PLOTS_DIR / "separation.csv", EVALUATE, ("model", "kind", "cosine")),
+        "embedding_map": read_csv(EVAL_PLOTS_DIR / "embedding_map.csv", EVALUATE, ("x", "y", "label", "text")),
+        "steps": (
+            read_csv(steps, TRAIN, ("step", figures.STEP_LOSS, figures.STEP_LR), empty_ok=True)
+            if steps.is_file()
+            else None
+        ),
+        "epochs": read_csv(epochs, TRAIN, ("epoch", "step"), empty_ok=True) if epochs.is_file() else None,
+        "generations": (
+            read_csv(generations, TRAIN, GENERATION_COLUMNS, empty_ok=True, keep_default_na=False)
+            if generations.is_file()
+            else None
+        ),
     }
     if not (plots["sts"]["model"] == "student").any():
-        raise DataError(f"{EVAL_PLOTS / 'sts.csv'}: no student rows; run `{EVALUATE}` again")
+        raise DataError(f"{EVAL_PLOTS_DIR / 'sts.csv'}: no student rows; run `{EVALUATE}` again")
     return plots
 
 
@@ -170,18 +198,26 @@ def generation_rows(frame: pd.DataFrame | None) -> list[tuple[int, str, str]]:
     return list(zip(frame["epoch"].astype(int), frame["prompt"].astype(str), frame["continuation"].astype(str)))
 
 
+def generation_notes(cfg: Params, rows: list[tuple[int, str, str]]) -> dict[str, tuple[str, ...]]:
+    """A sentence where a causal LM run has no continuations to show; other objectives never have any."""
+    if cfg.train.objective != "clm" or rows:
+        return {}
+    return {"generations": ("The causal LM logged no continuations (no epoch ended): no table to show.",)}
+
+
 def run(cfg: Params) -> dict[str, float | str]:
-    evaluation = read_object(EVAL_METRICS, EVALUATE, EVAL_KEYS)
-    training = read_object(TRAIN_METRICS, TRAIN)
+    evaluation = read_object(EVAL_METRICS_PATH, EVALUATE, EVAL_KEYS)
+    training = read_object(TRAIN_METRICS_PATH, TRAIN)
     plots = read_plots()
-    drawn = draw(evaluation, plots)
+    drawn, notes = draw(evaluation, plots)
+    generations = generation_rows(plots["generations"])
     page = html.Page(
         title=cfg.report.title,
         teacher=cfg.precompute.teacher,
         evaluation=evaluation,
         training=training,
         figures=drawn,
-        missing_figures={"training_curves": f"no {TRAIN_PLOTS / 'steps.csv'} (run `{TRAIN}`)"},
+        missing_figures={"training_curves": f"no {TRAIN_PLOTS_DIR / 'steps.csv'} (run `{TRAIN}`)"},
         params=flatten(cfg.to_dict()),
         lineage=lineage(),
         map_examples=label_examples(plots["embedding_map"]),
@@ -189,7 +225,8 @@ def run(cfg: Params) -> dict[str, float | str]:
         validation=(
             read_object(VALIDATION_RESULTS_PATH, "embedforge validate") if VALIDATION_RESULTS_PATH.is_file() else None
         ),
-        generations=generation_rows(plots["generations"]),
+        generations=generations,
+        notes={**notes, **generation_notes(cfg, generations)},
     )
     text = html.render(page).encode("utf-8")
     with atomic_dir(REPORT_DIR) as out:
