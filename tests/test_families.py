@@ -48,7 +48,7 @@ def test_lattice_trains_logs_similarity_and_saves_a_loadable_model(project, read
     summary = json.loads((project / "metrics/train.json").read_text())
     assert summary["similarity_final"] == pytest.approx(epochs["val.similarity"].iloc[-1])
     assert summary["similarity_best"] == pytest.approx(epochs["val.similarity"].max())
-    assert results["train.similarity_best"] >= results["train.similarity_final"]
+    assert results["result.similarity_best"] >= results["result.similarity_final"]
 
 
 def test_a_lattice_that_cannot_fit_in_memory_is_refused_before_training(project, ready):
@@ -61,10 +61,10 @@ def test_a_lattice_that_cannot_fit_in_memory_is_refused_before_training(project,
 def test_a_lattice_batch_too_big_for_memory_is_split_and_a_batch_size_that_fits_is_named(project, ready, caplog):
     student = [*LATTICE, "model.lattice.size=[12, 12, 12]", "model.lattice.channels=8", "train.epochs=1"]
     roomy = train.run(ready(*student))
-    needed_mb = roomy["train.memory_estimate_mb"]
+    needed_mb = roomy["result.memory_estimate_mb"]
     with caplog.at_level(logging.WARNING, logger="embedforge"):
         tight = train.run(ready(*student, f"train.memory_limit_mb={needed_mb * 0.6}"))
-    assert roomy["train.micro_batches"] == 1 and tight["train.micro_batches"] > 1
+    assert roomy["result.micro_batches"] == 1 and tight["result.micro_batches"] > 1
     assert "would fit in one pass" in caplog.text
 
 
@@ -75,10 +75,10 @@ def test_dynamic_dimensions_grow_on_saturation_adapt_the_batch_and_reload(projec
     assert epochs["dims"].tolist() == [24, 32, 32]  # 16 + 8, + 8, then capped at max_dims
     assert epochs["batch_size"].tolist() == [8 * 16 // 24, 8 * 16 // 32, 8 * 16 // 32]
     assert epochs["sparsity"].between(0, 1).all() and set(epochs["sparsity_in_band"]) <= {0.0, 1.0}
-    dims_of_best = [16, 24, 32][int(results["train.best_epoch"]) - 1]  # the dims it trained with, before it grew
+    dims_of_best = [16, 24, 32][int(results["result.best_epoch"]) - 1]  # the dims it trained with, before it grew
     model = load_sentence_transformer(project / "models/student")
     assert model.encode(["A dog runs."]).shape == (1, dims_of_best)
-    assert results["train.embedding_dim"] == dims_of_best
+    assert results["result.embedding_dim"] == dims_of_best
 
 
 def test_dynamic_resume_restores_the_grown_dimensions(project, ready):
@@ -87,7 +87,7 @@ def test_dynamic_resume_restores_the_grown_dimensions(project, ready):
     assert state["architecture"]["student_dim"] == 32
     results = train.run(ready(*DYNAMIC, "train.epochs=3", "train.early_stopping.patience=5", "train.resume=true"))
     epochs = pd.read_csv(project / "plots/train/epochs.csv")
-    assert epochs["dims"].tolist() == [24, 32, 32] and results["train.epochs"] == 3
+    assert epochs["dims"].tolist() == [24, 32, 32] and results["result.epochs"] == 3
 
 
 def test_causal_lm_logs_perplexity_accuracy_and_generations_per_epoch(project, ready):
@@ -103,7 +103,7 @@ def test_causal_lm_logs_perplexity_accuracy_and_generations_per_epoch(project, r
         [2, "A man is"],
         [2, "Two dogs"],
     ]
-    assert results["train.perplexity"] == pytest.approx(math.exp(results["train.val_loss"]))
+    assert results["result.perplexity"] == pytest.approx(math.exp(results["result.val_loss"]))
     config = json.loads((project / "models/student/config.json").read_text())
     assert config["is_decoder"] is True  # the saved student keeps its causal attention
     assert load_sentence_transformer(project / "models/student").encode(["A dog runs."]).shape == (1, 64)
@@ -155,7 +155,7 @@ def test_staged_phases_continue_from_the_previous_best_with_the_resume_ramp(proj
         for name, tensor in starts[phase].items():
             assert torch.equal(tensor, best[f"model.{name}"]), (phase, name)
     curve = pd.read_csv(project / "plots/train/steps.csv")
-    assert curve["step"].tolist() == list(range(1, int(results["train.steps"]) + 1))  # numbered on across phases
+    assert curve["step"].tolist() == list(range(1, int(results["result.steps"]) + 1))  # numbered on across phases
     assert curve["phase"].unique().tolist() == ["foundation", "consolidation", "mastery"]
 
 
@@ -193,7 +193,7 @@ def test_train_max_minutes_spans_every_staged_phase(project, ready, caplog):
     with caplog.at_level(logging.WARNING, logger="embedforge"):
         results = train.run(ready(*STAGED, "train.max_minutes=0.0001"))  # 6 ms: out of time after the first step
     summary = json.loads((project / "metrics/train.json").read_text())
-    assert list(summary["phases"]) == ["foundation"] and results["train.steps"] == 1
+    assert list(summary["phases"]) == ["foundation"] and results["result.steps"] == 1
     assert "train.max_minutes ran out before phase consolidation" in caplog.text
     assert (project / "models/student/modules.json").is_file()
 
@@ -218,7 +218,7 @@ def test_staged_resume_skips_finished_phases_and_resumes_the_current_one(project
     assert summary["phases"]["foundation"]["steps"] == foundation["state"]["step"]  # read back, not retrained
     assert summary["phases"]["foundation"]["train_seconds"] > 0
     assert resumed[0].step == 3  # the kill came before step 3 was checkpointed: consolidation redoes it
-    assert results["train.steps"] == sum(phase["steps"] for phase in summary["phases"].values())
+    assert results["result.steps"] == sum(phase["steps"] for phase in summary["phases"].values())
 
 
 def test_causal_lm_generations_are_logged_to_mlflow_each_epoch(project, ready):

@@ -62,7 +62,7 @@ def test_objective_weights_and_reports_each_part():
     teacher = torch.randn(3, 4)
     objective = Objective({"infonce": 1.0, "distill": 0.5}, {"infonce": InfoNCELoss(), "distill": DistillLoss(4, 4)})
     total, parts = objective({"infonce": (anchors, positives), "distill": (anchors, teacher)})
-    assert total.item() == pytest.approx(parts["infonce"] + 0.5 * parts["distill"], rel=1e-6)
+    assert total.item() == pytest.approx((parts["infonce"] + 0.5 * parts["distill"]).item(), rel=1e-6)
 
     only_infonce = Objective({"infonce": 1.0, "distill": 0.0}, {"infonce": InfoNCELoss()})
     assert set(only_infonce({"infonce": (anchors, positives)})[1]) == {"infonce"}

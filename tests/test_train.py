@@ -23,7 +23,7 @@ def losses_of(cfg, **hooks) -> dict[int, float]:
     seen: dict[int, float] = {}
 
     def record(step) -> None:
-        seen[step.step] = step.loss
+        seen[step.step] = step.loss_value
 
     train.run(cfg, on_step=record, **hooks)
     return seen
@@ -41,7 +41,7 @@ def test_train_saves_a_sentence_transformer_checkpoints_metrics_and_curves(proje
         files = {p.name for p in (project / "checkpoints" / name).iterdir()}
         assert files == {"weights.safetensors", "optimizer.pt", "rng.safetensors", "state.json", "history.json"}
     summary = json.loads((project / "metrics/train.json").read_text())
-    assert summary["epochs"] == 2 and summary["steps"] == results["train.steps"] > 2
+    assert summary["epochs"] == 2 and summary["steps"] == results["result.steps"] > 2
     assert -1 <= summary["sts_spearman"] <= 1 and summary["val_loss"] > 0
     phases = [summary[f"time.{phase}_pct"] for phase in ("data", "forward", "loss", "backward", "optimizer")]
     assert sum(phases) == pytest.approx(100) and min(phases) >= 0
@@ -50,7 +50,7 @@ def test_train_saves_a_sentence_transformer_checkpoints_metrics_and_curves(proje
     steps = pd.read_csv(project / "plots/train/steps.csv")
     epochs = pd.read_csv(project / "plots/train/epochs.csv")
     assert steps["step"].tolist() == list(range(1, summary["steps"] + 1))
-    assert {"train.loss", "train.lr", "train.tokens_per_s", "train.loss.infonce", "train.loss.distill"} <= set(steps)
+    assert {"step.loss", "step.lr", "step.tokens_per_s", "step.loss.infonce", "step.loss.distill"} <= set(steps)
     assert epochs["epoch"].tolist() == [1, 2] and "val.sts_spearman" in epochs
 
 
@@ -128,9 +128,9 @@ def test_out_of_memory_halves_the_micro_batch_and_finishes(ready):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
 
     results = train.run(ready(), before_micro_batch=fail_once_at_step_3)
-    assert failures == [1] and results["train.micro_batches"] == 2
+    assert failures == [1] and results["result.micro_batches"] == 2
     curve = pd.read_csv("plots/train/steps.csv")
-    assert curve["step"].tolist() == list(range(1, int(results["train.steps"]) + 1))
+    assert curve["step"].tolist() == list(range(1, int(results["result.steps"]) + 1))
 
 
 def test_memory_estimate_splits_batches_that_would_not_fit(ready):
@@ -169,13 +169,13 @@ def test_distillation_alone_trains_on_every_distinct_training_sentence(ready):
     for dataset in ("snli", "stsb"):
         table = pd.read_parquet(f"data/tokens/{dataset}/train.parquet", columns=["sentence_id", "chunk"])
         token_ids |= set(table.loc[table["chunk"] == 0, "sentence_id"])
-    assert results["train.steps"] == -(-len(token_ids) // 8)
-    assert results["train.val_loss"] > 0
+    assert results["result.steps"] == -(-len(token_ids) // 8)
+    assert results["result.val_loss"] > 0
 
 
 def test_early_stopping_ends_training_when_the_score_stops_improving(ready):
     results = train.run(ready("train.epochs=5", "train.early_stopping.patience=1", "train.early_stopping.min_delta=5"))
-    assert results["train.epochs"] == 2 and results["train.best_epoch"] == 1
+    assert results["result.epochs"] == 2 and results["result.best_epoch"] == 1
 
 
 def test_bf16_autocast_trains_on_cpu_when_asked():
@@ -185,7 +185,7 @@ def test_bf16_autocast_trains_on_cpu_when_asked():
 
 def test_bf16_training_runs_through_the_autocast_path(ready):
     results = train.run(ready("train.precision=bf16", "train.epochs=1"))
-    assert results["train.val_loss"] > 0
+    assert results["result.val_loss"] > 0
 
 
 def test_training_is_logged_to_mlflow_with_steps_epochs_and_the_model(project, ready):
@@ -197,7 +197,7 @@ def test_training_is_logged_to_mlflow_with_steps_epochs_and_the_model(project, r
     client = MlflowClient(f"sqlite:///{project / 'mlruns/mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("embedforge").experiment_id])[0]
     assert run.data.params["train.lr"] == "0.001" and run.data.params["train.early_stopping.patience"] == "2"
-    losses = client.get_metric_history(run.info.run_id, "train.loss")
+    losses = client.get_metric_history(run.info.run_id, "step.loss")
     assert [m.step for m in losses] == list(range(1, len(losses) + 1)) and len(losses) > 2
     for metric in (
         "val.sts_spearman",
@@ -205,7 +205,7 @@ def test_training_is_logged_to_mlflow_with_steps_epochs_and_the_model(project, r
         "epoch.tokens_per_s",
         "epoch.peak_rss_mb",
         "memory.estimate_mb",
-        "train.tokens_per_s",
+        "step.tokens_per_s",
     ):
         assert metric in run.data.metrics, metric
     models = client.search_logged_models([run.info.experiment_id])

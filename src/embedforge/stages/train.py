@@ -31,16 +31,25 @@ import torch
 
 from embedforge import tracking
 from embedforge.config import Params, flatten
-from embedforge.data.schema import RAW_DIR, TRAIN_SPLIT, raw_split_path
+from embedforge.data.schema import TRAIN_SPLIT, raw_split_path
 from embedforge.data.sentences import split_files
-from embedforge.embeddings import EMBEDDINGS_DIR, EmbeddingCache
+from embedforge.embeddings import EmbeddingCache
 from embedforge.errors import DataError, UserError
 from embedforge.files import atomic_dir, atomic_path, write_json
 from embedforge.models import MODEL_FAMILIES
 from embedforge.models import teacher as teachers
 from embedforge.models.causal_lm import CausalLMLoss, LMHead, make_causal
 from embedforge.models.encoder import count_parameters
-from embedforge.stages.tokenize import TOKENIZER_DIRNAME, TOKENS_DIR
+from embedforge.paths import (
+    CHECKPOINTS_DIR,
+    EMBEDDINGS_DIR,
+    RAW_DIR,
+    STUDENT_DIR,
+    TOKENIZER_DIR,
+    TOKENS_DIR,
+    TRAIN_METRICS_PATH,
+    TRAIN_PLOTS_DIR,
+)
 from embedforge.stages.validate import require_passed
 from embedforge.training import checkpoint
 from embedforge.training.batches import (
@@ -51,7 +60,7 @@ from embedforge.training.batches import (
     in_order,
     sentence_examples,
 )
-from embedforge.training.checkpoint import CHECKPOINTS_DIR, TrainState
+from embedforge.training.checkpoint import TrainState
 from embedforge.training.growth import DimensionGrowth
 from embedforge.training.losses import DistillLoss, InfoNCELoss, Objective, SparsityLoss
 from embedforge.training.phases import Phase, training_phases
@@ -60,9 +69,6 @@ from embedforge.training.validation import LanguageModelValidation, STSValidatio
 
 log = logging.getLogger(__name__)
 
-STUDENT_DIR = Path("models/student")
-METRICS_PATH = Path("metrics/train.json")
-PLOTS_DIR = Path("plots/train")
 ARCHITECTURE_EXCLUDES = ("init", "teacher_layers", "dropout")  # how a model starts or trains, not its shape
 CURVES = {"steps": ["step"], "epochs": ["epoch"], "generations": ["epoch", "prompt", "continuation"]}
 FINISHED_FILE = "finished.json"  # a staged phase's final state and history, so train.resume can skip it
@@ -195,27 +201,68 @@ def write_curves(history: dict[str, list[dict[str, Any]]]) -> None:
     """The step and epoch logs (and the causal LM's generations) as CSV for ``dvc plots`` and the report, written
     whole each time (never half a file)."""
     for name, columns in CURVES.items():
-        with atomic_path(PLOTS_DIR / f"{name}.csv") as tmp:
+        with atomic_path(TRAIN_PLOTS_DIR / f"{name}.csv") as tmp:
             pd.DataFrame(history.get(name, []), columns=None if history.get(name) else columns).to_csv(tmp, index=False)
+
+
+@dataclass
+class TrainingData:
+    """Everything the phases train and validate on, read once: token rows, examples, batches, teacher vectors."""
+
+    store: TokenStore
+    phases: list[Phase]
+    everything: list[Example]
+    all_batches: LengthBucketedBatches
+    validation_batches: LengthBucketedBatches | None
+    validation: Validation
+    teacher_vectors: torch.Tensor | None
+    teacher_dim: int | None
+    pad_id: int
+    batch_size: int
+    seed: int
+    bucket_batches: int
+
+    def batches_of(self, examples: list[Example], batch_size: int | None = None) -> LengthBucketedBatches:
+        """Batches of ``examples``: the ones already built when they are every example at the usual size."""
+        size = batch_size or self.batch_size
+        if examples is self.everything and size == self.batch_size:
+            return self.all_batches
+        return LengthBucketedBatches(examples, self.store, size, self.pad_id, self.seed, self.bucket_batches)
+
+
+@dataclass
+class PhaseResult:
+    phase: Phase
+    trainer: Trainer
+    state: TrainState
 
 
 def run(cfg: Params, **hooks: Any) -> dict[str, Any]:
     """Train per ``cfg.train``; ``hooks`` (``on_step``, ``before_micro_batch``) go to every Trainer, for tests."""
-    params = cfg.train
     require_passed()
-    tokenizer_dir = TOKENS_DIR / TOKENIZER_DIRNAME
-    if not tokenizer_dir.is_dir():
-        raise DataError(f"{tokenizer_dir}: missing; run `embedforge tokenize` first")
-    device = teachers.pick_device(params.device)
+    if not TOKENIZER_DIR.is_dir():
+        raise DataError(f"{TOKENIZER_DIR}: missing; run `embedforge tokenize` first")
+    device = teachers.pick_device(cfg.train.device)
     teacher = teachers.resolve(cfg.precompute.teacher)
+    model = build_student(cfg, TOKENIZER_DIR, teacher.path)
+    data = load_training_data(cfg, model, teacher)
+    objective = build_objective(cfg, model, data.teacher_dim)
+    memory = plan_memory(cfg, model, data, device)
+    prepare_checkpoints(cfg)
+    results = run_phases(cfg, TrainerParts(model, objective, data, device, hooks), memory)
+    return finalize(cfg, results, memory, device)
 
+
+def load_training_data(cfg: Params, model: torch.nn.Module, teacher: teachers.TeacherRef) -> TrainingData:
+    """The token rows of every split training reads, the phases' examples and their batches, and the teacher's
+    vectors of every row a batch uses (distillation only)."""
+    params = cfg.train
     train_files = split_files(params.datasets, [TRAIN_SPLIT])
     validation_files = [
         path for path in (raw_split_path(d, params.validation_split) for d in params.datasets) if path.is_file()
     ]
     sts_file = STSValidation.path_of(params.sts_validation) if params.sts_validation else None
     store = TokenStore.load(TOKENS_DIR, train_files + validation_files + ([sts_file] if sts_file else []))
-    model = build_student(cfg, tokenizer_dir, teacher.path)
     pad_id = model.tokenizer.pad_token_id
     phases = training_phases(params, examples_of(cfg, TRAIN_SPLIT, train_files), cfg.seed, CHECKPOINTS_DIR)
     everything = (
@@ -224,34 +271,87 @@ def run(cfg: Params, **hooks: Any) -> dict[str, Any]:
     advice = MODEL_FAMILIES[cfg.model.kind].advise(model, len(everything))
     if advice:
         log.warning(advice)
-
-    def batches_of(examples: list[Example], batch_size: int = params.batch_size) -> LengthBucketedBatches:
-        return LengthBucketedBatches(examples, store, batch_size, pad_id, cfg.seed, params.bucket_batches)
-
+    all_batches = LengthBucketedBatches(everything, store, params.batch_size, pad_id, cfg.seed, params.bucket_batches)
     validation_batches = None
     if validation_files:
-        validation_examples = examples_of(cfg, params.validation_split, validation_files)
-        validation_batches = LengthBucketedBatches(
-            [e for examples in validation_examples.values() for e in examples],
-            store,
-            params.batch_size,
-            pad_id,
-            cfg.seed,
-        )
-    validation = build_validation(cfg, store, validation_batches)
-
-    all_batches = batches_of(everything)
+        examples = examples_of(cfg, params.validation_split, validation_files)
+        pooled = [e for chosen in examples.values() for e in chosen]
+        validation_batches = LengthBucketedBatches(pooled, store, params.batch_size, pad_id, cfg.seed)
     teacher_vectors, teacher_dim = None, None
     if params.distills:
         cache = EmbeddingCache(EMBEDDINGS_DIR / teacher.name)
         teacher_vectors = teacher_matrix(cache, store, used_rows(all_batches, validation_batches))
         teacher_dim = cache.dim
-    objective = build_objective(cfg, model, teacher_dim)
-
-    parts = 1 + (all_batches.positive_rows >= 0).any() + (all_batches.negative_rows >= 0).any()
-    memory = plan_micro_batches(
-        cfg, model, int(parts), int(store.lengths.max(initial=1)), available_memory(cfg, device)
+    return TrainingData(
+        store=store,
+        phases=phases,
+        everything=everything,
+        all_batches=all_batches,
+        validation_batches=validation_batches,
+        validation=build_validation(cfg, store, validation_batches),
+        teacher_vectors=teacher_vectors,
+        teacher_dim=teacher_dim,
+        pad_id=pad_id,
+        batch_size=params.batch_size,
+        seed=cfg.seed,
+        bucket_batches=params.bucket_batches,
     )
+
+
+def plan_memory(cfg: Params, model: torch.nn.Module, data: TrainingData, device: str) -> dict[str, int]:
+    """Micro-batches that fit the free memory, logged with the run's size before the first step."""
+    batches = data.all_batches
+    parts = 1 + (batches.positive_rows >= 0).any() + (batches.negative_rows >= 0).any()
+    longest = int(data.store.lengths.max(initial=1))
+    memory = plan_micro_batches(cfg, model, int(parts), longest, available_memory(cfg, device))
+    tracking.current().log_metrics(
+        {
+            "memory.estimate_mb": memory["estimate_bytes"] / 2**20,
+            "memory.available_mb": memory["available_bytes"] / 2**20,
+            "model.parameters": count_parameters(model),
+            "data.examples": len(data.everything),
+            "data.padding_ratio": batches.padding_ratio(0),
+        }
+    )
+    log.info(
+        "training %s (%d parameters) on %d examples in %d phase(s), device %s; about %.0f MB per step",
+        cfg.model.kind,
+        count_parameters(model),
+        len(data.everything),
+        len(data.phases),
+        device,
+        memory["estimate_bytes"] / 2**20,
+    )
+    return memory
+
+
+def prepare_checkpoints(cfg: Params) -> None:
+    """A fresh run starts without checkpoints; a resumed one needs the ones it resumes from."""
+    if not cfg.train.resume:
+        shutil.rmtree(CHECKPOINTS_DIR, ignore_errors=True)
+        return
+    needed = CHECKPOINTS_DIR / "last" if cfg.train.schedule == "single" else CHECKPOINTS_DIR
+    if not needed.exists():
+        raise UserError(f"train.resume is true but {needed} does not exist: nothing to resume")
+
+
+def run_phases(cfg: Params, parts: TrainerParts, memory: dict[str, int]) -> list[PhaseResult]:
+    """Each phase in order (one for ``train.schedule: single``); train.max_minutes spans them all."""
+    minutes = cfg.train.max_minutes
+    deadline = time.perf_counter() + 60 * minutes if minutes is not None else None
+    architecture = architecture_of(cfg, parts.model, parts.data.teacher_dim)
+    torch.manual_seed(cfg.seed)
+    results: list[PhaseResult] = []
+    for phase in parts.data.phases:
+        if deadline is not None and time.perf_counter() >= deadline:
+            log.warning("train.max_minutes ran out before phase %s: it does not run", phase.label)
+            break
+        results.append(train_phase(cfg, parts, phase, dict(architecture), deadline, memory, results))
+    return results
+
+
+def architecture_of(cfg: Params, model: torch.nn.Module, teacher_dim: int | None) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the model's shape, vocabulary, widths and objective."""
     architecture = {
         f"model.{key}": value
         for key, value in flatten(cfg.model.model_dump()).items()
@@ -262,96 +362,59 @@ def run(cfg: Params, **hooks: Any) -> dict[str, Any]:
             "vocab_size": len(model.tokenizer),
             "student_dim": model.get_embedding_dimension(),
             "teacher_dim": teacher_dim,
-            "train.objective": params.objective,
+            "train.objective": cfg.train.objective,
         }
     )
-    run_log = tracking.current()
-    run_log.log_metrics(
-        {
-            "memory.estimate_mb": memory["estimate_bytes"] / 2**20,
-            "memory.available_mb": memory["available_bytes"] / 2**20,
-            "model.parameters": count_parameters(model),
-            "train.examples": len(everything),
-            "train.padding_ratio": all_batches.padding_ratio(0),
-        }
-    )
-    if not params.resume:
-        shutil.rmtree(CHECKPOINTS_DIR, ignore_errors=True)
-    else:
-        needed = CHECKPOINTS_DIR / "last" if params.schedule == "single" else CHECKPOINTS_DIR
-        if not needed.exists():
-            raise UserError(f"train.resume is true but {needed} does not exist: nothing to resume")
-    log.info(
-        "training %s (%d parameters) on %d examples in %d phase(s), device %s; about %.0f MB per step",
-        cfg.model.kind,
-        count_parameters(model),
-        len(everything),
-        len(phases),
-        device,
-        memory["estimate_bytes"] / 2**20,
-    )
-    torch.manual_seed(cfg.seed)
-    results: list[PhaseResult] = []
-    for phase in phases:
-        deadline = results[-1].trainer.deadline if results else None  # train.max_minutes spans every phase
-        if deadline is not None and time.perf_counter() >= deadline:
-            log.warning("train.max_minutes ran out before phase %s: it does not run", phase.label)
-            break
-        trainer = Trainer(
-            model,
-            objective,
-            all_batches if phase.examples is everything else batches_of(phase.examples),
-            phase.params,
-            device,
-            dict(architecture),
-            phase.checkpoints,
-            validation,
-            teacher_vectors,
-            **hooks,
-        )
-        if cfg.model.kind == "dynamic":
-            rows = validation_batches.anchor_rows if validation_batches is not None else all_batches.anchor_rows
-            growth = DimensionGrowth(
-                cfg.model.dynamic, rows, params.batch_size, lambda size, chosen=phase.examples: batches_of(chosen, size)
-            )
-            growth.adopt(trainer, TrainState(), model.get_embedding_dimension())  # a later phase starts grown
-            trainer.on_epoch_end = growth
-        trainer.deadline = deadline
-        results.append(train_phase(cfg, trainer, phase, memory, results))
-    trainer = results[-1].trainer
-    write_curves(merged_history(results))
-
-    best = results[-1].phase.checkpoints / "best"
-    if results[-1].state.best_epoch is not None and best.is_dir():
-        load_checkpoint_weights(trainer, best)
-    model.to("cpu")
-    with atomic_dir(STUDENT_DIR) as out:
-        model.save(str(out))
-    run_log.log_sentence_transformer(
-        model, "student", cfg.tracking.registered_model, tracking.content_hash(STUDENT_DIR)
-    )
-
-    summary = summarize(results[-1], memory)
-    if params.schedule == "staged":
-        phase_summaries = {result.phase.label: summarize(result, memory) for result in results}
-        earlier_epochs = sum(phase["epochs"] for phase in list(phase_summaries.values())[:-1])
-        summary.update(
-            {key: sum(phase[key] for phase in phase_summaries.values()) for key in ("steps", "epochs", "train_seconds")}
-        )
-        if summary["best_epoch"] is not None:
-            summary["best_epoch"] += earlier_epochs  # numbered on across phases, as in plots/train/epochs.csv
-        summary["phases"] = phase_summaries
-    write_json(METRICS_PATH, summary)
-    flat = {f"train.{key}": value for key, value in flatten(summary).items() if value is not None}
-    flat["train.device_used"] = device
-    return flat
+    return architecture
 
 
 @dataclass
-class PhaseResult:
-    phase: Phase
-    trainer: Trainer
-    state: TrainState
+class TrainerParts:
+    """What every phase's Trainer shares; ``trainer_for`` adds the phase's batches, loggers and deadline."""
+
+    model: torch.nn.Module
+    objective: Objective
+    data: TrainingData
+    device: str
+    hooks: dict[str, Any]
+
+    def trainer_for(
+        self,
+        cfg: Params,
+        phase: Phase,
+        architecture: dict[str, Any],
+        deadline: float | None,
+        run_log: tracking.StageRun,
+    ) -> Trainer:
+        data = self.data
+        growth = None
+        if cfg.model.kind == "dynamic":
+            sample = data.validation_batches if data.validation_batches is not None else data.all_batches
+            growth = DimensionGrowth(
+                cfg.model.dynamic,
+                sample.anchor_rows,
+                data.batch_size,
+                lambda size, chosen=phase.examples: data.batches_of(chosen, size),
+            )
+        trainer = Trainer(
+            self.model,
+            self.objective,
+            data.batches_of(phase.examples),
+            phase.params,
+            self.device,
+            architecture,
+            phase.checkpoints,
+            data.validation,
+            data.teacher_vectors,
+            log_metrics=lambda metrics, step: run_log.log_metrics(metrics, step=step),
+            log_text=run_log.log_text,
+            on_epoch_end=growth,
+            deadline=deadline,
+            **self.hooks,
+        )
+        if growth is not None:
+            growth.adopt(trainer, TrainState(), self.model.get_embedding_dimension())  # a later phase starts grown
+        return trainer
 
 
 def build_validation(cfg: Params, store: TokenStore, batches: LengthBucketedBatches | None):
@@ -377,47 +440,97 @@ def build_validation(cfg: Params, store: TokenStore, batches: LengthBucketedBatc
 
 
 def train_phase(
-    cfg: Params, trainer: Trainer, phase: Phase, memory: dict[str, int], done: list[PhaseResult]
+    cfg: Params,
+    parts: TrainerParts,
+    phase: Phase,
+    architecture: dict[str, Any],
+    deadline: float | None,
+    memory: dict[str, int],
+    done: list[PhaseResult],
 ) -> PhaseResult:
     """Train one phase in its own MLflow run (a child of the train run when staged), resuming or continuing as
     train.resume and the schedule say; a staged phase that already finished is only read back."""
     finished = phase.checkpoints / FINISHED_FILE
+    parent = tracking.current()
     if phase.name is not None and cfg.train.resume and finished.is_file():
+        trainer = parts.trainer_for(cfg, phase, architecture, deadline, parent)
         state = read_finished(trainer, finished)
         log.info("train.resume: phase %s already finished at step %d", phase.name, state.step)
         return PhaseResult(phase, trainer, state)
-    parent = tracking.current()
     with (
         tracking.start(cfg, f"train.{phase.name}", parent_run_id=parent.run_id)
         if phase.name
         else nullcontext(parent) as run_log
     ):
-        trainer.log_metrics = lambda metrics, step: run_log.log_metrics(metrics, step=step)
-        trainer.log_text = run_log.log_text
+        trainer = parts.trainer_for(cfg, phase, architecture, deadline, run_log)
         if phase.name is not None:
-            run_log.log_metrics({"phase.examples": len(phase.examples), "phase.epochs": phase.params.epochs})
-        last = phase.checkpoints / "last"
-        if cfg.train.resume and last.is_dir():
-            match_dims(trainer, last)
-            state = trainer.resume("last")
-        else:
-            shutil.rmtree(phase.checkpoints, ignore_errors=True)
-            state = TrainState(micro_batches=memory["micro_batches"])
-            if phase.continues:
-                previous = done[-1]
-                best = previous.phase.checkpoints / "best"
-                if previous.state.best_epoch is not None and best.is_dir():
-                    load_checkpoint_weights(trainer, best)
-                state.resumed_at_step = 0  # the resume ramp replaces a second warm-up
-        state = trainer.fit(state)
+            run_log.log_metrics({"phase.examples": len(phase.examples)})
+        state = trainer.fit(starting_state(cfg, trainer, phase, memory, done))
         result = PhaseResult(phase, trainer, state)
         if phase.name is not None:
             summary = summarize(result, memory)
             run_log.log_metrics(
-                {key: value for key, value in flatten(summary).items() if isinstance(value, int | float)}
+                {f"result.{key}": value for key, value in flatten(summary).items() if isinstance(value, int | float)}
             )
             write_json(finished, {"state": asdict(state), "history": trainer.history, "totals": asdict(trainer.totals)})
     return result
+
+
+def starting_state(
+    cfg: Params, trainer: Trainer, phase: Phase, memory: dict[str, int], done: list[PhaseResult]
+) -> TrainState:
+    """Where the phase starts: its last checkpoint (train.resume), else fresh, from the previous phase's best
+    weights when a staged phase continues it."""
+    last = phase.checkpoints / "last"
+    if cfg.train.resume and last.is_dir():
+        match_dims(trainer, last)
+        return trainer.resume("last")
+    shutil.rmtree(phase.checkpoints, ignore_errors=True)
+    state = TrainState(micro_batches=memory["micro_batches"])
+    if phase.continues:
+        previous = done[-1]
+        best = previous.phase.checkpoints / "best"
+        if previous.state.best_epoch is not None and best.is_dir():
+            load_checkpoint_weights(trainer, best)
+        state.resumed_at_step = 0  # the resume ramp replaces a second warm-up
+    return state
+
+
+def finalize(cfg: Params, results: list[PhaseResult], memory: dict[str, int], device: str) -> dict[str, Any]:
+    """The curves, the best epoch's weights as models/student (and in MLflow), and metrics/train.json."""
+    trainer = results[-1].trainer
+    write_curves(merged_history(results))
+    best = results[-1].phase.checkpoints / "best"
+    if results[-1].state.best_epoch is not None and best.is_dir():
+        load_checkpoint_weights(trainer, best)
+    model = trainer.model.to("cpu")
+    with atomic_dir(STUDENT_DIR) as out:
+        model.save(str(out))
+    tracking.current().log_sentence_transformer(
+        model, "student", cfg.tracking.registered_model, tracking.content_hash(STUDENT_DIR)
+    )
+    summary = summarize(results[-1], memory)
+    if cfg.train.schedule == "staged":
+        summary = staged_summary(results, memory, summary)
+    write_json(TRAIN_METRICS_PATH, summary)
+    flat = {f"result.{key}": value for key, value in flatten(summary).items() if value is not None}
+    flat["result.device_used"] = device
+    return flat
+
+
+def staged_summary(results: list[PhaseResult], memory: dict[str, int], last: dict[str, Any]) -> dict[str, Any]:
+    """The last phase's scores with steps, epochs and seconds summed over phases, and each phase's own figures
+    (its real epochs, which the param train.epochs is not in a staged run)."""
+    phase_summaries = {result.phase.label: summarize(result, memory) for result in results}
+    summary = {
+        **last,
+        **{key: sum(phase[key] for phase in phase_summaries.values()) for key in ("steps", "epochs", "train_seconds")},
+    }
+    if summary["best_epoch"] is not None:
+        earlier_epochs = sum(phase["epochs"] for phase in list(phase_summaries.values())[:-1])
+        summary["best_epoch"] += earlier_epochs  # numbered on across phases, as in plots/train/epochs.csv
+    summary["phases"] = phase_summaries
+    return summary
 
 
 def match_dims(trainer: Trainer, directory: Path) -> None:

@@ -69,7 +69,9 @@ class Objective(nn.Module):
             raise ValueError(f"no loss for objective(s) {', '.join(missing)}")
         self.losses = nn.ModuleDict({name: losses[name] for name in self.weights})
 
-    def forward(self, inputs: dict[str, tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, inputs: dict[str, tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The total and each part, detached but still on the device: reading them waits for it, so only
+        logging steps do."""
         parts = {name: self.losses[name](*inputs[name]) for name in self.weights}
         total = sum(self.weights[name] * value for name, value in parts.items())
-        return total, {name: float(value.detach()) for name, value in parts.items()}
+        return total, {name: value.detach() for name, value in parts.items()}

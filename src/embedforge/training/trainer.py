@@ -68,30 +68,53 @@ def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
 
 @dataclass
 class StepRecord:
-    """What ``on_step`` hooks and the loss curve see after every optimizer step."""
+    """What ``on_step`` hooks and the loss curve see after every optimizer step.
+
+    The losses stay on the device: ``loss_value``/``part_values`` read them (a sync on CUDA), which the
+    loop does on logging steps only.
+    """
 
     step: int
     epoch: int
-    loss: float
-    parts: dict[str, float]
+    loss: torch.Tensor
+    parts: dict[str, torch.Tensor]
     lr: float
+
+    @property
+    def loss_value(self) -> float:
+        return float(self.loss)
+
+    def part_values(self) -> dict[str, float]:
+        return {name: float(value) for name, value in self.parts.items()}
 
 
 @dataclass
 class PhaseTimes:
+    """Where the time went. ``seconds`` has every step's laps (their sum is the training time); ``measured``
+    only the laps of steps that waited for the device at each lap (every step on CPU, logging steps on CUDA,
+    where waiting costs throughput), so the breakdown is measured rather than attributed to the next wait."""
+
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    measured: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     examples: int = 0
     tokens: int = 0
 
+    def record(self, phase: str, seconds: float, measured: bool) -> None:
+        self.seconds[phase] += seconds
+        if measured:
+            self.measured[phase] += seconds
+
     def add(self, other: PhaseTimes) -> None:
-        for phase, value in other.seconds.items():
-            self.seconds[phase] += value
+        for phase in PHASES:
+            self.seconds[phase] += other.seconds[phase]
+            self.measured[phase] += other.measured[phase]
         self.examples += other.examples
         self.tokens += other.tokens
 
     def percentages(self) -> dict[str, float]:
-        total = sum(self.seconds.values()) or 1.0
-        return {f"time.{phase}_pct": 100.0 * value / total for phase, value in self.seconds.items()}
+        shares = self.measured if any(self.measured.values()) else self.seconds
+        total = sum(shares.values()) or 1.0
+        return {f"time.{phase}_pct": 100.0 * value / total for phase, value in shares.items()}
 
 
 class EpochBatches(torch.utils.data.Dataset):
@@ -143,6 +166,7 @@ class Trainer:
         on_step: Callable[[StepRecord], None] | None = None,
         before_micro_batch: Callable[[Trainer, TrainState, int], None] | None = None,
         on_epoch_end: Callable[[Trainer, TrainState], dict[str, float]] | None = None,
+        deadline: float | None = None,
     ):
         self.model = model.to(device)
         self.objective = objective.to(device)
@@ -158,7 +182,8 @@ class Trainer:
         self.on_step = on_step
         self.before_micro_batch = before_micro_batch
         self.on_epoch_end = on_epoch_end
-        self.deadline: float | None = None  # perf_counter time train.max_minutes ends at, set when fit starts
+        self.deadline = deadline  # the perf_counter time train.max_minutes ends at (it spans every phase)
+        self.measure_step = True  # wait for the device at each lap of this step (see PhaseTimes)
         self.dtype = autocast_dtype(params.precision, device)
         self.scaler = torch.amp.GradScaler(device, enabled=self.dtype == torch.float16 and device == "cuda")
         self.optimizer = self.build_optimizer()
@@ -192,8 +217,6 @@ class Trainer:
     def fit(self, state: TrainState) -> TrainState:
         """Train from ``state`` (fresh or loaded from a checkpoint) until the epochs, steps or minutes run out
         or early stopping says enough; return the final state."""
-        if self.deadline is None and self.params.max_minutes is not None:
-            self.deadline = time.perf_counter() + 60 * self.params.max_minutes
         stop = False
         while state.epoch < self.params.epochs and not stop:
             times = PhaseTimes()
@@ -203,7 +226,8 @@ class Trainer:
                     self.lap()
                     for indices, micro in self.loader(state):
                         record = self.train_step(state, indices, micro, times)
-                        progress.set_postfix(loss=f"{record.loss:.4f}", lr=f"{record.lr:.2e}", refresh=False)
+                        if self.logs_step(state):
+                            progress.set_postfix(loss=f"{record.loss_value:.4f}", lr=f"{record.lr:.2e}", refresh=False)
                         progress.update()
                         if state.step % self.params.checkpoint_every_steps == 0:
                             self.save("last", state)
@@ -250,7 +274,8 @@ class Trainer:
         self, state: TrainState, indices: list[int], micro: list[PairBatch], times: PhaseTimes
     ) -> StepRecord:
         """One optimizer step over one batch, retried with smaller micro-batches when memory runs out."""
-        times.seconds["data"] += self.lap()
+        self.measure_step = self.device != "cuda" or self.logs_step(state, ahead=1)
+        times.record("data", self.lap(), self.measure_step)
         lr = self.learning_rate(state)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -269,14 +294,14 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        times.seconds["optimizer"] += self.lap()
+        times.record("optimizer", self.lap(), self.measure_step)
         state.step += 1
         state.batches_done += 1
         times.examples += len(indices)
         times.tokens += sum(batch.num_tokens for batch in micro)
         record = StepRecord(state.step, state.epoch, loss, parts, lr)
-        if state.step % self.params.log_every_steps == 0 or state.batches_done == self.steps_per_epoch:
-            self.log_step(record, times)  # every epoch's last step too, so a short run still has a curve
+        if self.logs_step(state):
+            self.log_step(record, times)
         if self.on_step is not None:
             self.on_step(record)
         self.lap()
@@ -284,29 +309,40 @@ class Trainer:
 
     def accumulate(
         self, state: TrainState, micro: list[PairBatch], batch_examples: int, times: PhaseTimes
-    ) -> tuple[float, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward and backward every micro-batch, each loss weighted by its share of the batch."""
         self.optimizer.zero_grad(set_to_none=True)
-        total, parts = 0.0, dict.fromkeys(self.objective.weights, 0.0)
+        losses: list[torch.Tensor] = []
+        parts = {name: torch.zeros((), device=self.device) for name in self.objective.weights}
         self.lap()
         for index, batch in enumerate(micro):
             if self.before_micro_batch is not None:
                 self.before_micro_batch(self, state, index)
             share = batch.num_examples / batch_examples
             loss, batch_parts = self.loss(batch, times)
-            if not math.isfinite(loss.item()):
-                raise TrainingDiverged(
-                    f"train: the loss became {loss.item()} at step {state.step + 1} (epoch {state.epoch + 1}, "
-                    f"batch {state.batches_done + 1} of {self.steps_per_epoch}, micro-batch {index + 1}, first "
-                    f"sentence {batch.anchors.sentence_ids[0]}); checkpoints/best is untouched. Lower train.lr, "
-                    f"or use train.precision: fp32"
-                )
             self.scaler.scale(loss * share).backward()
-            times.seconds["backward"] += self.lap()
-            total += share * loss.item()
+            times.record("backward", self.lap(), self.measure_step)
+            losses.append(share * loss.detach().float())
             for name, value in batch_parts.items():
-                parts[name] += share * value
-        return total, parts
+                parts[name] += share * value.float()
+        self.refuse_non_finite(state, torch.stack(losses), micro)
+        return torch.stack(losses).sum(), parts
+
+    def refuse_non_finite(self, state: TrainState, losses: torch.Tensor, micro: list[PairBatch]) -> None:
+        """Stop before the optimizer step if a micro-batch's loss is not finite, naming where.
+
+        Sync point: one read of one flag per step, so a diverged run stops at the step it diverged.
+        """
+        finite = torch.isfinite(losses)
+        if bool(finite.all()):
+            return
+        index = int((~finite).nonzero()[0])
+        raise TrainingDiverged(
+            f"train: the loss became {float(losses[index])} at step {state.step + 1} (epoch {state.epoch + 1}, "
+            f"batch {state.batches_done + 1} of {self.steps_per_epoch}, micro-batch {index + 1}, first "
+            f"sentence {micro[index].anchors.sentence_ids[0]}); checkpoints/best is untouched. Lower train.lr, "
+            f"or use train.precision: fp32"
+        )
 
     def loss(self, batch: PairBatch, times: PhaseTimes | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """The objective on one (micro-)batch; ``times`` splits the time into forward and loss."""
@@ -314,7 +350,7 @@ class Trainer:
             outputs = [self.features(part) for part in batch.parts]
             embeddings = [output["sentence_embedding"] for output in outputs]
             if times is not None:
-                times.seconds["forward"] += self.lap()
+                times.record("forward", self.lap(), self.measure_step)
             inputs: dict[str, tuple[torch.Tensor, ...]] = {}
             if "infonce" in self.objective.weights:
                 negatives = embeddings[2] if batch.negatives is not None else None
@@ -329,7 +365,7 @@ class Trainer:
                 inputs["sparsity"] = (torch.cat(embeddings).float(),)
             loss, parts = self.objective(inputs)
         if times is not None:
-            times.seconds["loss"] += self.lap()
+            times.record("loss", self.lap(), self.measure_step)
         return loss, parts
 
     def features(self, part: TokenBatch) -> dict[str, torch.Tensor]:
@@ -402,7 +438,13 @@ class Trainer:
             math.ceil(len(indices) / state.micro_batches),
             state.micro_batches,
         )
-        self.log_metrics({"train.micro_batches": state.micro_batches}, state.step)
+        self.log_metrics({"step.micro_batches": state.micro_batches}, state.step)
+
+    def logs_step(self, state: TrainState, ahead: int = 0) -> bool:
+        """Whether step ``state.step + ahead`` is logged: every ``train.log_every_steps``-th and each epoch's last
+        (so a short run still has a curve)."""
+        step, done = state.step + ahead, state.batches_done + ahead
+        return step % self.params.log_every_steps == 0 or done == self.steps_per_epoch
 
     def out_of_budget(self, state: TrainState) -> bool:
         if self.params.max_steps is not None and state.step >= self.params.max_steps:
@@ -466,11 +508,11 @@ class Trainer:
     def log_step(self, record: StepRecord, times: PhaseTimes) -> None:
         seconds = sum(times.seconds.values()) or 1.0
         metrics = {
-            "train.loss": record.loss,
-            "train.lr": record.lr,
-            "train.tokens_per_s": times.tokens / seconds,
-            "train.examples_per_s": times.examples / seconds,
-            **{f"train.loss.{name}": value for name, value in record.parts.items()},
+            "step.loss": record.loss_value,
+            "step.lr": record.lr,
+            "step.tokens_per_s": times.tokens / seconds,
+            "step.examples_per_s": times.examples / seconds,
+            **{f"step.loss.{name}": value for name, value in record.part_values().items()},
         }
         self.history["steps"].append({"step": record.step, "epoch": record.epoch + 1, **metrics})
         self.log_metrics(metrics, record.step)
@@ -501,9 +543,9 @@ class Trainer:
         return torch.autocast(self.device, dtype=self.dtype)
 
     def lap(self) -> float:
-        """Seconds since the previous lap, with the GPU's queued work included."""
-        if self.device == "cuda":
-            torch.cuda.synchronize()
+        """Seconds since the previous lap, with the GPU's queued work included on measured steps."""
+        if self.device == "cuda" and self.measure_step:
+            torch.cuda.synchronize()  # sync point: on logging steps only, for a measured time breakdown
         now = time.perf_counter()
         elapsed = now - getattr(self, "_last_lap", now)
         self._last_lap = now
