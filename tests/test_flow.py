@@ -1,11 +1,13 @@
 """The Prefect flow on the tiny config: a real flow run against a temporary Prefect server (prefect_test_harness)."""
 
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -45,6 +47,7 @@ def ran(runs: dict) -> set[str]:
     return {name for name, run in runs.items() if run.state.name != "Cached"}
 
 
+@pytest.mark.slow
 def test_second_run_skips_everything_and_a_train_param_reruns_train_evaluate_report(harness, project, tiny):
     first = pipeline(overrides=tiny, return_state=True)
     assert first.is_completed(), first.message
@@ -91,6 +94,7 @@ def test_second_run_skips_everything_and_a_train_param_reruns_train_evaluate_rep
     assert "speed_ratio" in changes.index and "download.limit" not in changes.index
 
 
+@pytest.mark.slow
 def test_missing_outputs_are_rebuilt_even_when_the_key_matches(harness, project, tiny):
     assert pipeline(overrides=tiny, return_state=True).is_completed()
     shutil.rmtree(project / "reports")
@@ -98,6 +102,7 @@ def test_missing_outputs_are_rebuilt_even_when_the_key_matches(harness, project,
     assert ran(task_runs(again)) == {"report"} and (project / "reports/index.html").is_file()
 
 
+@pytest.mark.slow
 def test_failed_validation_fails_the_flow_with_the_summary_and_is_not_retried(harness, project, tiny):
     state = pipeline(overrides=[*tiny, "validate.max_chars=5"], return_state=True)
     assert state.is_failed()
@@ -120,3 +125,17 @@ def test_schedule_needs_exactly_one_of_cron_and_interval(project):
 def test_only_transient_failures_are_retried(error, retried):
     assert is_transient(None, None, Failed(data=error)) is retried
 
+
+
+@pytest.mark.slow
+def test_a_changed_preset_default_reruns_exactly_the_stages_that_read_it(harness, project, tiny, monkeypatch):
+    """The stage tasks run in worker processes, which import embedforge afresh: from an edited copy here."""
+    assert pipeline(overrides=tiny, return_state=True).is_completed()
+    source = project / "edited-src"
+    shutil.copytree(REPO_ROOT / "src/embedforge", source / "embedforge", ignore=shutil.ignore_patterns("__pycache__"))
+    presets = source / "embedforge/config/presets.py"
+    edited = re.sub(r'("development": \{.*?"train": \{)', r'\1"lr": 6e-05, ', presets.read_text(), count=1, flags=re.S)
+    presets.write_text(edited)
+    monkeypatch.setenv("PYTHONPATH", str(source))
+    again = pipeline(overrides=tiny, return_state=True)
+    assert again.is_completed() and ran(task_runs(again)) == {"train", "evaluate", "report"}

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from embedforge.config import Params, ValidateParams
+from embedforge.data.gate import require_passed
 from embedforge.data.schema import DATASETS, raw_split_path
 from embedforge.errors import DataError, UserError, ValidationFailed
 from embedforge.paths import RAW_DIR, VALIDATION_RESULTS_PATH
@@ -54,7 +55,7 @@ def test_clean_raw_passes_and_writes_report_and_docs(tmp_path: Path, monkeypatch
     assert metrics["validate.failed_expectations"] == 0
     assert metrics["validate.expectations"] > 6 * 10
     assert list(Path("data").rglob(".*")) == [], "temporary files left behind"
-    validate.require_passed()
+    require_passed()
 
 
 def empty_sentence(frames: dict[tuple[str, str], pd.DataFrame]) -> None:
@@ -122,7 +123,7 @@ def test_broken_contract_fails_naming_split_expectation_and_row(
     assert Path("data/validation/docs/index.html").is_file()
     assert list(Path("data").rglob(".*")) == [], "temporary files left behind"
     with pytest.raises(UserError, match="embedforge validate"):
-        validate.require_passed()
+        require_passed()
 
 
 def test_missing_column_is_reported_not_crashed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,9 +146,9 @@ def test_no_raw_splits_asks_for_download(tmp_path: Path, monkeypatch: pytest.Mon
 def test_require_passed_refuses_missing_or_failed_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="run `embedforge validate`"):
-        validate.require_passed()
+        require_passed()
 
     VALIDATION_RESULTS_PATH.parent.mkdir(parents=True)
     VALIDATION_RESULTS_PATH.write_text(json.dumps({"success": False, "summary": "stsb/validation: bad"}))
     with pytest.raises(UserError, match="stsb/validation: bad"):
-        validate.require_passed()
+        require_passed()

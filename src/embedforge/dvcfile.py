@@ -16,7 +16,7 @@ import yaml
 
 from embedforge.config import Params, flatten
 from embedforge.errors import UserError
-from embedforge.tracking import content_hash
+from embedforge.files import sha256_tree
 
 DVC_FILE = Path("dvc.yaml")
 DVC_LOCK = Path("dvc.lock")
@@ -35,6 +35,13 @@ def declared_paths(entries: list) -> tuple[str, ...]:
     return tuple(next(iter(entry)) if isinstance(entry, dict) else str(entry) for entry in entries)
 
 
+def declared_params(entries: list) -> tuple[str, ...]:
+    """Entries are keys of params.yaml or ``{params_file: [keys]}``; the keys name the same resolved values."""
+    return tuple(
+        key for entry in entries for key in (next(iter(entry.values())) if isinstance(entry, dict) else [entry])
+    )
+
+
 def stage_spec(name: str, path: Path = DVC_FILE) -> StageSpec:
     if not path.is_file():
         raise UserError(f"{path}: not found; run from the project root")
@@ -46,7 +53,7 @@ def stage_spec(name: str, path: Path = DVC_FILE) -> StageSpec:
     return StageSpec(
         name,
         declared_paths(stage.get("deps", [])),
-        declared_paths(stage.get("params", [])),
+        declared_params(stage.get("params", [])),
         declared_paths(outs),
     )
 
@@ -56,7 +63,7 @@ def fingerprint(spec: StageSpec, cfg: Params, root: Path) -> str:
     digest = hashlib.sha256(f"{root.resolve()}:{spec.name}".encode())
     for dep in sorted(spec.deps):
         path = root / dep
-        digest.update(f"{dep}:{content_hash(path) if path.exists() else 'absent'}".encode())
+        digest.update(f"{dep}:{sha256_tree(path) if path.exists() else 'absent'}".encode())
     flat = flatten(cfg.to_dict())
     for key in sorted(spec.params):
         values = {name: value for name, value in flat.items() if name == key or name.startswith(f"{key}.")}

@@ -22,17 +22,17 @@ import pandas as pd
 from embedforge import tracking
 from embedforge.api import load_sentence_transformer
 from embedforge.config import EvaluateParams, Params, flatten
-from embedforge.data.schema import raw_split_path
-from embedforge.errors import DataError, UserError
+from embedforge.data.gate import require_passed
+from embedforge.data.schema import downloaded_split
+from embedforge.errors import DataError
 from embedforge.evaluation.retrieval import retrieval
 from embedforge.evaluation.separation import DISSIMILAR, SIMILAR, pair_kinds, separation
 from embedforge.evaluation.speed import encode_speed
 from embedforge.evaluation.sts import cosine_scores, sts_correlation
-from embedforge.files import atomic_path, write_json
+from embedforge.files import atomic_path, sha256_tree, write_json
 from embedforge.models import teacher as teachers
 from embedforge.models.encoder import count_parameters
 from embedforge.paths import EVAL_METRICS_PATH, EVAL_PLOTS_DIR, STUDENT_DIR
-from embedforge.stages.validate import require_passed
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,7 @@ MODELS = ("student", "teacher")
 
 def read_split(spec: str, key: str) -> pd.DataFrame:
     """A raw split named ``<dataset>/<split>``; missing or empty is an error naming the param."""
-    dataset, _, split = spec.partition("/")
-    path = raw_split_path(dataset, split)
-    if not split or not path.is_file():
-        raise UserError(f"{key}: {spec!r} is not a downloaded <dataset>/<split> ({path} missing)")
+    dataset, path = downloaded_split(spec, key)
     frame = pd.read_parquet(path, columns=["sentence1", "sentence2", "label", "score", "genre"])
     if frame.empty:
         raise DataError(f"{key}: {path} has no rows, so it cannot be evaluated")
@@ -198,7 +195,7 @@ def run(cfg: Params) -> dict[str, float | str]:
     write_json(EVAL_METRICS_PATH, report)
     run = tracking.current()
     run.log_artifacts(EVAL_METRICS_PATH)
-    run.tag_model_version(cfg.tracking.registered_model, tracking.content_hash(STUDENT_DIR), headline(report))
+    run.tag_model_version(cfg.tracking.registered_model, sha256_tree(STUDENT_DIR), headline(report))
     log.info("%s", summary_line(report, params.sts_splits[0]))
     results: dict[str, float | str] = {
         f"eval.{metric_name(key)}": float(value)

@@ -21,13 +21,13 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from embedforge.config import Params
+from embedforge.data.gate import require_passed
 from embedforge.data.sentences import id_prefixes, iter_sentences, partition_of, sentence_id, split_files
 from embedforge.embeddings import MANIFEST_NAME, ShardInfo, shard_name, write_shard
 from embedforge.errors import DataError, UserError
 from embedforge.files import sha256_file, write_json
 from embedforge.models import teacher as teachers
 from embedforge.paths import EMBEDDINGS_DIR
-from embedforge.stages.validate import require_passed
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedforge.config import Params
+from embedforge.data.gate import require_passed
 from embedforge.data.schema import TRAIN_SPLIT
 from embedforge.data.sentences import iter_sentences, sentence_id, split_files
 from embedforge.errors import UserError
 from embedforge.files import atomic_dir, write_json
 from embedforge.models import teacher as teachers
 from embedforge.paths import TOKENIZER_DIR, TOKENS_DIR
-from embedforge.stages.validate import require_passed
 
 log = logging.getLogger(__name__)
 

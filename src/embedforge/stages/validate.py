@@ -7,7 +7,6 @@ does the stage raise ValidationFailed with a readable summary.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pyarrow as pa
 from embedforge.config import Params
 from embedforge.data.expectations import SplitValidator, describe_failures
 from embedforge.data.schema import DATASETS, TRAIN_SPLIT, raw_split_path
-from embedforge.errors import DataError, UserError, ValidationFailed
+from embedforge.errors import DataError, ValidationFailed
 from embedforge.files import atomic_dir, write_json
 from embedforge.paths import DATA_DOCS_DIR, RAW_DIR, VALIDATION_DIR, VALIDATION_RESULTS_PATH
 
@@ -98,18 +97,3 @@ def summarize(results: list[dict[str, Any]], metrics: dict[str, int]) -> str:
         + ". ".join(failures)
         + "."
     )
-
-
-def require_passed(path: Path = VALIDATION_RESULTS_PATH) -> None:
-    """Stop a later stage from using raw data that has not passed validation."""
-    if not path.is_file():
-        raise UserError(f"{path}: no validation results: run `embedforge validate` first")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: unreadable validation results ({exc}): run `embedforge validate` again") from None
-    if not isinstance(results, dict) or results.get("success") is not True:
-        summary = results.get("summary", "") if isinstance(results, dict) else ""
-        raise UserError(
-            f"{path}: raw data failed validation: fix the data and run `embedforge validate` again. {summary}".strip()
-        )
