@@ -1,11 +1,12 @@
 # `make run`: set up a virtual environment and run the pipeline (dvc repro) on the params.yaml preset.
-# `make test`: set up and run the test suite. Both need EMBEDFORGE_MIRROR while the hub is unreachable.
+# `make test`: set up and run the whole test suite (what CI runs); `make test-fast` leaves out the tests
+# marked slow (full pipelines, Prefect flows, servers). All need EMBEDFORGE_MIRROR while the hub is unreachable.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test
+.PHONY: setup run test test-fast
 
 $(BIN)/embedforge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,4 +21,7 @@ run: setup
 	embedforge run
 
 test: setup
-	python -m pytest
+	python -m pytest -n 2
+
+test-fast: setup
+	python -m pytest -n 2 -m "not slow"

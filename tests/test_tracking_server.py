@@ -20,6 +20,7 @@ from embedforge import tracking
 from embedforge.stages import run_stage
 
 BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow  # real mlflow servers
 
 
 @pytest.fixture

@@ -89,10 +89,26 @@ for _stage in STAGES.values():
 
 
 @app.command("params")
-def show_params(ctx: typer.Context, params: ParamsOption = None, overrides: SetOption = None) -> None:
+def show_params(
+    ctx: typer.Context,
+    params: ParamsOption = None,
+    overrides: SetOption = None,
+    out: Annotated[Path | None, typer.Option(help="Write them to this file instead (what dvc.yaml tracks).")] = None,
+) -> None:
     """Print the fully resolved params (preset, params.yaml, environment and --set applied) as YAML."""
     params_path, all_overrides = _settings(ctx, params, overrides)
-    _guarded(lambda: typer.echo(yaml.safe_dump(load_params(params_path, all_overrides).to_dict(), sort_keys=False)))
+
+    def action() -> None:
+        resolved = yaml.safe_dump(load_params(params_path, all_overrides).to_dict(), sort_keys=False)
+        if out is None:
+            typer.echo(resolved, nl=False)
+            return
+        from embedforge.files import atomic_path
+
+        with atomic_path(out) as tmp:
+            tmp.write_text(resolved, encoding="utf-8")
+
+    _guarded(action)
 
 
 @app.command("run")
@@ -137,8 +153,25 @@ def run_pipeline(
                 error.exit_code = done.returncode
                 raise error
             parent.set_tags(dvcfile.lock_tags())
+        typer.echo(where_to_look(cfg))
 
     _guarded(action)
+
+
+def where_to_look(cfg) -> str:
+    """The closing lines of a pipeline run: the report, the metrics, and the MLflow UI for this store."""
+    from embedforge.paths import REPORT_DIR
+
+    uri = tracking.tracking_uri(cfg)
+    mlflow = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
+    return "\n".join(
+        [
+            "",
+            f"report:  {(REPORT_DIR / 'index.html').resolve()}",
+            "metrics: dvc metrics show   (curves: dvc plots show)",
+            f"MLflow:  {mlflow}",
+        ]
+    )
 
 
 CronOption = Annotated[str | None, typer.Option(help='A cron schedule, e.g. "0 3 * * *" (03:00 every day).')]

@@ -31,11 +31,12 @@ import torch
 
 from embedforge import tracking
 from embedforge.config import Params, flatten
+from embedforge.data.gate import require_passed
 from embedforge.data.schema import TRAIN_SPLIT, raw_split_path
 from embedforge.data.sentences import split_files
 from embedforge.embeddings import EmbeddingCache
 from embedforge.errors import DataError, UserError
-from embedforge.files import atomic_dir, atomic_path, write_json
+from embedforge.files import atomic_dir, atomic_path, sha256_tree, write_json
 from embedforge.models import MODEL_FAMILIES
 from embedforge.models import teacher as teachers
 from embedforge.models.causal_lm import CausalLMLoss, LMHead, make_causal
@@ -50,7 +51,6 @@ from embedforge.paths import (
     TRAIN_METRICS_PATH,
     TRAIN_PLOTS_DIR,
 )
-from embedforge.stages.validate import require_passed
 from embedforge.training import checkpoint
 from embedforge.training.batches import (
     Example,
@@ -507,11 +507,13 @@ def finalize(cfg: Params, results: list[PhaseResult], memory: dict[str, int], de
     with atomic_dir(STUDENT_DIR) as out:
         model.save(str(out))
     tracking.current().log_sentence_transformer(
-        model, "student", cfg.tracking.registered_model, tracking.content_hash(STUDENT_DIR)
+        model, "student", cfg.tracking.registered_model, sha256_tree(STUDENT_DIR)
     )
     summary = summarize(results[-1], memory)
     if cfg.train.schedule == "staged":
         summary = staged_summary(results, memory, summary)
+    initial = results[0].trainer.history.get("initial", {})
+    summary["initial_sts_spearman"] = initial.get("sts_spearman")  # the same validation before the first step
     write_json(TRAIN_METRICS_PATH, summary)
     flat = {f"result.{key}": value for key, value in flatten(summary).items() if value is not None}
     flat["result.device_used"] = device

@@ -217,6 +217,8 @@ class Trainer:
     def fit(self, state: TrainState) -> TrainState:
         """Train from ``state`` (fresh or loaded from a checkpoint) until the epochs, steps or minutes run out
         or early stopping says enough; return the final state."""
+        if state.step == 0 and state.resumed_at_step is None:
+            self.history["initial"] = self.validate(self)  # the student before any step: what training must beat
         stop = False
         while state.epoch < self.params.epochs and not stop:
             times = PhaseTimes()
@@ -291,7 +293,7 @@ class Trainer:
                 self.back_off(state, indices, error)
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.trainable(), self.params.max_grad_norm)
-        self.scaler.step(self.optimizer)
+        self.scaler.step(self.optimizer)  # sync point with fp16 only: the scaler reads whether gradients overflowed
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         times.record("optimizer", self.lap(), self.measure_step)
@@ -370,7 +372,7 @@ class Trainer:
 
     def features(self, part: TokenBatch) -> dict[str, torch.Tensor]:
         """Everything the model computes for ``part``: its inputs, ``token_embeddings``, ``sentence_embedding``."""
-        features = {
+        features = {  # host-to-device copies: from pageable memory they wait for the device's queue
             "input_ids": part.input_ids.to(self.device, non_blocking=True),
             "attention_mask": part.attention_mask.to(self.device, non_blocking=True),
         }
