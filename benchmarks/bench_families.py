@@ -7,7 +7,8 @@ is flat after a short warm-up) on the same data and
 objective (cosine distillation to the teacher; the causal LM trains on next-token
 prediction instead, which is what it is). Every student and the teacher are then
 scored on STS-B validation and timed encoding the same sentences in interleaved
-rounds, in this one process.
+rounds, in this one process. The params are the benchmark's own (the development
+preset plus the recipe below), whatever the project's params.yaml says.
 
     EMBEDFORGE_MIRROR=../shared/data .venv/bin/python benchmarks/bench_families.py --minutes 4
 
@@ -22,10 +23,14 @@ import os
 import shutil
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from common import add_set_argument, pinned_params
+
 COMMON = [
     "preset=development",
     "tracking.enabled=false",
+    "precompute.teacher=packaged:all-MiniLM-L6-v2",
+    "model.num_layers=2",
+    "model.teacher_layers=[0, 5]",
     "train.datasets=[snli, stsb, sick]",
     "train.objectives={infonce: 0.0, distill: 1.0}",
     "train.distill_loss=cosine",
@@ -52,9 +57,9 @@ FAMILIES = {
     "dynamic": ["model.kind=dynamic"],
     "encoder_staged": [
         "train.schedule=staged",
-        "train.staged.foundation.epochs=6",
-        "train.staged.consolidation.epochs=3",
-        "train.staged.mastery.epochs=1000",
+        "train.staged.foundation={data_fraction: 0.1, epochs: 6, balanced: false}",
+        "train.staged.consolidation={data_fraction: 0.5, epochs: 3, balanced: true}",
+        "train.staged.mastery={data_fraction: 1.0, epochs: 1000, balanced: false}",
     ],
     "encoder_clm": ["train.objective=clm", "train.early_stopping.monitor=val_loss"],
 }
@@ -67,25 +72,26 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("bench-families"))
     parser.add_argument("--families", nargs="*", default=list(FAMILIES))
     parser.add_argument("--rounds", type=int, default=3)
+    add_set_argument(parser)
     args = parser.parse_args()
 
     import pandas as pd
     import torch
 
     from embedforge.api import load_sentence_transformer
-    from embedforge.config import load_params
     from embedforge.evaluation.speed import encode_speed
     from embedforge.evaluation.sts import STSEvaluator
     from embedforge.models import teacher as teachers
     from embedforge.models.encoder import count_parameters
     from embedforge.stages import STAGES
 
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    os.chdir(args.workdir)
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.chdir(workdir)
     common = [*COMMON, f"download.limit={args.limit}", f"train.max_minutes={args.minutes}"]
 
     def params(*overrides: str):
-        return load_params(REPO_ROOT / "params.yaml", [*common, *overrides])
+        return pinned_params(workdir, [*common, *overrides, *args.set])
 
     for stage in ("download", "validate", "precompute", "tokenize"):
         STAGES[stage].module().run(params())
@@ -126,11 +132,11 @@ def main() -> None:
             results = trained[name]
             entry.update(
                 {
-                    key: round(results[f"train.{key}"], 4)
-                    if isinstance(results.get(f"train.{key}"), float)
-                    else results.get(f"train.{key}")
+                    key: round(results[f"result.{key}"], 4)
+                    if isinstance(results.get(f"result.{key}"), float)
+                    else results.get(f"result.{key}")
                     for key in ("epochs", "steps", "train_seconds", "examples_per_s", "sts_spearman", "perplexity")
-                    if f"train.{key}" in results
+                    if f"result.{key}" in results
                 }
             )
             entry["epoch_log"] = results["epoch_log"]

@@ -7,7 +7,9 @@ scale 20 = temperature 0.05) and number of steps, on the CPU, in this one proces
 The trainer uses its no-duplicates batch sampler; ours its length-bucketed batches
 from the pre-tokenized data. Each model is then scored on STS-B validation with
 the same evaluator. The machine's dense fp32 matmul rate is measured in the same
-run, to say how much of the hardware our training uses.
+run, to say how much of the hardware our training uses. Our stage's params are the
+benchmark's own (the development preset plus the knobs above), whatever the
+project's params.yaml says.
 
     EMBEDFORGE_MIRROR=../shared/data .venv/bin/python benchmarks/bench_train.py
 
@@ -31,8 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from common import add_set_argument, pinned_params
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
@@ -110,7 +111,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--teacher-layers", default="0,3,5")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--set", action="append", default=[], help="extra params override, e.g. train.loader_workers=0")
+    parser.add_argument("--workdir", type=Path, help="data and models (default: a new temporary directory)")
+    add_set_argument(parser)
     parser.add_argument("--skip-trainer", action="store_true", help="time only our stage (for profiling)")
     args = parser.parse_args()
     mirror = os.environ.get("EMBEDFORGE_MIRROR")
@@ -119,28 +121,33 @@ def main() -> None:
 
     from sentence_transformers import SentenceTransformer
 
-    from embedforge.config import load_params
-    from embedforge.data.schema import RAW_DIR
     from embedforge.evaluation.sts import STSEvaluator
     from embedforge.models import teacher as teachers
     from embedforge.models.encoder import build_encoder
+    from embedforge.paths import RAW_DIR
     from embedforge.stages import download, tokenize, train, validate
     from embedforge.training.batches import build_examples
 
     layers = [int(i) for i in args.teacher_layers.split(",")]
     mirror = Path(mirror).resolve()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="bench-train-"))).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
-    cfg = load_params(
-        REPO_ROOT / "params.yaml",
+    cfg = pinned_params(
+        workdir,
         [
+            "preset=development",
             "tracking.enabled=false",
             "download.source=mirror",
             f"download.mirror={mirror}",
             f"download.limit={args.snli_rows}",
+            "precompute.teacher=packaged:all-MiniLM-L6-v2",
             "tokenize.datasets=[snli, stsb]",
+            "model.init=teacher_layers",
             f"model.num_layers={len(layers)}",
             f"model.teacher_layers={layers}",
+            "train.objectives={infonce: 1.0, distill: 0.0}",  # MNRL's loss: what the trainer is given too
+            "train.temperature=0.05",
             "train.datasets=[snli]",
             "train.hard_negatives=false",
             f"train.batch_size={args.batch_size}",
@@ -148,7 +155,9 @@ def main() -> None:
             f"train.max_steps={args.steps}",
             "train.epochs=1000",
             "train.warmup_ratio=0.1",
+            "train.lr_floor=0.0",
             "train.weight_decay=0.01",
+            "train.max_grad_norm=1.0",
             f"seed={args.seed}",
             *args.set,
         ],
@@ -206,16 +215,16 @@ def main() -> None:
 
     results = train.run(cfg)
     ours = SentenceTransformer("models/student", device="cpu")
-    tokens_per_s = results["train.tokens_per_s"]
-    mean_length = tokens_per_s / results["train.examples_per_s"] / 2
+    tokens_per_s = results["result.tokens_per_s"]
+    mean_length = tokens_per_s / results["result.examples_per_s"] / 2
     achieved = tokens_per_s * training_flops_per_token(ours, mean_length) / 1e9
     report["embedforge"] = {
-        "samples_per_s": round(results["train.examples_per_s"], 2),
+        "samples_per_s": round(results["result.examples_per_s"], 2),
         "tokens_per_s": round(tokens_per_s, 1),
-        "train_seconds": round(results["train.train_seconds"], 2),
+        "train_seconds": round(results["result.train_seconds"], 2),
         "sts_spearman": round(evaluate(ours).spearman, 4),
         "time_breakdown_pct": {
-            phase: round(results[f"train.time.{phase}_pct"], 1)
+            phase: round(results[f"result.time.{phase}_pct"], 1)
             for phase in ("data", "forward", "loss", "backward", "optimizer")
         },
         "training_gflops": round(achieved, 1),

@@ -1,0 +1,43 @@
+"""What the benchmarks share: params pinned by the benchmark itself, never read from the user's params.yaml.
+
+A benchmark measures the configuration it states, whatever preset or knobs the
+project's params.yaml holds (after ``preset: distill-small`` the train benchmark
+would otherwise inherit distillation and need an embedding cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+if TYPE_CHECKING:
+    from embedforge.config import Params
+
+
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    """``--set dotted.key=value``, laid over the benchmark's own params (e.g. a small teacher for a smoke run)."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="params override laid over the benchmark's own (repeatable), e.g. precompute.teacher=DIR",
+    )
+
+
+def pinned_params(directory: Path, settings: list[str]) -> Params:
+    """The schema defaults plus ``settings`` (dotted.key=value), written to ``directory/params.yaml`` and loaded.
+
+    The file is what the benchmark's stages, and any process it starts there, run on; EMBEDFORGE_MIRROR
+    still applies, as it does to every load.
+    """
+    from embedforge.config import apply_overrides, load_params
+
+    tree: dict = {}
+    apply_overrides(tree, settings)
+    path = directory / "params.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False), encoding="utf-8")
+    return load_params(path)

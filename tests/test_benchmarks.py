@@ -1,0 +1,145 @@
+"""Every benchmark runs end to end at a tiny size and prints the one JSON object it promises.
+
+Each runs as a subprocess, as the README runs it, on the small mirror slice and the tiny
+teacher (the student shaped to match through ``--set``), so a broken import, flag or result
+key shows up here in minutes rather than at the end of a long measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from embedforge.config import MIRROR_ENV, load_params
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_STUDENT = ["model.hidden_size=64", "model.num_heads=2", "model.intermediate_size=128", "model.max_positions=128"]
+
+
+def sets(*overrides: str) -> list[str]:
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+def train_args(teacher: Path, workdir: Path, *extra: str) -> list[str]:
+    """bench_train.py on a few SNLI rows and a student of two of the tiny teacher's layers."""
+    return [
+        *["--snli-rows", "120", "--batch-size", "8", "--teacher-layers", "1,0", "--workdir", str(workdir), *extra],
+        *sets(f"precompute.teacher={teacher}", *TINY_STUDENT),
+    ]
+
+
+def run_benchmark(script: Path, args: list[str], cwd: Path, mirror: Path | None = None) -> dict:
+    """Run ``script`` in ``cwd``; it must exit 0 with nothing on stdout but one JSON object."""
+    env = {**os.environ, MIRROR_ENV: str(mirror)} if mirror else dict(os.environ)
+    done = subprocess.run(
+        [sys.executable, str(script), *args], check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(done.stdout)
+    assert isinstance(report, dict)
+    return report
+
+
+def test_bench_precompute(small_mirror: Path, tiny_teacher: Path, tmp_path: Path) -> None:
+    report = run_benchmark(
+        REPO_ROOT / "benchmarks/bench_precompute.py",
+        ["--batch-size", "32", "--peak-rows", "10", "30", *sets(f"precompute.teacher={tiny_teacher}")],
+        tmp_path,
+        small_mirror,
+    )
+    assert {
+        "sentences",
+        "unique_sentences",
+        "teacher",
+        "plain_encode_numpy_save",
+        "embedforge_precompute",
+        "speedup",
+        "min_cosine_to_plain",
+        "peak_rss_mb",
+    } <= report.keys()
+    assert report["min_cosine_to_plain"] > 0.99  # both sides ran the same (tiny) teacher
+    assert report["peak_rss_mb"]["small"]["sentences"] < report["peak_rss_mb"]["large"]["sentences"]
+
+
+def test_bench_train(small_mirror: Path, tiny_teacher: Path, tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    report = run_benchmark(
+        REPO_ROOT / "benchmarks/bench_train.py",
+        train_args(tiny_teacher, workdir, "--steps", "2"),
+        tmp_path,
+        small_mirror,
+    )
+    assert {
+        "machine",
+        "setup",
+        "sentence_transformers_trainer",
+        "embedforge",
+        "speedup_samples_per_s",
+        "sts_spearman_delta",
+        "targets_met",
+    } <= report.keys()
+    assert {"samples_per_s", "tokens_per_s", "sts_spearman", "matmul_fraction"} <= report["embedforge"].keys()
+    assert load_params(workdir / "params.yaml").preset == "development"
+
+
+def test_bench_train_ignores_the_projects_params(small_mirror: Path, tiny_teacher: Path, tmp_path: Path) -> None:
+    """After the README's `preset: distill-small` step the benchmark still measures its own InfoNCE setup.
+
+    The benchmarks are copied into a project whose params.yaml (beside them and in the working directory)
+    has that preset, which used to hand the train stage a distillation objective and no embedding cache.
+    """
+    project = tmp_path / "project"
+    shutil.copytree(REPO_ROOT / "benchmarks", project / "benchmarks")
+    params = (REPO_ROOT / "params.yaml").read_text()
+    (project / "params.yaml").write_text(re.sub(r"^preset: .*$", "preset: distill-small", params, flags=re.MULTILINE))
+    assert load_params(project / "params.yaml").train.distills
+    workdir = tmp_path / "work"
+    report = run_benchmark(
+        project / "benchmarks/bench_train.py",
+        train_args(tiny_teacher, workdir, "--steps", "1", "--skip-trainer"),
+        project,
+        small_mirror,
+    )
+    assert report["embedforge"]["samples_per_s"] > 0
+    measured = load_params(workdir / "params.yaml").train
+    assert measured.uses_pairs and not measured.distills
+
+
+def test_bench_student(small_mirror: Path, tiny_teacher: Path, tmp_path: Path) -> None:
+    model, sts = str(tiny_teacher), str(small_mirror / "stsb/validation.parquet")
+    report = run_benchmark(
+        REPO_ROOT / "benchmarks/bench_student.py",
+        ["--student", model, "--teacher", model, "--sts", sts, "--rounds", "1"],
+        tmp_path,
+    )
+    assert {"sts_split", "sentences", "teacher", "student", "speed_ratio", "targets_met"} <= report.keys()
+    assert {"sts_spearman", "sentences_per_s", "parameters"} <= report["student"].keys()
+
+
+def test_bench_families(small_mirror: Path, tiny_teacher: Path, tmp_path: Path) -> None:
+    overrides = [
+        f"precompute.teacher={tiny_teacher}",
+        "precompute.backend=torch",
+        *TINY_STUDENT,
+        "model.teacher_layers=[1, 0]",
+        "train.batch_size=8",
+    ]
+    report = run_benchmark(
+        REPO_ROOT / "benchmarks/bench_families.py",
+        ["--minutes", "0.02", "--limit", "60", "--rounds", "1", "--workdir", str(tmp_path / "work"), *sets(*overrides)],
+        tmp_path,
+        small_mirror,
+    )
+    families = ["encoder", "lattice", "dynamic", "encoder_staged", "encoder_clm"]
+    assert {"training_minutes", "sts_split", "teacher", *families} <= report.keys()
+    promised = {"sts_spearman", "speed_ratio_vs_teacher", "steps", "train_seconds", "epoch_log"}
+    assert all(promised <= report[family].keys() for family in families)
