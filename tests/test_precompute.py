@@ -1,3 +1,4 @@
+import hashlib
 import json
 from pathlib import Path
 
@@ -154,4 +155,21 @@ def test_precompute_refuses_data_that_failed_validation(prepared, params):
 def test_resolving_a_teacher_hashes_its_files_only_when_asked(tiny_teacher):
     ref = teachers.resolve(str(tiny_teacher))
     assert "fingerprint" not in vars(ref)
-    assert ref.fingerprint == teachers.fingerprint(tiny_teacher)
+    assert len(ref.fingerprint) == 64 and "fingerprint" in vars(ref)
+
+
+def test_the_teacher_fingerprint_is_names_and_bytes_of_weights_and_configs_only(tmp_path):
+    """Embedding caches record this hash, so its recipe must stay put: a changed one would invalidate them all."""
+    model = tmp_path / "model"
+    (model / "1_Pooling").mkdir(parents=True)
+    files = {"1_Pooling/config.json": b'{"mean": true}', "model.safetensors": b"weights", "vocab.txt": b"[PAD]"}
+    for name, content in files.items():
+        (model / name).write_bytes(content)
+    ref = teachers.TeacherRef(spec=str(model), path=model, name="model")
+    assert ref.fingerprint == hashlib.sha256(b"".join(n.encode() + c for n, c in sorted(files.items()))).hexdigest()
+
+    (model / "README.md").write_text("a new model card")
+    (model / "handler.py").write_text("print('not a weight')")
+    assert teachers.TeacherRef(spec=str(model), path=model, name="model").fingerprint == ref.fingerprint
+    (model / "model.safetensors").write_bytes(b"other weights")
+    assert teachers.TeacherRef(spec=str(model), path=model, name="model").fingerprint != ref.fingerprint

@@ -6,6 +6,7 @@ from mlflow.tracking import MlflowClient
 
 from embedforge import tracking
 from embedforge.errors import UserError
+from embedforge.files import sha256_tree
 from embedforge.stages import run_stage
 
 
@@ -39,7 +40,7 @@ def test_stage_runs_nest_under_the_pipeline_parent_across_processes(project, mir
     runs = runs_by_name(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
     for stage in ("download", "validate"):
         assert runs[stage].data.tags["mlflow.parentRunId"] == parent.run_id
-    assert runs["validate"].data.tags["input.data/raw"] == tracking.content_hash(project / "data" / "raw")
+    assert runs["validate"].data.tags["input.data/raw"] == sha256_tree(project / "data" / "raw")
 
 
 def test_failed_stage_is_recorded_as_failed_with_its_error(project, mirror_params):

@@ -1,6 +1,7 @@
 """The train stage on a 2-layer, 64-wide student of the tiny teacher and the small mirror's few hundred pairs."""
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -52,6 +53,22 @@ def test_train_saves_a_sentence_transformer_checkpoints_metrics_and_curves(proje
     assert steps["step"].tolist() == list(range(1, summary["steps"] + 1))
     assert {"step.loss", "step.lr", "step.tokens_per_s", "step.loss.infonce", "step.loss.distill"} <= set(steps)
     assert epochs["epoch"].tolist() == [1, 2] and "val.sts_spearman" in epochs
+
+
+def test_training_improves_the_student_over_its_fresh_initialisation(ready):
+    fresh: dict[str, float] = {}
+
+    def validate_the_fresh_student(trainer, state, index) -> None:
+        if not fresh:
+            fresh.update(trainer.validate(trainer))
+
+    losses = []
+    results = train.run(
+        ready(), before_micro_batch=validate_the_fresh_student, on_step=lambda step: losses.append(step.loss_value)
+    )
+    # measured at seeds 42, 1 and 7: the last steps' loss is 0.13-0.38 of the first's, val_loss 2.24 -> 1.93-2.03
+    assert sum(losses[-5:]) < 0.6 * sum(losses[:5])
+    assert results["result.val_loss"] < fresh["val_loss"] - 0.1
 
 
 def test_learning_rate_warms_up_then_decays(ready):
@@ -112,6 +129,11 @@ def test_resume_refuses_a_checkpoint_of_another_architecture(ready):
         train.run(ready("train.resume=true", "model.num_layers=1", "model.teacher_layers=[0]"))
     message = str(refused.value)
     assert "another architecture" in message and "model.num_layers: checkpoint has 2, this run has 1" in message
+
+
+def test_an_sts_validation_split_that_was_not_downloaded_names_the_param(ready):
+    with pytest.raises(UserError, match=r"train.sts_validation: 'stsb/test' is not a downloaded <dataset>/<split>"):
+        train.run(ready("train.sts_validation=stsb/test"))
 
 
 def test_resume_without_a_checkpoint_is_a_user_error(ready):
@@ -178,14 +200,29 @@ def test_early_stopping_ends_training_when_the_score_stops_improving(ready):
     assert results["result.epochs"] == 2 and results["result.best_epoch"] == 1
 
 
-def test_bf16_autocast_trains_on_cpu_when_asked():
+def test_autocast_dtype_follows_precision_and_device():
     assert autocast_dtype("auto", "cpu") is None and autocast_dtype("fp32", "cuda") is None
     assert autocast_dtype("bf16", "cpu") == torch.bfloat16 and autocast_dtype("fp16", "cpu") == torch.float16
 
 
-def test_bf16_training_runs_through_the_autocast_path(ready):
-    results = train.run(ready("train.precision=bf16", "train.epochs=1"))
-    assert results["result.val_loss"] > 0
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_precision_sets_the_dtype_the_forward_pass_computes_in(ready, precision, dtype):
+    output_dtypes, in_training_steps, weight_dtypes = set(), set(), set()
+
+    def watch_the_first_query_projection(trainer, state, index) -> None:
+        if not weight_dtypes:
+            query = trainer.model[0].auto_model.encoder.layer[0].attention.self.query
+            query.register_forward_hook(lambda module, inputs, output: output_dtypes.add(output.dtype))
+            weight_dtypes.add(query.weight.dtype)
+
+    results = train.run(
+        ready(f"train.precision={precision}", "train.max_steps=2"),
+        before_micro_batch=watch_the_first_query_projection,
+        on_step=lambda step: in_training_steps.update(output_dtypes),  # not model.save's model card, run in fp32
+    )
+    assert in_training_steps == {dtype}
+    assert weight_dtypes == {torch.float32}  # mixed precision: the weights the optimizer updates stay fp32
+    assert math.isfinite(results["result.val_loss"])
 
 
 def test_training_is_logged_to_mlflow_with_steps_epochs_and_the_model(project, ready):

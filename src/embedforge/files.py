@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -64,4 +64,23 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
     with path.open("rb") as handle:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def outside_bytecode_caches(file: Path) -> bool:
+    """Importing code writes __pycache__, which must not change the code's hash."""
+    return "__pycache__" not in file.parts
+
+
+def sha256_tree(path: Path, include: Callable[[Path], bool] = outside_bytecode_caches) -> str:
+    """sha256 over the relative names and bytes of the files under ``path`` that ``include`` keeps, in sorted order
+    (or over a file's name and bytes), so the same content hashes the same wherever it lies.
+    """
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file() and include(p)) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with file.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
     return digest.hexdigest()

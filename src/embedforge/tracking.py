@@ -9,7 +9,6 @@ variable ``EMBEDFORGE_PARENT_RUN_ID`` that ``embedforge run`` sets.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from embedforge.config import Params, flatten
+from embedforge.files import sha256_tree
 from embedforge.memory import PeakMemory
 
 PARENT_RUN_ENV = "EMBEDFORGE_PARENT_RUN_ID"
@@ -108,23 +108,6 @@ def run_link(run_id: str | None) -> str | None:
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
     return f"run {run_id} in {uri} (`mlflow ui --backend-store-uri {uri}`)"
-
-
-def content_hash(path: Path) -> str:
-    """sha256 over the relative names and bytes of every file under ``path`` (or of the file itself).
-
-    Bytecode caches are left out: importing the code must not change its hash.
-    """
-    digest = hashlib.sha256()
-    files = (
-        sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts) if path.is_dir() else [path]
-    )
-    for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        with file.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 class OfflineLog:
@@ -312,7 +295,7 @@ def start(cfg: Params, run_name: str, inputs: list[Path] = (), parent_run_id: st
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     mlflow.set_tracking_uri(uri)
     tags = {"embedforge.stage": run_name, **lineage_tags()}
-    tags.update({f"input.{path}": content_hash(path) for path in inputs if path.exists()})
+    tags.update({f"input.{path}": sha256_tree(path) for path in inputs if path.exists()})
     run = open_run(mlflow, cfg, run_name, uri, tags, parent_run_id)
     token = _current.set(run)
     run.log_params(flatten(cfg.to_dict()))

