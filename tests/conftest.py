@@ -18,7 +18,9 @@ import pytest
 from embedforge.config import MIRROR_ENV, Params, load_params
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_MIRROR = os.environ.pop(MIRROR_ENV, None)
+SHARED_MIRROR = os.environ.pop(MIRROR_ENV, None) or os.environ.get("EMBEDFORGE_TEST_MIRROR")
+if SHARED_MIRROR:  # pytest-xdist's workers start from this process's environment, without MIRROR_ENV
+    os.environ["EMBEDFORGE_TEST_MIRROR"] = SHARED_MIRROR
 SLICE_ROWS = 120
 MIRROR_SPLITS = {
     "snli": ["train", "validation", "test"],

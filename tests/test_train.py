@@ -44,6 +44,7 @@ def test_train_saves_a_sentence_transformer_checkpoints_metrics_and_curves(proje
     summary = json.loads((project / "metrics/train.json").read_text())
     assert summary["epochs"] == 2 and summary["steps"] == results["result.steps"] > 2
     assert -1 <= summary["sts_spearman"] <= 1 and summary["val_loss"] > 0
+    assert -1 <= summary["initial_sts_spearman"] <= 1 and summary["initial_sts_spearman"] != summary["sts_spearman"]
     phases = [summary[f"time.{phase}_pct"] for phase in ("data", "forward", "loss", "backward", "optimizer")]
     assert sum(phases) == pytest.approx(100) and min(phases) >= 0
     assert summary["tokens_per_s"] > summary["examples_per_s"] > 0 and summary["peak_rss_mb"] > 0
@@ -245,6 +246,7 @@ def test_training_is_logged_to_mlflow_with_steps_epochs_and_the_model(project, r
         "step.tokens_per_s",
     ):
         assert metric in run.data.metrics, metric
+    assert not set(run.data.metrics) & set(run.data.params)  # no metric shadows a param
     models = client.search_logged_models([run.info.experiment_id])
     assert [m.name for m in models] == ["student"]
 

@@ -465,7 +465,11 @@ def train_phase(
         trainer = parts.trainer_for(cfg, phase, architecture, deadline, run_log)
         if phase.name is not None:
             run_log.log_metrics({"phase.examples": len(phase.examples)})
-        state = trainer.fit(starting_state(cfg, trainer, phase, memory, done))
+        state = starting_state(cfg, trainer, phase, memory, done)
+        sts = parts.data.validation.sts
+        if not done and state.step == 0 and sts is not None:  # the student before any step: what training must beat
+            trainer.history["initial"] = {"sts_spearman": sts(trainer)}
+        state = trainer.fit(state)
         result = PhaseResult(phase, trainer, state)
         if phase.name is not None:
             summary = summarize(result, memory)
@@ -513,7 +517,7 @@ def finalize(cfg: Params, results: list[PhaseResult], memory: dict[str, int], de
     if cfg.train.schedule == "staged":
         summary = staged_summary(results, memory, summary)
     initial = results[0].trainer.history.get("initial", {})
-    summary["initial_sts_spearman"] = initial.get("sts_spearman")  # the same validation before the first step
+    summary["initial_sts_spearman"] = initial.get("sts_spearman")  # train.sts_validation before the first step
     write_json(TRAIN_METRICS_PATH, summary)
     flat = {f"result.{key}": value for key, value in flatten(summary).items() if value is not None}
     flat["result.device_used"] = device

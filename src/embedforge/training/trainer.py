@@ -217,8 +217,6 @@ class Trainer:
     def fit(self, state: TrainState) -> TrainState:
         """Train from ``state`` (fresh or loaded from a checkpoint) until the epochs, steps or minutes run out
         or early stopping says enough; return the final state."""
-        if state.step == 0 and state.resumed_at_step is None:
-            self.history["initial"] = self.validate(self)  # the student before any step: what training must beat
         stop = False
         while state.epoch < self.params.epochs and not stop:
             times = PhaseTimes()
