@@ -9,6 +9,7 @@ pairs) is left out and said in words instead: an empty axes reads as a bug.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -124,18 +125,25 @@ def training_curves(steps: pd.DataFrame, epochs: pd.DataFrame | None) -> Drawing
     return Drawing(png(figure), tuple(notes))
 
 
+def groups_with_data(
+    groups: pd.Series, usable: pd.Series, sentence: Callable[[str], str]
+) -> tuple[list[str], tuple[str, ...]]:
+    """The groups (models, splits) in order that have rows to draw, and a sentence for each that has none."""
+    everyone = list(dict.fromkeys(groups))
+    shown = [group for group in everyone if (usable == group).any()]
+    return shown, tuple(sentence(group) for group in everyone if group not in shown)
+
+
 def cosine_histograms(pairs: pd.DataFrame, similar_min: float, dissimilar_max: float) -> Drawing:
     """Cosine of similar and dissimilar pairs, one panel per model, with the separation targets marked.
 
     A model without one similar or dissimilar pair that has a cosine gets no panel, but a sentence.
     """
     usable = pairs[pairs["kind"].isin(KIND_COLOURS)].dropna(subset=["cosine"])
-    models = list(dict.fromkeys(pairs["model"]))
-    shown = [model for model in models if (usable["model"] == model).any()]
-    notes = tuple(
-        f"No similar or dissimilar pair of the {model} has a cosine: no histogram to draw for it."
-        for model in models
-        if model not in shown
+    shown, notes = groups_with_data(
+        pairs["model"],
+        usable["model"],
+        lambda model: f"No similar or dissimilar pair of the {model} has a cosine: no histogram to draw for it.",
     )
     if not shown:
         return Drawing(None, notes)
@@ -163,12 +171,10 @@ def sts_scatter(pairs: pd.DataFrame) -> Drawing:
     A split without one pair that has both numbers gets no panel, but a sentence.
     """
     scored = pairs.dropna(subset=["gold", "predicted"])
-    splits = list(dict.fromkeys(pairs["split"]))
-    shown = [split for split in splits if (scored["split"] == split).any()]
-    notes = tuple(
-        f"No pair of {split} has both a gold score and a predicted cosine: no scatter to draw for it."
-        for split in splits
-        if split not in shown
+    shown, notes = groups_with_data(
+        pairs["split"],
+        scored["split"],
+        lambda split: f"No pair of {split} has both a gold score and a predicted cosine: no scatter to draw for it.",
     )
     if not shown:
         return Drawing(None, notes)
