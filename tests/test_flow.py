@@ -129,13 +129,14 @@ def test_only_transient_failures_are_retried(error, retried):
 
 @pytest.mark.slow
 def test_a_changed_preset_default_reruns_exactly_the_stages_that_read_it(harness, project, tiny, monkeypatch):
-    """The stage tasks run in worker processes, which import embedforge afresh: from an edited copy here."""
+    """The stage tasks run in spawned worker processes, which import embedforge afresh from the parent's sys.path:
+    from an edited copy here."""
     assert pipeline(overrides=tiny, return_state=True).is_completed()
     source = project / "edited-src"
     shutil.copytree(REPO_ROOT / "src/embedforge", source / "embedforge", ignore=shutil.ignore_patterns("__pycache__"))
     presets = source / "embedforge/config/presets.py"
     edited = re.sub(r'("development": \{.*?"train": \{)', r'\1"lr": 6e-05, ', presets.read_text(), count=1, flags=re.S)
     presets.write_text(edited)
-    monkeypatch.setenv("PYTHONPATH", str(source))
+    monkeypatch.syspath_prepend(str(source))
     again = pipeline(overrides=tiny, return_state=True)
     assert again.is_completed() and ran(task_runs(again)) == {"train", "evaluate", "report"}
