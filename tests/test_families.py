@@ -58,6 +58,7 @@ def test_a_lattice_that_cannot_fit_in_memory_is_refused_before_training(project,
     assert not (project / "checkpoints").exists()
 
 
+@pytest.mark.slow  # multi-epoch training
 def test_a_lattice_batch_too_big_for_memory_is_split_and_a_batch_size_that_fits_is_named(project, ready, caplog):
     student = [*LATTICE, "model.lattice.size=[12, 12, 12]", "model.lattice.channels=8", "train.epochs=1"]
     roomy = train.run(ready(*student))
@@ -81,6 +82,7 @@ def test_dynamic_dimensions_grow_on_saturation_adapt_the_batch_and_reload(projec
     assert results["result.embedding_dim"] == dims_of_best
 
 
+@pytest.mark.slow  # multi-epoch training
 def test_dynamic_resume_restores_the_grown_dimensions(project, ready):
     train.run(ready(*DYNAMIC, "train.epochs=2", "train.early_stopping.patience=5"))
     state = json.loads(Path("checkpoints/last/state.json").read_text())
@@ -90,6 +92,7 @@ def test_dynamic_resume_restores_the_grown_dimensions(project, ready):
     assert epochs["dims"].tolist() == [24, 32, 32] and results["result.epochs"] == 3
 
 
+@pytest.mark.slow  # multi-epoch training
 def test_causal_lm_logs_perplexity_accuracy_and_generations_per_epoch(project, ready):
     results = train.run(ready("train.objective=clm", "train.clm.prompts=[A man is, Two dogs]"))
 
@@ -125,6 +128,7 @@ STAGED = [
 ]
 
 
+@pytest.mark.slow  # multi-epoch training
 def test_staged_phases_continue_from_the_previous_best_with_the_resume_ramp(project, ready):
     records, starts = [], {}
 
@@ -159,6 +163,7 @@ def test_staged_phases_continue_from_the_previous_best_with_the_resume_ramp(proj
     assert curve["phase"].unique().tolist() == ["foundation", "consolidation", "mastery"]
 
 
+@pytest.mark.slow  # multi-epoch training
 def test_staged_training_logs_each_phase_as_a_child_mlflow_run(project, ready):
     from mlflow.tracking import MlflowClient
 

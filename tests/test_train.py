@@ -81,6 +81,7 @@ def test_learning_rate_warms_up_then_decays(ready):
     assert 0 < peak < len(rates) - 1 and rates[-1] < 0.1 * max(rates)
 
 
+@pytest.mark.slow  # multi-epoch training
 def test_resumed_run_retraces_the_uninterrupted_loss_trajectory(ready):
     overrides = ["train.resume_warmup.enabled=false", "train.loader_workers=1", "train.epochs=3"]
     uninterrupted = losses_of(ready(*overrides))
@@ -102,6 +103,7 @@ def test_resumed_run_retraces_the_uninterrupted_loss_trajectory(ready):
     assert curve["step"].tolist() == sorted(uninterrupted)
 
 
+@pytest.mark.slow  # multi-epoch training
 def test_resume_ramps_the_learning_rate_from_a_fifth(ready):
     full, resumed = {}, {}
     train.run(ready("train.epochs=3"), on_step=lambda step: full.update({step.step: step.lr}))
