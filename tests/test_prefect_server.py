@@ -112,6 +112,7 @@ def test_the_flow_completes_its_first_run_in_a_fresh_process(project, tiny):
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-5000:]
     assert "Finished in state Completed()" in output and "Traceback" not in output, output[-5000:]
+    assert output.count("Starting temporary server") == 1, output[-5000:]  # the task workers use the flow's
     assert (project / "reports/index.html").is_file() and len(pipeline_runs(project)) == 1
 
 

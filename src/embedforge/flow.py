@@ -37,7 +37,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.context import TaskRunContext
+from prefect.context import TaskRunContext, get_run_context
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner
 from prefect.tasks import exponential_backoff
@@ -81,18 +81,23 @@ def submit(name: str, params_path: str, overrides: list[str], **options: Any) ->
 
 
 @contextmanager
-def parent_run_in_environment(run_id: str | None) -> Iterator[None]:
-    """Stage runs (in task worker processes, which inherit the environment) nest under the flow's run."""
-    previous = os.environ.get(tracking.PARENT_RUN_ENV)
-    if run_id:
-        os.environ[tracking.PARENT_RUN_ENV] = run_id
+def worker_environment(parent_run_id: str | None) -> Iterator[None]:
+    """What the spawned task workers inherit: the flow's MLflow run (stage runs nest under it) and this flow
+    run's Prefect API. Without PREFECT_API_URL the flow runs on an ephemeral server, and each worker would
+    start one more on the same sqlite database."""
+    wanted = {PREFECT_API_URL.name: os.environ.get(PREFECT_API_URL.name) or str(get_run_context().client.api_url)}
+    if parent_run_id:
+        wanted[tracking.PARENT_RUN_ENV] = parent_run_id
+    previous = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(tracking.PARENT_RUN_ENV, None)
-        else:
-            os.environ[tracking.PARENT_RUN_ENV] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @flow(name=FLOW_NAME, task_runner=ProcessPoolTaskRunner(max_workers=2))  # two: precompute beside tokenize
@@ -101,7 +106,7 @@ def pipeline(params: str = "params.yaml", preset: str | None = None, overrides: 
     settings = [*([f"preset={preset}"] if preset else []), *(overrides or [])]
     cfg = load_params(params, settings)
     results: dict[str, dict[str, float | str]] = {}
-    with tracking.start(cfg, "pipeline") as parent, parent_run_in_environment(parent.run_id):
+    with tracking.start(cfg, "pipeline") as parent, worker_environment(parent.run_id):
         results["download"] = submit(
             "download",
             params,
