@@ -13,6 +13,7 @@ from embedforge.errors import UserError
 from embedforge.files import sha256_file
 from embedforge.models.encoder import build_encoder
 from embedforge.stages import train
+from embedforge.training import memory_plan
 from embedforge.training.trainer import TrainingDiverged, autocast_dtype
 
 
@@ -161,12 +162,12 @@ def test_out_of_memory_halves_the_micro_batch_and_finishes(ready):
 def test_memory_estimate_splits_batches_that_would_not_fit(ready):
     cfg = ready()
     student = build_encoder(ready("model.init=scratch").model, Path("data/tokens/tokenizer"), 128, None, seed=0)
-    roomy = train.plan_micro_batches(cfg, student, parts=3, longest=40, available=2**40)
-    tight = train.plan_micro_batches(cfg, student, parts=3, longest=40, available=roomy["estimate_bytes"] - 1)
+    roomy = memory_plan.plan_micro_batches(cfg, student, parts=3, longest=40, available=2**40)
+    tight = memory_plan.plan_micro_batches(cfg, student, parts=3, longest=40, available=roomy["estimate_bytes"] - 1)
     assert roomy["micro_batches"] == 1 and tight["micro_batches"] == 2
     assert tight["estimate_bytes"] < roomy["estimate_bytes"]
     with pytest.raises(UserError, match="one example needs about"):
-        train.plan_micro_batches(cfg, student, parts=3, longest=40, available=2**20)
+        memory_plan.plan_micro_batches(cfg, student, parts=3, longest=40, available=2**20)
 
 
 def test_nan_loss_stops_naming_step_and_batch_and_leaves_best_intact(ready):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 from contextlib import nullcontext
@@ -26,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import psutil
 import torch
 
 from embedforge import tracking
@@ -63,16 +61,16 @@ from embedforge.training.batches import (
 from embedforge.training.checkpoint import TrainState
 from embedforge.training.growth import DimensionGrowth
 from embedforge.training.losses import DistillLoss, InfoNCELoss, Objective, SparsityLoss
+from embedforge.training.memory_plan import available_memory, plan_micro_batches
 from embedforge.training.phases import Phase, training_phases
+from embedforge.training.summary import CURVES, PhaseResult, merged_history, staged_summary, summarize
 from embedforge.training.trainer import PhaseTimes, Trainer
 from embedforge.training.validation import LanguageModelValidation, STSValidation, Validation
 
 log = logging.getLogger(__name__)
 
 ARCHITECTURE_EXCLUDES = ("init", "teacher_layers", "dropout")  # how a model starts or trains, not its shape
-CURVES = {"steps": ["step"], "epochs": ["epoch"], "generations": ["epoch", "prompt", "continuation"]}
 FINISHED_FILE = "finished.json"  # a staged phase's final state and history, so train.resume can skip it
-LOGIT_TENSORS = 3  # the causal LM keeps logits, their log-softmax and its gradient: 4 bytes x vocabulary per token
 
 
 def examples_of(cfg: Params, split: str, files: list[Path]) -> dict[str, list[Example]]:
@@ -115,59 +113,6 @@ def used_rows(*batches: LengthBucketedBatches | None) -> np.ndarray:
         for source in (b.anchor_rows, b.positive_rows, b.negative_rows)
     ]
     return np.unique(np.concatenate(rows))
-
-
-def available_memory(cfg: Params, device: str) -> int:
-    """What a training step may use: what is free, capped at train.memory_limit_mb when set."""
-    free = torch.cuda.mem_get_info()[0] if device == "cuda" else psutil.virtual_memory().available
-    limit = cfg.train.memory_limit_mb
-    return free if limit is None else min(free, int(limit * 2**20))
-
-
-def plan_micro_batches(cfg: Params, model: torch.nn.Module, parts: int, longest: int, available: int) -> dict[str, int]:
-    """Split each batch into enough micro-batches that the estimated step fits in ``available`` bytes.
-
-    ``parts`` sentences per example (anchor, positive, negative) are all held for the
-    backward pass; ``longest`` is the longest sequence a batch can have. When a batch
-    must be split, the warning names the largest train.batch_size that fits whole.
-    """
-    params = cfg.train
-    family_estimate = MODEL_FAMILIES[cfg.model.kind].estimate_memory
-
-    def estimate(model: torch.nn.Module, sentences: int, length: int) -> dict[str, int]:
-        bytes_ = family_estimate(model, sentences, length)
-        if params.objective == "clm":
-            bytes_["total"] += LOGIT_TENSORS * 4 * sentences * length * len(model.tokenizer)
-        return bytes_
-
-    micro_batches = params.grad_accum_steps
-    while True:
-        size = math.ceil(params.batch_size / micro_batches)
-        needed = estimate(model, size * parts, longest)["total"]
-        if needed <= available or size == 1:
-            break
-        micro_batches *= 2
-    if needed > available:
-        raise UserError(
-            f"train: one example needs about {needed / 2**20:.0f} MB to train ({cfg.model.kind} model) but "
-            f"{available / 2**20:.0f} MB is available (train.memory_limit_mb or free memory): use a smaller model "
-            f"or tokenize.max_length"
-        )
-    if micro_batches != params.grad_accum_steps:
-        fits = max(
-            (b for b in range(1, params.batch_size) if estimate(model, b * parts, longest)["total"] <= available),
-            default=1,
-        )
-        log.warning(
-            "estimated %.0f MB per step exceeds the %.0f MB available: accumulating %d micro-batches of %d "
-            "(train.batch_size: %d would fit in one pass)",
-            estimate(model, math.ceil(params.batch_size / params.grad_accum_steps) * parts, longest)["total"] / 2**20,
-            available / 2**20,
-            micro_batches,
-            size,
-            fits,
-        )
-    return {"micro_batches": micro_batches, "estimate_bytes": needed, "available_bytes": int(available)}
 
 
 def build_student(cfg: Params, tokenizer_dir: Path, teacher_path: Path) -> torch.nn.Module:
@@ -228,13 +173,6 @@ class TrainingData:
         if examples is self.everything and size == self.batch_size:
             return self.all_batches
         return LengthBucketedBatches(examples, self.store, size, self.pad_id, self.seed, self.bucket_batches)
-
-
-@dataclass
-class PhaseResult:
-    phase: Phase
-    trainer: Trainer
-    state: TrainState
 
 
 def run(cfg: Params, **hooks: Any) -> dict[str, Any]:
@@ -524,21 +462,6 @@ def finalize(cfg: Params, results: list[PhaseResult], memory: dict[str, int], de
     return flat
 
 
-def staged_summary(results: list[PhaseResult], memory: dict[str, int], last: dict[str, Any]) -> dict[str, Any]:
-    """The last phase's scores with steps, epochs and seconds summed over phases, and each phase's own figures
-    (its real epochs, which the param train.epochs is not in a staged run)."""
-    phase_summaries = {result.phase.label: summarize(result, memory) for result in results}
-    summary = {
-        **last,
-        **{key: sum(phase[key] for phase in phase_summaries.values()) for key in ("steps", "epochs", "train_seconds")},
-    }
-    if summary["best_epoch"] is not None:
-        earlier_epochs = sum(phase["epochs"] for phase in list(phase_summaries.values())[:-1])
-        summary["best_epoch"] += earlier_epochs  # numbered on across phases, as in plots/train/epochs.csv
-    summary["phases"] = phase_summaries
-    return summary
-
-
 def match_dims(trainer: Trainer, directory: Path) -> None:
     """A dynamic model takes the dimensions of the checkpoint it is about to load."""
     if isinstance(trainer.on_epoch_end, DimensionGrowth):
@@ -556,57 +479,3 @@ def read_finished(trainer: Trainer, path: Path) -> TrainState:
     saved = json.loads(path.read_text(encoding="utf-8"))
     trainer.history, trainer.totals = saved["history"], PhaseTimes(**saved["totals"])
     return TrainState(**saved["state"])
-
-
-def merged_history(results: list[PhaseResult]) -> dict[str, list[dict[str, Any]]]:
-    """One history across phases: steps and epochs numbered on from the previous phase, each row with its phase."""
-    merged: dict[str, list[dict[str, Any]]] = {name: [] for name in CURVES}
-    steps = epochs = 0
-    for result in results:
-        history = result.trainer.history
-        label = {"phase": result.phase.name} if result.phase.name else {}
-        merged["steps"] += [
-            {**row, "step": row["step"] + steps, "epoch": row["epoch"] + epochs, **label} for row in history["steps"]
-        ]
-        merged["epochs"] += [
-            {**row, "step": row["step"] + steps, "epoch": row["epoch"] + epochs, **label} for row in history["epochs"]
-        ]
-        merged["generations"] += [
-            {**row, "epoch": row["epoch"] + epochs, **label} for row in history.get("generations", [])
-        ]
-        steps += result.state.step
-        epochs += len(history["epochs"])
-    return merged
-
-
-def summarize(result: PhaseResult, memory: dict[str, int]) -> dict[str, Any]:
-    """metrics/train.json: how far training got, how good the kept epoch is, and how fast it went."""
-    trainer, state = result.trainer, result.state
-    epochs = trainer.history["epochs"]
-    totals = trainer.totals
-    seconds = sum(totals.seconds.values())
-    best = next((e for e in epochs if e["epoch"] == state.best_epoch), epochs[-1] if epochs else {})
-    similarities = [e["val.similarity"] for e in epochs if "val.similarity" in e]
-    summary = {
-        "steps": state.step,
-        "epochs": len(epochs),
-        "best_epoch": state.best_epoch,
-        "sts_spearman": best.get("val.sts_spearman"),
-        "val_loss": best.get("val.val_loss"),
-        "similarity_final": similarities[-1] if similarities else None,
-        "similarity_best": max(similarities) if similarities else None,
-        "examples_per_s": totals.examples / seconds if seconds else 0.0,
-        "tokens_per_s": totals.tokens / seconds if seconds else 0.0,
-        "train_seconds": seconds,
-        **{key: value for key, value in totals.percentages().items()},
-        "peak_rss_mb": max((e.get("epoch.peak_rss_mb", 0.0) for e in epochs), default=0.0),
-        "peak_cuda_mb": max((e["epoch.peak_cuda_mb"] for e in epochs if "epoch.peak_cuda_mb" in e), default=None),
-        "micro_batches": state.micro_batches,
-        "memory_estimate_mb": memory["estimate_bytes"] / 2**20,
-        "parameters": count_parameters(trainer.model),
-        "embedding_dim": trainer.model.get_embedding_dimension(),
-    }
-    for key in ("token_accuracy", "perplexity"):
-        if f"val.{key}" in best:
-            summary[key] = best[f"val.{key}"]
-    return summary
