@@ -72,6 +72,9 @@ def clone(tmp_path: Path, small_mirror: Path) -> tuple[Path, dict]:
 def test_embedforge_run_reproduces_then_skips_and_nests_mlflow_runs(clone):
     repo, env = clone
     first = sh("embedforge", "run", cwd=repo, env=env)
+    closing = first.stdout.strip().splitlines()[-3:]  # where to look, after dvc repro's own output
+    assert closing[0] == f"report:  {(repo / 'reports/index.html').resolve()}" and "dvc metrics show" in closing[1]
+    assert closing[2] == f"MLflow:  mlflow ui --backend-store-uri sqlite:///{(repo / 'mlruns/mlflow.db').resolve()}"
     assert (repo / "data/raw/snli/train.parquet").is_file()
     assert (repo / "data/validation/results.json").is_file()
     assert (repo / "data/embeddings/all-MiniLM-L6-v2/manifest.json").is_file()
