@@ -126,7 +126,7 @@ def main() -> None:
     from embedforge.models.encoder import build_encoder
     from embedforge.paths import RAW_DIR
     from embedforge.stages import download, tokenize, train, validate
-    from embedforge.training.batches import build_examples
+    from embedforge.training.batches import pair_examples
 
     layers = [int(i) for i in args.teacher_layers.split(",")]
     mirror = Path(mirror).resolve()
@@ -168,7 +168,7 @@ def main() -> None:
     tokenize.run(cfg)
     tokenize_seconds = time.perf_counter() - started
 
-    examples = build_examples(RAW_DIR, ["snli"], "train", cfg.train.stsb_min_score)
+    examples = pair_examples(RAW_DIR / "snli/train.parquet", labelled=True, min_score=cfg.train.stsb_min_score)
     anchors, positives = pair_texts(examples, RAW_DIR / "snli/train.parquet")
     initial = build_encoder(
         cfg.model,

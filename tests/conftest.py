@@ -13,9 +13,12 @@ import socket
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from embedforge.config import MIRROR_ENV, Params, load_params
+from embedforge.data.schema import RAW_SCHEMA
+from embedforge.stages.download import SplitWriter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_MIRROR = os.environ.pop(MIRROR_ENV, None) or os.environ.get("EMBEDFORGE_TEST_MIRROR")
@@ -141,6 +144,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def write_raw_split(frame: pd.DataFrame, path: Path, schema: pa.Schema = RAW_SCHEMA) -> None:
+    """A raw split as download writes it, for tests that build their own data."""
+    writer = SplitWriter(path, schema)
+    writer.write(frame)
+    writer.close()
 
 
 def leftovers(root: Path) -> list[Path]:

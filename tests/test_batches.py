@@ -6,12 +6,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import write_raw_split
 from transformers import AutoTokenizer
 
 from embedforge.data.sentences import normalize_text, sentence_id
 from embedforge.errors import DataError
-from embedforge.stages import download, tokenize
-from embedforge.training.batches import Example, LengthBucketedBatches, TokenStore, build_examples
+from embedforge.stages import tokenize
+from embedforge.training.batches import Example, LengthBucketedBatches, TokenStore, in_order, pair_examples
 from embedforge.training.trainer import EpochBatches
 
 PAD = 0
@@ -74,7 +75,7 @@ def test_examples_follow_the_raw_pairs(tokenized):
     snli = pd.read_parquet(raw / "snli/train.parquet").assign(
         anchor=lambda f: f["sentence1"].map(sid), positive=lambda f: f["sentence2"].map(sid)
     )
-    examples = build_examples(raw, ["snli"], "train", stsb_min_score=4.0)
+    examples = pair_examples(raw / "snli/train.parquet", labelled=True, min_score=4.0)
 
     entailed = snli[(snli["label"] == "entailment") & (snli["anchor"] != snli["positive"])]
     assert len(examples) == len(entailed[["anchor", "positive"]].drop_duplicates()) > 0
@@ -86,11 +87,9 @@ def test_examples_follow_the_raw_pairs(tokenized):
     assert all(e.negative for e in examples if e.anchor in premises_with_contradiction)
 
     stsb = pd.read_parquet(raw / "stsb/train.parquet")
-    similar = build_examples(raw, ["stsb"], "train", stsb_min_score=4.0)
+    similar = pair_examples(raw / "stsb/train.parquet", labelled=False, min_score=4.0)
     high = {(sid(a), sid(b)) for a, b, s in zip(stsb["sentence1"], stsb["sentence2"], stsb["score"]) if s >= 4.0}
     assert {(e.anchor, e.positive) for e in similar} == high and all(e.negative is None for e in similar)
-    both = build_examples(raw, ["snli", "stsb"], "train", stsb_min_score=4.0)
-    assert sorted(both, key=str) == sorted(examples + similar, key=str)
 
 
 def test_hard_negatives_are_contradictions_of_the_same_premise_taken_in_turn(tmp_path):
@@ -108,9 +107,9 @@ def test_hard_negatives_are_contradictions_of_the_same_premise_taken_in_turn(tmp
     frame = pd.DataFrame(rows, columns=["sentence1", "sentence2", "label"]).assign(
         pair_id=lambda f: f.index.astype(str), score=None, genre=None
     )
-    download.write_split(frame, tmp_path / "snli/train.parquet")
+    write_raw_split(frame, tmp_path / "snli/train.parquet")
 
-    examples = build_examples(tmp_path, ["snli"], "train", stsb_min_score=4.0)
+    examples = pair_examples(tmp_path / "snli/train.parquet", labelled=True, min_score=4.0)
 
     man = sorted(sid(t) for t in ("A person plays.", "Someone is playing.", "A human plays music."))
     turns = sorted(sid(t) for t in ("A woman sleeps.", "Nobody plays."))
@@ -136,7 +135,11 @@ def test_token_store_returns_the_tokenizer_ids(tokenized):
     with pytest.raises(DataError, match="run `embedforge tokenize` first"):
         TokenStore.load(tokenized / "data/tokens", [raw / "snli/missing.parquet"])
 
-    examples = build_examples(raw, ["snli", "stsb", "sick"], "train", stsb_min_score=4.0)
+    examples = in_order(
+        example
+        for dataset, labelled in [("snli", True), ("stsb", False), ("sick", True)]
+        for example in pair_examples(raw / f"{dataset}/train.parquet", labelled, min_score=4.0)
+    )
     full = TokenStore.load(tokenized / "data/tokens", [raw / f"{d}/train.parquet" for d in ("snli", "stsb", "sick")])
     batches = LengthBucketedBatches(examples, full, batch_size=8, pad_id=tokenizer.pad_token_id, seed=1)
     first = next(batches.epoch(0))

@@ -82,8 +82,11 @@ def test_failed_validation_exits_3_with_the_summary(project, small_mirror):
     done = embedforge("validate", cwd=project)
 
     assert done.returncode == 3 and "Traceback" not in done.stderr
-    assert "stsb/validation: expect_column_values_to_be_between(score) failed for 1 of 40 rows" in done.stderr
-    assert "row 4: score=7.5" in done.stderr
+    assert (
+        "stsb/validation (data/raw/stsb/validation.parquet): expect_column_values_to_be_between(score) failed for "
+        "1 of 40 rows" in done.stderr
+    )
+    assert "row 4: pair_id=" in done.stderr and "score=7.5" in done.stderr
 
 
 def test_runs_without_any_pipeline_run_is_a_user_error(project):

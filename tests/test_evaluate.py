@@ -117,7 +117,7 @@ def test_constant_predictions_make_spearman_undefined_with_a_warning(project, re
     ("override", "message"),
     [
         ("evaluate.sts_splits=[stsb/test]", r"evaluate.sts_splits: 'stsb/test' is not a downloaded"),
-        ("evaluate.retrieval_split=stsb/validation", "evaluate.retrieval_split: the split has no entailment pairs"),
+        ("evaluate.retrieval_split=sick/test", r"evaluate.retrieval_split: 'sick/test' is not a downloaded"),
     ],
 )
 def test_bad_evaluation_splits_name_the_param(ready, override, message):

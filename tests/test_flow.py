@@ -126,7 +126,6 @@ def test_only_transient_failures_are_retried(error, retried):
     assert is_transient(None, None, Failed(data=error)) is retried
 
 
-
 @pytest.mark.slow
 def test_a_changed_preset_default_reruns_exactly_the_stages_that_read_it(harness, project, tiny, monkeypatch):
     """The stage tasks run in spawned worker processes, which import embedforge afresh from the parent's sys.path:

@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import write_raw_split
 
-from embedforge.config import Params, ValidateParams
+from embedforge.config import NLI_LABELS, Params, ValidateParams
 from embedforge.data.gate import require_passed
-from embedforge.data.schema import DATASETS, raw_split_path
+from embedforge.data.schema import raw_split_path
 from embedforge.errors import DataError, UserError, ValidationFailed
 from embedforge.paths import RAW_DIR, VALIDATION_RESULTS_PATH
 from embedforge.stages import validate
-from embedforge.stages.download import write_split
 
 ROWS = 20
+DATASETS = Params().download.datasets
 
 
 def clean_split(dataset: str, split: str) -> pd.DataFrame:
@@ -29,7 +30,7 @@ def clean_split(dataset: str, split: str) -> pd.DataFrame:
             "pair_id": [f"{dataset}-{split}-{i}" for i in range(ROWS)],
             "sentence1": [f"A {split} person number {i} walks a dog." for i in range(ROWS)],
             "sentence2": [f"Someone in {split} example {i} is outside." for i in range(ROWS)],
-            "label": [spec.labels[i % len(spec.labels)] if spec.labels else None for i in range(ROWS)],
+            "label": [NLI_LABELS[i % 3] if spec.has_labels else None for i in range(ROWS)],
             "score": [low + (high - low) * i / (ROWS - 1) if spec.score_range else None for i in range(ROWS)],
             "genre": ["main-captions" if dataset == "stsb" else None for _ in range(ROWS)],
         }
@@ -40,7 +41,7 @@ def test_clean_raw_passes_and_writes_report_and_docs(tmp_path: Path, monkeypatch
     monkeypatch.chdir(tmp_path)
     for dataset in DATASETS:
         for split in ("train", "validation"):
-            write_split(clean_split(dataset, split), raw_split_path(dataset, split))
+            write_raw_split(clean_split(dataset, split), raw_split_path(dataset, split))
 
     metrics = validate.run(Params())
 
@@ -85,10 +86,22 @@ def duplicated_pairs(frames: dict[tuple[str, str], pd.DataFrame]) -> None:
 @pytest.mark.parametrize(
     ("corrupt", "where", "fragments"),
     [
-        (empty_sentence, "snli/validation", ["expect_column_values_to_match_regex(sentence1)", "row 3: sentence1=''"]),
-        (out_of_range_score, "stsb/validation", ["expect_column_values_to_be_between(score)", "row 2: score=7.5"]),
-        (unknown_label, "snli/train", ["expect_column_values_to_be_in_set(label)", "row 4: label='maybe'"]),
-        (leaked_pair, "stsb/validation", ["expect_column_values_to_be_in_set(pair_in_train)", "Leakage", "row 1: "]),
+        (
+            empty_sentence,
+            "snli/validation",
+            ["expect_column_values_to_match_regex(sentence1)", "row 3: pair_id='snli-validation-3', sentence1=''"],
+        ),
+        (
+            out_of_range_score,
+            "stsb/validation",
+            ["expect_column_values_to_be_between(score)", "row 2: pair_id='stsb-validation-2', score=7.5"],
+        ),
+        (
+            unknown_label,
+            "snli/train",
+            ["expect_column_values_to_be_in_set(label)", "row 4: pair_id='snli-train-4', label='maybe'"],
+        ),
+        (leaked_pair, "stsb/validation", ["expect_column_values_to_be_in_set(row_in_train)", "Leakage", "row 1: "]),
         (
             duplicated_pairs,
             "sick/train",
@@ -109,13 +122,13 @@ def test_broken_contract_fails_naming_split_expectation_and_row(
     frames = {(dataset, split): clean_split(dataset, split) for split in ("train", "validation")}
     corrupt(frames)
     for (_, split), frame in frames.items():
-        write_split(frame, raw_split_path(dataset, split))
+        write_raw_split(frame, raw_split_path(dataset, split))
 
     with pytest.raises(ValidationFailed) as failure:
         validate.run(Params())
 
     message = str(failure.value)
-    for fragment in [f"{where}: ", *fragments]:
+    for fragment in [f"{where} (data/raw/{where}.parquet): ", *fragments]:
         assert fragment in message
     results = json.loads(VALIDATION_RESULTS_PATH.read_text(encoding="utf-8"))
     assert results["success"] is False
@@ -132,7 +145,9 @@ def test_missing_column_is_reported_not_crashed(tmp_path: Path, monkeypatch: pyt
     path.parent.mkdir(parents=True)
     clean_split("snli", "validation").drop(columns=["label"]).to_parquet(path, index=False)
 
-    with pytest.raises(ValidationFailed, match=r"snli/validation: expect_column_to_exist\(label\)"):
+    with pytest.raises(
+        ValidationFailed, match=r"snli/validation \(data/raw/snli/validation.parquet\): expect_column_to_exist\(label\)"
+    ):
         validate.run(Params(validate=ValidateParams(data_docs=False)))
 
 

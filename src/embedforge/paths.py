@@ -8,6 +8,7 @@ code, and dvc.yaml's deps can list what each stage really runs.
 from pathlib import Path
 
 RESOLVED_PARAMS_PATH = Path("params.resolved.yaml")  # every param, resolved: what dvc.yaml tracks
+EXTERNAL_DIR = Path("data/external")  # a user's own files: a dependency of download, so edits re-run it
 RAW_DIR = Path("data/raw")
 MANIFEST_PATH = RAW_DIR / "manifest.json"
 VALIDATION_DIR = Path("data/validation")

@@ -4,14 +4,23 @@ Everything the rest of the package imports is re-exported here, so callers write
 ``from embedforge.config import Params, load_params`` whichever module holds the name.
 """
 
+from embedforge.config.base import Section
+from embedforge.config.datasets import (
+    NLI_LABELS,
+    TRAIN_SPLIT,
+    VALIDATION_SPLIT,
+    DatasetKind,
+    DatasetName,
+    DatasetSource,
+    SplitName,
+    threshold,
+)
 from embedforge.config.overrides import apply_overrides, deep_merge, flatten, parse_override, set_dotted
 from embedforge.config.params_file import load_params, read_yaml, write_overrides
 from embedforge.config.presets import PRESETS, apply_preset, teacher_shaped
 from embedforge.config.schema import (
     MIRROR_ENV,
     CausalLMParams,
-    DatasetName,
-    DatasetSource,
     DownloadParams,
     DynamicParams,
     EarlyStoppingParams,
@@ -25,8 +34,6 @@ from embedforge.config.schema import (
     PresetName,
     ReportParams,
     ResumeWarmupParams,
-    Section,
-    SplitName,
     StagedParams,
     TokenizeParams,
     TrackingParams,
@@ -37,8 +44,12 @@ from embedforge.config.schema import (
 
 __all__ = [
     "MIRROR_ENV",
+    "NLI_LABELS",
     "PRESETS",
+    "TRAIN_SPLIT",
+    "VALIDATION_SPLIT",
     "CausalLMParams",
+    "DatasetKind",
     "DatasetName",
     "DatasetSource",
     "DownloadParams",
@@ -71,5 +82,6 @@ __all__ = [
     "read_yaml",
     "set_dotted",
     "teacher_shaped",
+    "threshold",
     "write_overrides",
 ]

@@ -8,30 +8,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from embedforge.config.base import Section
+from embedforge.config.datasets import (
+    BUILTIN_SOURCES,
+    DatasetName,
+    DatasetSource,
+    SplitName,
+    builtin_defaults,
+    check_dataset_uses,
+    default_datasets,
+)
 
 PresetName = Literal["development", "research", "production", "distill-small"]
-DatasetName = Literal["snli", "stsb", "sick"]
-SplitName = str
 
 # Named here because the download section's own message points at it; ``params_file`` reads it.
 MIRROR_ENV = "EMBEDFORGE_MIRROR"
-
-
-class Section(BaseModel):
-    """Base of every params section: unknown keys are errors, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DatasetSource(Section):
-    """Where one dataset comes from under each kind of source."""
-
-    hub_id: str = Field(min_length=1)
-    hub_config: str | None = None
-    hub_revision: str | None = None
-    archive: str | None = None
-    splits: list[SplitName] = Field(min_length=1)
 
 
 class DownloadParams(Section):
@@ -41,13 +34,21 @@ class DownloadParams(Section):
     optional_splits: list[SplitName] = ["test"]
     drop_eval_overlap_from_train: bool = True
     hub_timeout_s: float = Field(default=10.0, gt=0)
-    datasets: dict[DatasetName, DatasetSource] = {
-        "snli": DatasetSource(hub_id="stanfordnlp/snli", splits=["train", "validation", "test"]),
-        "stsb": DatasetSource(hub_id="mteb/stsbenchmark-sts", splits=["train", "validation", "test"]),
-        "sick": DatasetSource(
-            hub_id="RobZamp/sick", hub_revision="refs/convert/parquet", splits=["train", "validation", "test"]
-        ),
-    }
+    datasets: dict[DatasetName, DatasetSource] = Field(default_factory=default_datasets, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _builtins_filled_in(cls, data: Any) -> Any:
+        """snli, stsb and sick need no kind (or score range) in params.yaml: they are known."""
+        if isinstance(data, dict) and isinstance(data.get("datasets"), dict):
+            data = {
+                **data,
+                "datasets": {
+                    name: builtin_defaults(name, given) if isinstance(given, dict) else given
+                    for name, given in data["datasets"].items()
+                },
+            }
+        return data
 
     @model_validator(mode="after")
     def _source_has_location(self) -> DownloadParams:
@@ -56,8 +57,20 @@ class DownloadParams(Section):
                 f"download.source is 'mirror' but download.mirror is empty: set download.mirror "
                 f"or the {MIRROR_ENV} environment variable"
             )
+        foreign = [name for name, ds in self.datasets.items() if ds.archive and name not in BUILTIN_SOURCES]
+        if foreign:
+            raise ValueError(
+                f"download.datasets.{foreign[0]}.archive: archives are read for {', '.join(BUILTIN_SOURCES)} only; "
+                f"give your own data as files"
+            )
         if self.source == "archive":
-            missing = [name for name, ds in self.datasets.items() if not ds.archive]
+            hub_only = [name for name, ds in self.datasets.items() if ds.hub_id and name not in BUILTIN_SOURCES]
+            if hub_only:
+                raise ValueError(
+                    f"download.datasets.{hub_only[0]}: download.source 'archive' reads the official archives of "
+                    f"{', '.join(BUILTIN_SOURCES)}; give {hub_only[0]} as files, or use download.source hub or mirror"
+                )
+            missing = [name for name, ds in self.datasets.items() if ds.hub_id and not ds.archive]
             if missing:
                 raise ValueError(
                     "download.source is 'archive' but no archive is set for "
@@ -379,6 +392,11 @@ class Params(Section):
                 f"train.objective: clm trains a transformer stack with a causal mask and an LM head, "
                 f"so it needs model.kind: encoder, got {self.model.kind!r}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _datasets_serve_their_stages(self) -> Params:
+        check_dataset_uses(self)
         return self
 
     @model_validator(mode="after")

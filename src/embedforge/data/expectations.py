@@ -28,42 +28,49 @@ from great_expectations.data_context.types.base import (
     ProgressBarsConfig,
 )
 
-from embedforge.config import ValidateParams
-from embedforge.data.schema import DATASETS, RAW_COLUMNS, DatasetSpec, pair_keys
+from embedforge.config import NLI_LABELS, DatasetSource, ValidateParams
+from embedforge.data.schema import RAW_COLUMNS, SENTENCES_COLUMNS, raw_split_path, row_keys
 
-SENTENCE_COLUMNS = ["sentence1", "sentence2"]
-LEAK_COLUMN = "pair_in_train"
+PAIR_COLUMNS = ["sentence1", "sentence2"]
+ID_COLUMNS = ["pair_id", "text_id"]  # shown with every failing row: the source's own row id, e.g. train-17
+LEAK_COLUMN = "row_in_train"
 NUMERIC_TYPES = ["float64", "float32", "int64", "int32"]
 DOCS_SITE = "embedforge"
 OBSERVED_KEYS = ("observed_value", "element_count", "unexpected_count", "unexpected_percent", "missing_count")
 SHOWN_TEXT_CHARS = 80
 
 
-def flag_pairs_in_train(frame: pd.DataFrame, train: pd.DataFrame | None) -> pd.DataFrame:
-    """``frame`` plus LEAK_COLUMN, True where its pair also occurs in ``train``.
+def text_columns(source: DatasetSource) -> list[str]:
+    return PAIR_COLUMNS if source.is_pairs else ["text"]
+
+
+def flag_rows_in_train(frame: pd.DataFrame, train: pd.DataFrame | None, columns: list[str]) -> pd.DataFrame:
+    """``frame`` plus LEAK_COLUMN, True where its row (pair, or sentence) also occurs in ``train``.
 
     GX has no cross-batch expectation, so the lookup happens here and the suite
-    expects the flag to be False. Pairs are compared by ``pair_keys``, the key the
+    expects the flag to be False. Rows are compared by ``row_keys``, the key the
     download stage uses to drop them from train. Without a train split (or while
     validating the train split itself, ``train=None``) nothing can leak. Missing or
     non-text sentence columns are the column expectations' to report, so they must
     not crash the lookup: texts are cast to strings and a missing sentence never matches.
     """
-    comparable = train is not None and all(c in f for f in (frame, train) for c in SENTENCE_COLUMNS)
+    comparable = train is not None and all(c in f for f in (frame, train) for c in columns)
     if not comparable:
         return frame.assign(**{LEAK_COLUMN: False})
 
     def keys(split: pd.DataFrame) -> pd.Series:
-        return pair_keys(split[SENTENCE_COLUMNS].astype("str"))
+        return row_keys(split[columns].astype("str"))
 
     return frame.assign(**{LEAK_COLUMN: keys(frame).isin(set(keys(train).dropna()))})
 
 
-def build_suite(spec: DatasetSpec, params: ValidateParams) -> gx.ExpectationSuite:
-    """Every check a raw split of ``spec`` must pass before anything trains on it."""
+def build_suite(name: str, source: DatasetSource, params: ValidateParams) -> gx.ExpectationSuite:
+    """Every check a raw split of dataset ``name`` must pass before anything trains on it, from its kind."""
     expect = gx.expectations
-    expectations: list[Any] = [expect.ExpectColumnToExist(column=column) for column in RAW_COLUMNS]
-    for column in SENTENCE_COLUMNS:
+    texts = text_columns(source)
+    schema_columns = RAW_COLUMNS if source.is_pairs else SENTENCES_COLUMNS
+    expectations: list[Any] = [expect.ExpectColumnToExist(column=column) for column in schema_columns]
+    for column in texts:
         expectations += [
             expect.ExpectColumnValuesToBeOfType(column=column, type_="str"),
             expect.ExpectColumnValuesToNotBeNull(column=column),
@@ -74,39 +81,51 @@ def build_suite(spec: DatasetSpec, params: ValidateParams) -> gx.ExpectationSuit
                 column=column, min_value=params.min_chars, max_value=params.max_chars
             ),
         ]
-    if spec.labels:
+    if source.has_labels:
+        mapping = f" (download.datasets.{name}.labels maps the data's own values onto them)" if source.labels else ""
         expectations += [
             expect.ExpectColumnValuesToNotBeNull(column="label"),
-            expect.ExpectColumnValuesToBeInSet(column="label", value_set=list(spec.labels)),
+            expect.ExpectColumnValuesToBeInSet(
+                column="label",
+                value_set=list(NLI_LABELS),
+                description=f"Labels: every label is one of {', '.join(NLI_LABELS)}{mapping}",
+            ),
         ]
-    if spec.score_range:
-        low, high = spec.score_range
+    if source.score_range:
+        low, high = source.score_range
         expectations += [
             expect.ExpectColumnValuesToBeInTypeList(column="score", type_list=NUMERIC_TYPES),
             expect.ExpectColumnValuesToNotBeNull(column="score"),
-            expect.ExpectColumnValuesToBeBetween(column="score", min_value=low, max_value=high),
-        ]
-    expectations += [
-        expect.ExpectCompoundColumnsToBeUnique(
-            column_list=SENTENCE_COLUMNS,
-            mostly=1 - params.max_duplicate_pair_rate,
-            description=(
-                f"Duplicates: at most {params.max_duplicate_pair_rate:.1%} of rows share their "
-                "(sentence1, sentence2) pair with another row"
+            expect.ExpectColumnValuesToBeBetween(
+                column="score",
+                min_value=low,
+                max_value=high,
+                description=f"Scores: within download.datasets.{name}.score_range [{low:g}, {high:g}]",
             ),
+        ]
+    what = "(sentence1, sentence2) pair" if source.is_pairs else "text"
+    unique = {
+        "mostly": 1 - params.max_duplicate_pair_rate,
+        "description": (
+            f"Duplicates: at most {params.max_duplicate_pair_rate:.1%} of rows share their {what} with another row"
         ),
+    }
+    expectations += [
+        expect.ExpectCompoundColumnsToBeUnique(column_list=texts, **unique)
+        if source.is_pairs
+        else expect.ExpectColumnValuesToBeUnique(column="text", **unique),
         expect.ExpectColumnValuesToBeInSet(
             column=LEAK_COLUMN,
             value_set=[False],
             mostly=1 - params.max_leaked_pair_rate,
             description=(
-                f"Leakage: at most {params.max_leaked_pair_rate:.1%} of rows repeat a (sentence1, sentence2) "
-                "pair of the train split (whitespace and case ignored)"
+                f"Leakage: at most {params.max_leaked_pair_rate:.1%} of rows repeat a {what} "
+                "of the train split (whitespace and case ignored)"
             ),
-            meta={"check": "leakage", "shown_columns": SENTENCE_COLUMNS},
+            meta={"check": "leakage", "shown_columns": texts},
         ),
     ]
-    return gx.ExpectationSuite(name=spec.name, expectations=expectations)
+    return gx.ExpectationSuite(name=name, expectations=expectations)
 
 
 def json_ready(value: Any) -> Any:
@@ -130,8 +149,11 @@ class SplitValidator:
     ``docs_dir`` is where ``build_docs`` renders the Data Docs site; without it no file is written.
     """
 
-    def __init__(self, params: ValidateParams, docs_dir: Path | None = None) -> None:
+    def __init__(
+        self, params: ValidateParams, datasets: dict[str, DatasetSource], docs_dir: Path | None = None
+    ) -> None:
         self.params = params
+        self.datasets = datasets
         sites = {}
         if docs_dir is not None:
             sites[DOCS_SITE] = {
@@ -155,7 +177,8 @@ class SplitValidator:
 
     def suite(self, dataset: str) -> gx.ExpectationSuite:
         if dataset not in self.suites:
-            self.suites[dataset] = self.context.suites.add(build_suite(DATASETS[dataset], self.params))
+            suite = build_suite(dataset, self.datasets[dataset], self.params)
+            self.suites[dataset] = self.context.suites.add(suite)
         return self.suites[dataset]
 
     def validate(
@@ -168,7 +191,7 @@ class SplitValidator:
         and ``failing_rows`` holds up to ``failed_rows_shown`` of ``{row, values}``.
         """
         suite = self.suite(dataset)
-        flagged = flag_pairs_in_train(frame, train)
+        flagged = flag_rows_in_train(frame, train, text_columns(self.datasets[dataset]))
         # "/" is not allowed in GX store keys, which Data Docs build from the asset name.
         asset = self.datasource.add_dataframe_asset(f"{dataset}.{split}")
         definition = self.context.validation_definitions.add(
@@ -186,6 +209,7 @@ class SplitValidator:
         return {
             "dataset": dataset,
             "split": split,
+            "file": str(raw_split_path(dataset, split)),
             "rows": len(frame),
             "success": bool(result.success),
             "expectations": [describe_outcome(outcome, flagged) for outcome in ordered],
@@ -200,7 +224,8 @@ def describe_outcome(outcome: ExpectationValidationResult, frame: pd.DataFrame) 
     config = outcome.expectation_config
     kwargs = config.kwargs
     columns = kwargs.get("column_list") or ([kwargs["column"]] if "column" in kwargs else [])
-    shown = [column for column in (config.meta or {}).get("shown_columns", columns) if column in frame]
+    named = (config.meta or {}).get("shown_columns", columns)
+    shown = [column for column in dict.fromkeys([*ID_COLUMNS, *named]) if column in frame]
     indices = [] if outcome.success else outcome.result.get("partial_unexpected_index_list") or []
     return {
         "expectation": config.type,
@@ -233,7 +258,7 @@ def describe_failures(split_result: dict[str, Any]) -> list[str]:
     for outcome in split_result["expectations"]:
         if outcome["success"]:
             continue
-        where = f"{split_result['dataset']}/{split_result['split']}"
+        where = f"{split_result['dataset']}/{split_result['split']} ({split_result['file']})"
         what = f"{outcome['expectation']}({', '.join(outcome['columns'])})"
         observed = outcome["observed"]
         if outcome["error"]:

@@ -1,14 +1,13 @@
+"""The common schemas every raw split is normalised to, one per kind of dataset.
 
-"""The common schema every raw split is normalised to, and what each dataset allows.
-
-All three datasets are sentence pairs, so one table shape serves them:
-``pair_id, sentence1, sentence2, label, score, genre`` with ``label`` null for
-STS-B and ``score`` null for SNLI. Scores keep their dataset's own scale.
+Pairs (``pairs_nli``, ``pairs_score``) share one table shape:
+``pair_id, sentence1, sentence2, label, score, genre`` with ``label`` null where a
+dataset has no labels and ``score`` null where it has no scores; scores keep their
+dataset's own scale. A ``sentences`` corpus is ``text_id, text``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -28,25 +27,14 @@ RAW_SCHEMA = pa.schema(
     ]
 )
 RAW_COLUMNS = RAW_SCHEMA.names
-
-NLI_LABELS = ("entailment", "neutral", "contradiction")
-TRAIN_SPLIT = "train"
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What a normalised split of one dataset must look like."""
-
-    name: str
-    labels: tuple[str, ...] | None
-    score_range: tuple[float, float] | None
+SENTENCES_SCHEMA = pa.schema([pa.field("text_id", pa.string(), nullable=False), pa.field("text", pa.string())])
+SENTENCES_COLUMNS = SENTENCES_SCHEMA.names
+# Every column that holds a sentence, in any kind's schema: what precompute and tokenize read.
+TEXT_COLUMNS = ("sentence1", "sentence2", "text")
 
 
-DATASETS: dict[str, DatasetSpec] = {
-    "snli": DatasetSpec("snli", labels=NLI_LABELS, score_range=None),
-    "stsb": DatasetSpec("stsb", labels=None, score_range=(0.0, 5.0)),
-    "sick": DatasetSpec("sick", labels=NLI_LABELS, score_range=(1.0, 5.0)),
-}
+def raw_schema(kind: str) -> pa.Schema:
+    return SENTENCES_SCHEMA if kind == "sentences" else RAW_SCHEMA
 
 
 def raw_split_path(dataset: str, split: str, root: Path = RAW_DIR) -> Path:
@@ -65,10 +53,16 @@ def downloaded_split(spec: str, key: str) -> tuple[str, Path]:
     return dataset, path
 
 
+def comparable(column: pd.Series) -> pd.Series:
+    """Texts with case and whitespace differences removed."""
+    return column.str.casefold().str.split().str.join(" ")
+
+
 def pair_keys(frame: pd.DataFrame) -> pd.Series:
     """Case- and whitespace-insensitive identity of a sentence pair, for duplicate and leakage checks."""
+    return comparable(frame["sentence1"]) + "\t" + comparable(frame["sentence2"])
 
-    def clean(column: pd.Series) -> pd.Series:
-        return column.str.casefold().str.split().str.join(" ")
 
-    return clean(frame["sentence1"]) + "\t" + clean(frame["sentence2"])
+def row_keys(frame: pd.DataFrame) -> pd.Series:
+    """What makes two rows the same: the pair of a pairs split, the text of a sentences split."""
+    return pair_keys(frame) if "sentence1" in frame else comparable(frame["text"])

@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from embedforge.data.schema import raw_split_path
+from embedforge.data.schema import TEXT_COLUMNS, raw_split_path
 from embedforge.errors import DataError
 from embedforge.paths import RAW_DIR
 
-SENTENCE_COLUMNS = ("sentence1", "sentence2")
 READ_BATCH_ROWS = 65_536
 
 
@@ -66,9 +65,11 @@ def split_files(datasets: list[str], splits: list[str], root: Path = RAW_DIR) ->
 
 
 def iter_sentences(files: list[Path]) -> Iterator[str]:
-    """Every non-empty sentence of ``files``, normalised, streamed in record batches."""
+    """Every non-empty sentence of ``files`` (pairs' both sides, a corpus' texts), normalised, streamed in batches."""
     for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS, columns=list(SENTENCE_COLUMNS)):
+        parquet = pq.ParquetFile(path)
+        columns = [name for name in TEXT_COLUMNS if name in parquet.schema_arrow.names]
+        for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=columns):
             for column in batch.columns:
                 for text in column.to_pylist():
                     if text and (normalized := normalize_text(text)):

@@ -1,56 +1,111 @@
-"""download: fetch SNLI, STS-B and SICK and normalise every split to the common raw schema.
+"""download: fetch every declared dataset and normalise each split to its kind's common raw schema.
 
-Writes ``data/raw/<dataset>/<split>.parquet`` and ``data/raw/manifest.json``
-(source, sha256 of inputs and outputs, row counts) as one atomic directory.
+Writes ``data/raw/<dataset>/<split>.parquet`` and ``data/raw/manifest.json`` (source,
+sha256 of inputs and outputs, row counts, the hub commit each hub split was read at)
+as one atomic directory. A split streams through in batches: its normalised rows are
+staged to disk first, then the seeded ``download.limit`` sample and the drop of train
+rows that repeat an evaluation row are applied in one more streaming pass, so memory
+does not grow with the size of a corpus.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedforge.config import Params
-from embedforge.data.schema import RAW_SCHEMA, TRAIN_SPLIT, pair_keys, raw_split_path
-from embedforge.data.sources import Source, SplitNotFound, make_source, normalise
+from embedforge.config import TRAIN_SPLIT, VALIDATION_SPLIT, DatasetSource, DownloadParams, Params
+from embedforge.data.readers import BATCH_ROWS
+from embedforge.data.schema import raw_schema, raw_split_path, row_keys
+from embedforge.data.sources import Source, SplitNotFound, make_sources, normalise
 from embedforge.errors import DataError
 from embedforge.files import atomic_dir, sha256_file, write_json
 from embedforge.paths import RAW_DIR
 
 log = logging.getLogger(__name__)
 
-
-def limit_rows(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
-    """A seeded sample of ``limit`` rows, kept in source order so outputs stay diffable."""
-    if limit is None or len(frame) <= limit:
-        return frame
-    return frame.sample(n=limit, random_state=seed).sort_index().reset_index(drop=True)
+STAGED_SUFFIX = ".staged.parquet"
 
 
-def drop_eval_overlap(train: pd.DataFrame, evaluation: list[pd.DataFrame]) -> tuple[pd.DataFrame, int]:
-    """Remove train pairs that also occur in an evaluation split, so evaluation never sees training data."""
-    if not evaluation:
-        return train, 0
-    held_out = set(pd.concat([pair_keys(frame) for frame in evaluation]))
-    leaked = pair_keys(train).isin(held_out)
-    return train[~leaked].reset_index(drop=True), int(leaked.sum())
+class SplitWriter:
+    """The rows of one split, appended batch by batch to a parquet file of its kind's schema."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self.path = path
+        self.schema = schema
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if frame.empty:
+            return
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self.path, self.schema)
+        self._writer.write_table(pa.Table.from_pandas(frame, schema=self.schema, preserve_index=False))
+        self.rows += len(frame)
+
+    def close(self) -> None:
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(self.schema.empty_table(), self.path)
+        else:
+            self._writer.close()
 
 
-def load_dataset_splits(
-    source: Source, dataset: str, splits: list[str], optional: list[str], limit: int | None, seed: int
-) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, Any]], list[str]]:
-    frames: dict[str, pd.DataFrame] = {}
+def sample_mask(rows: int, limit: int | None, seed: int) -> np.ndarray | None:
+    """Which of ``rows`` rows a seeded sample of ``limit`` keeps, in source order; None keeps them all.
+
+    The draw is pandas' ``DataFrame.sample(n=limit, random_state=seed)``, made without holding the rows.
+    """
+    if limit is None or rows <= limit:
+        return None
+    keep = np.zeros(rows, dtype=bool)
+    keep[np.random.RandomState(seed).choice(rows, size=limit, replace=False)] = True
+    return keep
+
+
+def carved_out(frame: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
+    """Rows that go to the validation split carved out of train: a seeded hash of the row's key below ``fraction``.
+
+    A pure function of the row's text, so duplicates land on the same side and never leak across.
+    """
+    keys = row_keys(frame).fillna("")
+    salt = f"{seed}\t".encode()
+    draws = np.fromiter(
+        (int.from_bytes(hashlib.blake2b(salt + key.encode(), digest_size=8).digest(), "big") for key in keys),
+        dtype=np.uint64,
+        count=len(keys),
+    )
+    return draws < np.uint64(int(fraction * 2**64))
+
+
+def stage_splits(
+    source: Source, dataset: str, spec: DatasetSource, params: DownloadParams, seed: int, out: Path
+) -> tuple[dict[str, SplitWriter], dict[str, dict[str, Any]], list[str]]:
+    """Read and normalise every split of ``dataset`` into staged files; return their writers, records and skips."""
+    writers: dict[str, SplitWriter] = {}
     records: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
-    for split in splits:
+    schema = raw_schema(spec.kind)
+
+    def writer(split: str) -> SplitWriter:
+        if split not in writers:
+            writers[split] = SplitWriter(out / dataset / f".{split}{STAGED_SUFFIX}", schema)
+        return writers[split]
+
+    for split in spec.split_sources():
         try:
             loaded = source.load(dataset, split)
         except SplitNotFound as missing:
-            if split in optional:
+            if split in params.optional_splits:
                 log.warning("%s/%s: not in the %s source (%s), skipped", dataset, split, source.kind, missing)
                 skipped.append(split)
                 continue
@@ -58,21 +113,65 @@ def load_dataset_splits(
                 f"{dataset}/{split}: not found in the {source.kind} source ({missing}); "
                 f"remove it from download.datasets.{dataset}.splits or add it to download.optional_splits"
             ) from None
-        origin = loaded.provenance.get("source_file") or loaded.provenance.get("hub_id", source.kind)
-        frame, unlabelled = normalise(dataset, split, loaded.frame, origin)
-        frames[split] = limit_rows(frame, limit, seed)
-        records[split] = {"source_rows": len(loaded.frame), "dropped_unlabelled": unlabelled, **loaded.provenance}
-    return frames, records, skipped
+        record = records[split] = {"source_rows": 0, "dropped_unlabelled": 0, **loaded.provenance}
+        carve = spec.validation_fraction if split == TRAIN_SPLIT else None
+        if carve is not None:
+            records[VALIDATION_SPLIT] = {"carved_from": TRAIN_SPLIT, "validation_fraction": carve}
+        writer(split)
+        for batch in loaded.batches:
+            frame, unlabelled = normalise(dataset, split, batch, spec)
+            record["source_rows"] += len(batch.frame)
+            record["dropped_unlabelled"] += unlabelled
+            if carve is None:
+                writer(split).write(frame)
+                continue
+            held = carved_out(frame, carve, seed)
+            writer(VALIDATION_SPLIT).write(frame[held])
+            writer(split).write(frame[~held])
+    for staged in writers.values():
+        staged.close()
+    return writers, records, skipped
 
 
-def write_split(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(frame, schema=RAW_SCHEMA, preserve_index=False), path)
+def finish_split(staged: SplitWriter, final: Path, limit: int | None, seed: int, held_out: set[str] | None) -> int:
+    """Turn a staged split into its final file: the seeded sample of ``limit`` rows, less rows in ``held_out``.
+
+    Returns how many rows ``held_out`` removed.
+    """
+    keep = sample_mask(staged.rows, limit, seed)
+    if keep is None and not held_out:
+        os.replace(staged.path, final)
+        return 0
+    result = SplitWriter(final, staged.schema)
+    removed = 0
+    start = 0
+    for batch in pq.ParquetFile(staged.path).iter_batches(batch_size=BATCH_ROWS):
+        frame = batch.to_pandas()
+        rows = np.arange(start, start + len(frame))
+        start += len(frame)
+        if keep is not None:
+            frame = frame[keep[rows]]
+        if held_out:
+            leaked = row_keys(frame).isin(held_out).to_numpy()
+            removed += int(leaked.sum())
+            frame = frame[~leaked]
+        result.write(frame.reset_index(drop=True))
+    result.close()
+    staged.path.unlink()
+    return removed
+
+
+def read_keys(path: Path) -> set[str]:
+    """``row_keys`` of every row of a raw split."""
+    keys: set[str] = set()
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
+        keys.update(row_keys(batch.to_pandas()).dropna())
+    return keys
 
 
 def run(cfg: Params) -> dict[str, float]:
     params = cfg.download
-    source = make_source(params)
+    sources = make_sources(params)
     manifest: dict[str, Any] = {
         "source": params.source,
         "location": str(Path(params.mirror).resolve()) if params.source == "mirror" else None,
@@ -84,22 +183,28 @@ def run(cfg: Params) -> dict[str, float]:
     metrics: dict[str, float] = {}
     with atomic_dir(RAW_DIR) as out:
         for dataset, spec in params.datasets.items():
-            frames, records, skipped = load_dataset_splits(
-                source, dataset, spec.splits, params.optional_splits, params.limit, cfg.seed
-            )
-            if params.drop_eval_overlap_from_train and TRAIN_SPLIT in frames:
-                evaluation = [frame for split, frame in frames.items() if split != TRAIN_SPLIT]
-                frames[TRAIN_SPLIT], removed = drop_eval_overlap(frames[TRAIN_SPLIT], evaluation)
-                records[TRAIN_SPLIT]["dropped_eval_overlap"] = removed
-            for split, frame in frames.items():
-                path = raw_split_path(dataset, split, out)
-                write_split(frame, path)
-                records[split].update(
-                    rows=len(frame), output=str(raw_split_path(dataset, split)), output_sha256=sha256_file(path)
+            writers, records, skipped = stage_splits(sources[dataset], dataset, spec, params, cfg.seed, out)
+            evaluation = [split for split in writers if split != TRAIN_SPLIT]
+            for split in evaluation:
+                finish_split(writers[split], raw_split_path(dataset, split, out), params.limit, cfg.seed, None)
+            if TRAIN_SPLIT in writers:
+                held_out = None
+                if params.drop_eval_overlap_from_train:
+                    held_out = set().union(*(read_keys(raw_split_path(dataset, s, out)) for s in evaluation))
+                removed = finish_split(
+                    writers[TRAIN_SPLIT], raw_split_path(dataset, TRAIN_SPLIT, out), params.limit, cfg.seed, held_out
                 )
-                metrics[f"rows.{dataset}.{split}"] = len(frame)
-                log.info("%s/%s: %d rows", dataset, split, len(frame))
-            manifest["datasets"][dataset] = records
+                if params.drop_eval_overlap_from_train:
+                    records[TRAIN_SPLIT]["dropped_eval_overlap"] = removed
+            for split in writers:
+                path = raw_split_path(dataset, split, out)
+                rows = pq.ParquetFile(path).metadata.num_rows
+                records[split].update(
+                    rows=rows, output=str(raw_split_path(dataset, split)), output_sha256=sha256_file(path)
+                )
+                metrics[f"rows.{dataset}.{split}"] = rows
+                log.info("%s/%s: %d rows", dataset, split, rows)
+            manifest["datasets"][dataset] = {split: records[split] for split in writers}
             if skipped:
                 manifest["skipped"][dataset] = skipped
         write_json(out / "manifest.json", manifest)

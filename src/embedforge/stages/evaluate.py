@@ -21,7 +21,7 @@ import pandas as pd
 
 from embedforge import tracking
 from embedforge.api import load_sentence_transformer
-from embedforge.config import EvaluateParams, Params, flatten
+from embedforge.config import DatasetSource, EvaluateParams, Params, flatten, threshold
 from embedforge.data.gate import require_passed
 from embedforge.data.schema import downloaded_split
 from embedforge.errors import DataError
@@ -61,31 +61,45 @@ class EncodedTexts:
         return self.vectors[[self.row[text] for text in texts]]
 
 
-def retrieval_task(frame: pd.DataFrame) -> tuple[list[str], list[str], list[list[int]]]:
-    """Premises with an entailment as queries, every distinct hypothesis as the corpus, entailments relevant."""
+def retrieval_task(
+    frame: pd.DataFrame, similar_min_score: float | None
+) -> tuple[list[str], list[str], list[list[int]]]:
+    """First sentences with a similar pair as queries, every distinct second sentence as the corpus.
+
+    Similar pairs are the entailments of labelled pairs (``similar_min_score`` None), else the pairs scoring at
+    least ``similar_min_score``.
+    """
     corpus = list(dict.fromkeys(frame["sentence2"]))
     position = {text: index for index, text in enumerate(corpus)}
-    entailed = frame[frame["label"] == "entailment"].groupby("sentence1", sort=True)["sentence2"].agg(list)
-    if entailed.empty:
-        raise DataError("evaluate.retrieval_split: the split has no entailment pairs to retrieve")
-    relevant = [sorted({position[text] for text in texts}) for texts in entailed]
-    return list(entailed.index), corpus, relevant
+    similar = frame["label"] == "entailment" if similar_min_score is None else frame["score"] >= similar_min_score
+    relevant_pairs = frame[similar].groupby("sentence1", sort=True)["sentence2"].agg(list)
+    if relevant_pairs.empty:
+        raise DataError(
+            "evaluate.retrieval_split: the split has no similar pairs (entailments, or scores at or "
+            "above the similar threshold) to retrieve"
+        )
+    relevant = [sorted({position[text] for text in texts}) for texts in relevant_pairs]
+    return list(relevant_pairs.index), corpus, relevant
 
 
 class Evaluation:
     """The evaluation data of one run, and the scores of one model on it."""
 
-    def __init__(self, params: EvaluateParams, seed: int):
+    def __init__(self, params: EvaluateParams, datasets: dict[str, DatasetSource], seed: int):
         self.params = params
         self.sts = {spec: read_split(spec, "evaluate.sts_splits") for spec in params.sts_splits}
-        pairs = pd.concat(
-            [read_split(spec, "evaluate.separation_splits") for spec in params.separation_splits], ignore_index=True
-        )
-        pairs["kind"] = pair_kinds(pairs, params.similar_min_score, params.dissimilar_max_score)
-        self.separation_pairs = pairs.dropna(subset=["kind"])
-        self.queries, self.corpus, self.relevant = retrieval_task(
-            read_split(params.retrieval_split, "evaluate.retrieval_split")
-        )
+        parts = []
+        for spec in params.separation_splits:
+            frame = read_split(spec, "evaluate.separation_splits")
+            source = datasets[frame["dataset"].iloc[0]]
+            similar = threshold(source, "similar_min_score", params.similar_min_score)
+            dissimilar = threshold(source, "dissimilar_max_score", params.dissimilar_max_score)
+            parts.append(frame.assign(kind=pair_kinds(frame, similar, dissimilar)))
+        self.separation_pairs = pd.concat(parts, ignore_index=True).dropna(subset=["kind"])
+        retrieval_frame = read_split(params.retrieval_split, "evaluate.retrieval_split")
+        source = datasets[retrieval_frame["dataset"].iloc[0]]
+        similar = None if source.has_labels else threshold(source, "similar_min_score", params.similar_min_score)
+        self.queries, self.corpus, self.relevant = retrieval_task(retrieval_frame, similar)
         self.map_sentences = self.sample_map(seed)
 
     def sample_map(self, seed: int) -> pd.DataFrame:
@@ -165,7 +179,7 @@ def run(cfg: Params) -> dict[str, float | str]:
     teacher = teachers.resolve(cfg.precompute.teacher)
     paths = {"student": STUDENT_DIR, "teacher": teacher.path}
     models = {name: load_sentence_transformer(path, device) for name, path in paths.items()}
-    data = Evaluation(params, cfg.seed)
+    data = Evaluation(params, cfg.download.datasets, cfg.seed)
     texts = data.texts()
 
     report: dict[str, Any] = {}

@@ -18,9 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedforge.config import Params
+from embedforge.config import TRAIN_SPLIT, Params
 from embedforge.data.gate import require_passed
-from embedforge.data.schema import TRAIN_SPLIT
 from embedforge.data.sentences import iter_sentences, sentence_id, split_files
 from embedforge.errors import UserError
 from embedforge.files import atomic_dir, write_json

@@ -28,9 +28,9 @@ import pandas as pd
 import torch
 
 from embedforge import tracking
-from embedforge.config import Params, flatten
+from embedforge.config import TRAIN_SPLIT, Params, flatten, threshold
 from embedforge.data.gate import require_passed
-from embedforge.data.schema import TRAIN_SPLIT, raw_split_path
+from embedforge.data.schema import raw_split_path
 from embedforge.data.sentences import split_files
 from embedforge.embeddings import EmbeddingCache
 from embedforge.errors import DataError, UserError
@@ -42,7 +42,6 @@ from embedforge.models.encoder import count_parameters
 from embedforge.paths import (
     CHECKPOINTS_DIR,
     EMBEDDINGS_DIR,
-    RAW_DIR,
     STUDENT_DIR,
     TOKENIZER_DIR,
     TOKENS_DIR,
@@ -54,8 +53,8 @@ from embedforge.training.batches import (
     Example,
     LengthBucketedBatches,
     TokenStore,
-    build_examples,
     in_order,
+    pair_examples,
     sentence_examples,
 )
 from embedforge.training.checkpoint import TrainState
@@ -75,17 +74,24 @@ FINISHED_FILE = "finished.json"  # a staged phase's final state and history, so 
 
 def examples_of(cfg: Params, split: str, files: list[Path]) -> dict[str, list[Example]]:
     """Each dataset's examples: pairs (with hard negatives unless train.hard_negatives is off) when InfoNCE is on,
-    else every distinct sentence: distillation and the causal LM need no pairs."""
+    else every distinct sentence: distillation and the causal LM need no pairs.
+
+    Labelled pairs give their entailments; scored pairs those at or above the dataset's similar_min_score
+    (else train.stsb_min_score).
+    """
     params = cfg.train
     by_dataset = {}
     for path in files:
+        dataset = path.parent.name
         if not params.uses_pairs:
-            by_dataset[path.parent.name] = sentence_examples(TOKENS_DIR, [path])
+            by_dataset[dataset] = sentence_examples(TOKENS_DIR, [path])
             continue
-        examples = build_examples(RAW_DIR, [path.parent.name], split, params.stsb_min_score)
+        source = cfg.download.datasets[dataset]
+        min_score = threshold(source, "similar_min_score", params.stsb_min_score)
+        examples = pair_examples(path, source.has_labels, min_score)
         if not params.hard_negatives:
             examples = in_order(Example(e.anchor, e.positive, None) for e in examples)
-        by_dataset[path.parent.name] = examples
+        by_dataset[dataset] = examples
     return by_dataset
 
 

@@ -8,15 +8,16 @@ does the stage raise ValidationFailed with a readable summary.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
-from embedforge.config import Params
+from embedforge.config import TRAIN_SPLIT, Params
 from embedforge.data.expectations import SplitValidator, describe_failures
-from embedforge.data.schema import DATASETS, TRAIN_SPLIT, raw_split_path
+from embedforge.data.schema import raw_split_path
 from embedforge.errors import DataError, ValidationFailed
 from embedforge.files import atomic_dir, write_json
 from embedforge.paths import DATA_DOCS_DIR, RAW_DIR, VALIDATION_DIR, VALIDATION_RESULTS_PATH
@@ -24,9 +25,10 @@ from embedforge.paths import DATA_DOCS_DIR, RAW_DIR, VALIDATION_DIR, VALIDATION_
 log = logging.getLogger(__name__)
 
 
-def find_splits(root: Path = RAW_DIR) -> list[tuple[str, str]]:
-    """``(dataset, split)`` of every raw parquet file of a known dataset, in a stable order."""
-    return sorted((path.parent.name, path.stem) for path in root.glob("*/*.parquet") if path.parent.name in DATASETS)
+def find_splits(datasets: Iterable[str], root: Path = RAW_DIR) -> list[tuple[str, str]]:
+    """``(dataset, split)`` of every raw parquet file of a declared dataset, in a stable order."""
+    declared = set(datasets)
+    return sorted((path.parent.name, path.stem) for path in root.glob("*/*.parquet") if path.parent.name in declared)
 
 
 def read_split(dataset: str, split: str) -> pd.DataFrame:
@@ -40,14 +42,14 @@ def read_split(dataset: str, split: str) -> pd.DataFrame:
 def run(cfg: Params) -> dict[str, float]:
     """Validate all raw splits, write data/validation/, and raise ValidationFailed if any check failed."""
     params = cfg.validate_
-    splits = find_splits()
+    splits = find_splits(cfg.download.datasets)
     if not splits:
         raise DataError(f"{RAW_DIR}: no raw splits (<dataset>/<split>.parquet) found: run `embedforge download` first")
     frames = {key: read_split(*key) for key in splits}
 
     with atomic_dir(VALIDATION_DIR) as out:
         docs_dir = out / DATA_DOCS_DIR.name if params.data_docs else None
-        validator = SplitValidator(params, docs_dir=docs_dir)
+        validator = SplitValidator(params, cfg.download.datasets, docs_dir=docs_dir)
         results = [
             validator.validate(
                 dataset, split, frame, train=None if split == TRAIN_SPLIT else frames.get((dataset, TRAIN_SPLIT))

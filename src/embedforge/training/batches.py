@@ -21,9 +21,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from embedforge.data.schema import DATASETS, raw_split_path
 from embedforge.data.sentences import normalize_text, search_sorted, sentence_id
-from embedforge.errors import DataError, UserError
+from embedforge.errors import DataError
 
 ID_DTYPE = "S32"  # a sentence id is 32 hex characters
 # Anchors and positives are padded separately, so buckets sort by anchor length in bins of this
@@ -152,24 +151,14 @@ def score_examples(frame: pd.DataFrame, min_score: float) -> list[Example]:
     ]
 
 
-def build_examples(raw_dir: Path, datasets: list[str], split: str, stsb_min_score: float) -> list[Example]:
-    """The training examples of ``split``: NLI datasets give entailment pairs, scored ones pairs above the threshold.
-
-    Duplicates are kept once; the order is sorted, so it does not depend on the files' row order.
+def pair_examples(path: Path, labelled: bool, min_score: float) -> list[Example]:
+    """The training examples of one raw pairs split: entailment pairs when it is labelled, else pairs scoring at
+    least ``min_score``. Duplicates are kept once; the order is sorted, so it does not depend on the file's row order.
     """
-    examples: set[Example] = set()
-    for dataset in datasets:
-        if dataset not in DATASETS:
-            raise UserError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
-        path = raw_split_path(dataset, split, raw_dir)
-        if not path.is_file():
-            raise DataError(f"{path}: missing; run `embedforge download` first")
-        frame = pd.read_parquet(path, columns=["sentence1", "sentence2", "label", "score"])
-        if DATASETS[dataset].labels:
-            examples.update(nli_examples(frame))
-        else:
-            examples.update(score_examples(frame, stsb_min_score))
-    return in_order(examples)
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run `embedforge download` first")
+    frame = pd.read_parquet(path, columns=["sentence1", "sentence2", "label", "score"])
+    return in_order(nli_examples(frame) if labelled else score_examples(frame, min_score))
 
 
 def sentence_examples(tokens_dir: Path, files: list[Path]) -> list[Example]:

@@ -1,0 +1,271 @@
+"""The datasets a run may use: the three built-ins and any a user declares, each of one kind.
+
+A dataset's ``kind`` fixes its common columns (``data.schema``), its expectations and
+the stages it can serve: ``sentences`` feed precompute, tokenize and distillation;
+``pairs_nli`` (labelled pairs) and ``pairs_score`` (scored pairs) also feed InfoNCE,
+separation and retrieval, and scored pairs STS. ``check_dataset_uses`` turns a dataset
+named where its kind cannot serve into a config error naming the key.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StringConstraints, field_validator, model_validator
+
+from embedforge.config.base import Section
+
+DatasetKind = Literal["sentences", "pairs_nli", "pairs_score"]
+NliLabel = Literal["entailment", "neutral", "contradiction"]
+NLI_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
+# Names become folders (data/raw/<name>/) and GX asset names, and appear in "<dataset>/<split>" params.
+DatasetName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+SplitName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+FileFormat = Literal["auto", "parquet", "csv", "tsv", "jsonl", "txt"]
+VALIDATION_SPLIT = "validation"
+TRAIN_SPLIT = "train"
+
+# The common columns of each kind, required ones first; ``columns`` maps them onto a file's or hub split's columns.
+KIND_COLUMNS: dict[str, tuple[str, ...]] = {
+    "sentences": ("text", "text_id"),
+    "pairs_nli": ("sentence1", "sentence2", "label", "score", "pair_id", "genre"),
+    "pairs_score": ("sentence1", "sentence2", "score", "label", "pair_id", "genre"),
+}
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "sentences": ("text",),
+    "pairs_nli": ("sentence1", "sentence2", "label"),
+    "pairs_score": ("sentence1", "sentence2", "score"),
+}
+
+
+class DatasetSource(Section):
+    """Where one dataset comes from (the hub, or local files), its kind, and how its columns and splits map."""
+
+    kind: DatasetKind
+    hub_id: str | None = Field(default=None, min_length=1)
+    hub_config: str | None = None
+    hub_revision: str | None = None
+    archive: str | None = None
+    files: str | list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    format: FileFormat = "auto"
+    columns: dict[str, Annotated[str, Field(min_length=1)]] = {}
+    labels: dict[str, NliLabel] | None = None
+    score_range: tuple[float, float] | None = None
+    similar_min_score: float | None = None
+    dissimilar_max_score: float | None = None
+    splits: list[SplitName] | dict[SplitName, Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    split_column: str | None = Field(default=None, min_length=1)
+    validation_fraction: float | None = Field(default=None, gt=0, lt=1)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_keys_as_text(cls, value: Any) -> Any:
+        """A file's labels may be numbers (``0: entailment``); they are compared as text."""
+        return {str(key): label for key, label in value.items()} if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetSource:
+        if (self.hub_id is None) == (self.files is None):
+            raise ValueError("give exactly one of hub_id (a hub dataset) and files (local files)")
+        if self.files is None and self.format != "auto":
+            raise ValueError("format applies to files only")
+        allowed = KIND_COLUMNS[self.kind]
+        unknown = sorted(set(self.columns) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"columns: {', '.join(unknown)} is not a column of a {self.kind} dataset (columns: {', '.join(allowed)})"
+            )
+        if self.kind == "sentences" and (self.labels is not None or self.score_range is not None):
+            raise ValueError("labels and score_range apply to pairs, not to a sentences dataset")
+        if self.kind == "pairs_score" and self.score_range is None:
+            raise ValueError("score_range: required for scored pairs, e.g. [0, 5]: scores are checked against it")
+        if self.score_range is not None and self.score_range[0] >= self.score_range[1]:
+            raise ValueError(f"score_range: {list(self.score_range)} must be [low, high] with low < high")
+        thresholds = (self.similar_min_score, self.dissimilar_max_score)
+        if any(value is not None for value in thresholds) and not self.has_scores:
+            raise ValueError("similar_min_score and dissimilar_max_score apply to scored pairs only")
+        self._check_splits()
+        return self
+
+    def _check_splits(self) -> None:
+        named = list(self.splits)
+        if len(set(named)) != len(named):
+            raise ValueError(f"splits: {named} names a split twice")
+        if self.validation_fraction is not None:
+            if TRAIN_SPLIT not in named:
+                raise ValueError("validation_fraction carves validation out of train, so splits must name train")
+            if VALIDATION_SPLIT in named:
+                raise ValueError("validation_fraction: validation is carved out of train, so splits must not name it")
+        if self.split_column is not None and self.files is None:
+            raise ValueError("split_column applies to files; a hub dataset's splits map onto the hub's split names")
+        many_file_splits = self.files is not None and isinstance(self.splits, list) and len(self.splits) > 1
+        if many_file_splits and self.split_column is None:
+            raise ValueError(
+                f"splits: which files are which split? Map each to a glob, e.g. "
+                f"{{{', '.join(f'{s}: {chr(34)}*{s}*{chr(34)}' for s in named)}}}, or name a split_column"
+            )
+
+    @property
+    def has_scores(self) -> bool:
+        """Scored pairs: pairs_score, or pairs_nli that also has a score column (declared by its score_range)."""
+        return self.score_range is not None
+
+    @property
+    def has_labels(self) -> bool:
+        """Labelled pairs: pairs_nli, or pairs_score that also maps a label column."""
+        return self.kind == "pairs_nli" or (
+            self.kind == "pairs_score" and ("label" in self.columns or bool(self.labels))
+        )
+
+    @property
+    def is_pairs(self) -> bool:
+        return self.kind != "sentences"
+
+    def split_sources(self) -> dict[str, str]:
+        """Each split and where it comes from: a hub split name, a file glob, or a value of ``split_column``.
+
+        Splits given as a list come from the split of the same name; a files dataset with one split takes every file.
+        """
+        if isinstance(self.splits, dict):
+            return dict(self.splits)
+        if self.files is not None and self.split_column is None:
+            return {self.splits[0]: "*"}
+        return {split: split for split in self.splits}
+
+
+# The three built-ins: their kind, score scale, and where they come from by default. A built-in's native
+# columns have several spellings across hub, mirror and archives (data.sources.NATIVE_COLUMNS), so unlike a
+# user dataset it needs no ``columns``. What the hub ids were verified against is in README "Your own data".
+BUILTIN_KINDS: dict[str, dict[str, Any]] = {
+    "snli": {"kind": "pairs_nli"},
+    "stsb": {"kind": "pairs_score", "score_range": (0.0, 5.0)},
+    "sick": {"kind": "pairs_nli", "score_range": (1.0, 5.0)},
+}
+BUILTIN_SOURCES: dict[str, dict[str, Any]] = {
+    "snli": {"hub_id": "stanfordnlp/snli", "splits": ["train", "validation", "test"]},
+    "stsb": {"hub_id": "mteb/stsbenchmark-sts", "splits": ["train", "validation", "test"]},
+    "sick": {
+        "hub_id": "RobZamp/sick",
+        "hub_revision": "refs/convert/parquet",
+        "splits": ["train", "validation", "test"],
+    },
+}
+# What to try when a built-in's hub id cannot be loaded; named in the error.
+BUILTIN_ALTERNATIVES: dict[str, str] = {
+    "snli": "the official archive (download.datasets.snli.archive: snli_1.0.zip with download.source: archive)",
+    "stsb": "the official archive (download.datasets.stsb.archive: Stsbenchmark.tar.gz with download.source: archive)",
+    "sick": (
+        "the official archive (download.datasets.sick.archive: SICK.zip with download.source: archive), or "
+        "hub_id mteb/sickr-sts, which has the test split only, scored and unlabelled: declare it as "
+        "{kind: pairs_score, hub_id: mteb/sickr-sts, score_range: [1, 5], splits: [test]} under another name"
+    ),
+}
+
+
+def builtin_defaults(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """A built-in's entry with its kind, score range and columns filled in where params.yaml leaves them out.
+
+    A built-in declared with its own ``kind`` is a user dataset under a familiar name: nothing is filled in.
+    """
+    if name not in BUILTIN_KINDS or "kind" in given:
+        return given
+    return {**BUILTIN_KINDS[name], **given}
+
+
+def default_datasets() -> dict[str, DatasetSource]:
+    return {
+        name: DatasetSource.model_validate(builtin_defaults(name, dict(source)))
+        for name, source in BUILTIN_SOURCES.items()
+    }
+
+
+def split_reference(spec: str) -> tuple[str, str]:
+    """``stsb/validation`` -> ("stsb", "validation"); the split part may be empty when malformed."""
+    dataset, _, split = spec.partition("/")
+    return dataset, split
+
+
+def check_dataset_uses(params: Any) -> None:
+    """Every dataset a stage names is declared and of a kind that can serve there.
+
+    Whether a split was downloaded is the stage's to check when it runs: a split may be optional.
+
+    ``params`` is the whole ``Params``: the uses span sections. Raises ValueError naming the key.
+    """
+    declared: dict[str, DatasetSource] = params.download.datasets
+    train, evaluate = params.train, params.evaluate
+    names = [("precompute.datasets", name) for name in params.precompute.datasets]
+    names += [("tokenize.datasets", name) for name in params.tokenize.datasets]
+    names += [("train.datasets", name) for name in train.datasets]
+    references = [("evaluate.sts_splits", spec) for spec in evaluate.sts_splits]
+    references += [("evaluate.separation_splits", spec) for spec in evaluate.separation_splits]
+    references += [("evaluate.retrieval_split", evaluate.retrieval_split)]
+    if train.sts_validation is not None:
+        references.append(("train.sts_validation", train.sts_validation))
+    for key, spec in references:
+        dataset, split = split_reference(spec)
+        if not split:
+            raise ValueError(f"{key}: {spec!r} is not <dataset>/<split>")
+        names.append((key, dataset))
+
+    for key, dataset in names:
+        if dataset not in declared:
+            raise ValueError(f"{key}: dataset {dataset!r} is not declared in download.datasets ({', '.join(declared)})")
+
+    def refuse(key: str, dataset: str, needs: str) -> None:
+        raise ValueError(
+            f"{key}: {dataset} is a {declared[dataset].kind} dataset (download.datasets.{dataset}.kind), "
+            f"but {key} needs {needs}"
+        )
+
+    if train.uses_pairs:
+        for dataset in train.datasets:
+            if not declared[dataset].is_pairs:
+                refuse(
+                    "train.datasets",
+                    dataset,
+                    "pairs while train.objectives.infonce > 0 (InfoNCE trains on pairs): use pairs_nli or "
+                    "pairs_score, or distil alone (train.objectives.infonce: 0)",
+                )
+            if not declared[dataset].has_labels:
+                within_range(
+                    "train.stsb_min_score", train.stsb_min_score, dataset, declared[dataset], "similar_min_score"
+                )
+    for key, spec in references:
+        dataset, _ = split_reference(spec)
+        source = declared[dataset]
+        if key in ("evaluate.sts_splits", "train.sts_validation") and not source.has_scores:
+            refuse(key, dataset, "scored pairs: pairs_score, or pairs_nli with a score column")
+        if key in ("evaluate.separation_splits", "evaluate.retrieval_split") and not source.is_pairs:
+            refuse(key, dataset, "pairs: pairs_nli or pairs_score")
+        if key == "evaluate.separation_splits" and source.has_scores:
+            within_range("evaluate.similar_min_score", evaluate.similar_min_score, dataset, source, "similar_min_score")
+            within_range(
+                "evaluate.dissimilar_max_score",
+                evaluate.dissimilar_max_score,
+                dataset,
+                source,
+                "dissimilar_max_score",
+            )
+        if key == "evaluate.retrieval_split" and not source.has_labels:
+            within_range("evaluate.similar_min_score", evaluate.similar_min_score, dataset, source, "similar_min_score")
+
+
+def within_range(key: str, default: float, dataset: str, source: DatasetSource, own: str) -> None:
+    """A score threshold (the dataset's own, else the stage's ``key``) must lie inside the dataset's score range."""
+    value = getattr(source, own)
+    low, high = source.score_range or (float("-inf"), float("inf"))
+    if low <= (default if value is None else value) <= high:
+        return
+    if value is not None:
+        raise ValueError(f"download.datasets.{dataset}.{own} ({value}) is outside its score_range [{low:g}, {high:g}]")
+    raise ValueError(
+        f"{key} ({default}) is outside download.datasets.{dataset}.score_range [{low:g}, {high:g}]: "
+        f"set download.datasets.{dataset}.{own} in that dataset's own units"
+    )
+
+
+def threshold(source: DatasetSource, own: str, default: float) -> float:
+    """A dataset's own score threshold, else the stage's."""
+    value = getattr(source, own)
+    return default if value is None else value
