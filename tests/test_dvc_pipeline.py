@@ -19,7 +19,7 @@ from embedforge.stages import STAGES
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "src"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "src", "data/external/README.md"]
 QUICK_EVALUATION = {"speed_sentences": 200, "speed_rounds": 1, "map_sentences": 100}
 
 
@@ -34,6 +34,7 @@ def make_clone(repo: Path, mirror: Path, overrides: list[str] = ()) -> tuple[Pat
     repo.mkdir()
     for name in PROJECT_FILES:
         source = REPO_ROOT / name
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:

@@ -21,6 +21,7 @@ NLI_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
 # Names become folders (data/raw/<name>/) and GX asset names, and appear in "<dataset>/<split>" params.
 DatasetName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 SplitName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+RESERVED_NAMES = {"tokenizer"}  # data/tokens/tokenizer sits beside data/tokens/<dataset>
 FileFormat = Literal["auto", "parquet", "csv", "tsv", "jsonl", "txt"]
 VALIDATION_SPLIT = "validation"
 TRAIN_SPLIT = "train"

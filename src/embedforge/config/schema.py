@@ -13,6 +13,7 @@ from pydantic import ConfigDict, Field, model_validator
 from embedforge.config.base import Section
 from embedforge.config.datasets import (
     BUILTIN_SOURCES,
+    RESERVED_NAMES,
     DatasetName,
     DatasetSource,
     SplitName,
@@ -57,6 +58,8 @@ class DownloadParams(Section):
                 f"download.source is 'mirror' but download.mirror is empty: set download.mirror "
                 f"or the {MIRROR_ENV} environment variable"
             )
+        if reserved := sorted(set(self.datasets) & RESERVED_NAMES):
+            raise ValueError(f"download.datasets.{reserved[0]}: the name is taken by a pipeline folder; pick another")
         foreign = [name for name, ds in self.datasets.items() if ds.archive and name not in BUILTIN_SOURCES]
         if foreign:
             raise ValueError(

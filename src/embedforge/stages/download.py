@@ -46,16 +46,19 @@ class SplitWriter:
     def write(self, frame: pd.DataFrame) -> None:
         if frame.empty:
             return
+        table = pa.Table.from_pandas(frame, schema=self.schema, preserve_index=False)
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(self.path, self.schema)
-        self._writer.write_table(pa.Table.from_pandas(frame, schema=self.schema, preserve_index=False))
+            # The table's schema carries pandas' column types, so a split reads back as it was written.
+            self._writer = pq.ParquetWriter(self.path, table.schema)
+        self._writer.write_table(table)
         self.rows += len(frame)
 
     def close(self) -> None:
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(self.schema.empty_table(), self.path)
+            empty = pd.DataFrame({field.name: pd.Series(dtype=field.type.to_pandas_dtype()) for field in self.schema})
+            pq.write_table(pa.Table.from_pandas(empty, schema=self.schema, preserve_index=False), self.path)
         else:
             self._writer.close()
 
