@@ -235,3 +235,24 @@ def test_unreachable_hub_fails_fast_with_mirror_advice(project, mirror_params, m
     assert time.perf_counter() - started < 5
     assert "cannot be reached" in str(raised.value) and "EMBEDFORGE_MIRROR" in str(raised.value)
     assert not (project / "data/raw").exists()
+
+
+def test_a_loading_script_repository_fails_naming_the_alternatives(project, mirror_params, small_mirror, tmp_path):
+    """RobZamp/sick is a loading-script repository; datasets 4+ refuses those, and download says what else works."""
+    scripted = tmp_path / "sick"
+    scripted.mkdir()
+    (scripted / "sick.py").write_text("import datasets\n")
+    cfg = mirror_params(
+        "download.source=hub",
+        f"download.datasets.snli.hub_id={small_mirror / 'snli'}",
+        f"download.datasets.stsb.hub_id={small_mirror / 'stsb'}",
+        f"download.datasets.sick.hub_id={scripted}",
+    )
+    with pytest.raises(UserError) as raised:
+        download.run(cfg)
+    message = str(raised.value)
+    assert f"download.datasets.sick.hub_id: cannot load '{scripted}' at revision 'refs/convert/parquet'" in message
+    assert "Dataset scripts are no longer supported" in message
+    for alternative in ("EMBEDFORGE_MIRROR=PATH", "download.datasets.sick.archive: SICK.zip", "mteb/sickr-sts"):
+        assert alternative in message
+    assert not (project / "data/raw").exists() and leftovers(project) == []
