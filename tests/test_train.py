@@ -279,3 +279,22 @@ def test_every_epoch_logs_its_last_step_even_between_logging_intervals(project, 
     steps = pd.read_csv(project / "plots/train/steps.csv")
     summary = json.loads((project / "metrics/train.json").read_text())
     assert steps["epoch"].tolist() == [1, 2] and steps["step"].iloc[-1] == summary["steps"]
+
+
+def test_teacher_vectors_beyond_the_memory_budget_are_memory_mapped(ready, caplog):
+    from embedforge.embeddings import EmbeddingCache
+    from embedforge.models import teacher as teachers
+    from embedforge.training.batches import TokenStore
+
+    caplog.set_level("INFO", logger="embedforge.stages.train")
+    cfg = ready()
+    store = TokenStore.load(Path("data/tokens"), [Path("data/raw/snli/train.parquet")])
+    cache = EmbeddingCache(Path("data/embeddings") / teachers.resolve(cfg.precompute.teacher).name)
+    needed = torch.arange(len(store)).numpy()
+
+    in_memory = train.teacher_matrix(cache, store, needed, budget=2**40)
+    assert "memory-mapped" not in caplog.text
+    mapped = train.teacher_matrix(cache, store, needed, budget=1024)
+    assert "memory-mapped (budget 0 MB)" in caplog.text
+    assert torch.equal(mapped, in_memory) and mapped.dtype == torch.float16
+    assert list(Path("checkpoints").iterdir()) == []  # the backing file was unlinked when it was made

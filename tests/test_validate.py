@@ -105,7 +105,7 @@ def duplicated_pairs(frames: dict[tuple[str, str], pd.DataFrame]) -> None:
         (
             duplicated_pairs,
             "sick/train",
-            ["expect_compound_columns_to_be_unique(sentence1, sentence2)", "3 of 20 rows", "row 6: "],
+            ["expect_column_values_to_be_in_set(row_repeated)", "Duplicates", "3 of 20 rows", "row 6: "],
         ),
     ],
     ids=["empty-sentence", "score-7.5", "unknown-label", "train-leak", "duplicates"],
@@ -167,3 +167,38 @@ def test_require_passed_refuses_missing_or_failed_results(tmp_path: Path, monkey
     VALIDATION_RESULTS_PATH.write_text(json.dumps({"success": False, "summary": "stsb/validation: bad"}))
     with pytest.raises(UserError, match="stsb/validation: bad"):
         require_passed()
+
+
+def test_a_split_validated_in_batches_reports_as_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counts, verdicts and failing rows of a split checked a batch at a time are those of the whole split."""
+    from embedforge.data import expectations
+
+    monkeypatch.chdir(tmp_path)
+    frames = {
+        (dataset, split): clean_split(dataset, split) for dataset in DATASETS for split in ("train", "validation")
+    }
+    frames["stsb", "validation"].loc[[2, 17], "score"] = 7.5  # in the first and the last batch
+    leaked_pair(frames)
+    duplicated_pairs(frames)
+    for (dataset, split), frame in frames.items():
+        write_raw_split(frame, raw_split_path(dataset, split))
+    cfg = Params(validate=ValidateParams(data_docs=False, failed_rows_shown=5, max_duplicate_pair_rate=0.1))
+
+    with pytest.raises(ValidationFailed):
+        validate.run(cfg)
+    whole = json.loads(VALIDATION_RESULTS_PATH.read_text(encoding="utf-8"))
+    monkeypatch.setattr(expectations, "BATCH_ROWS", 6)
+    with pytest.raises(ValidationFailed):
+        validate.run(cfg)
+    batched = json.loads(VALIDATION_RESULTS_PATH.read_text(encoding="utf-8"))
+
+    assert batched["metrics"] == whole["metrics"] and batched["summary"] == whole["summary"]
+    for one, other in zip(whole["splits"], batched["splits"], strict=True):
+        for expected, merged in zip(one["expectations"], other["expectations"], strict=True):
+            assert merged["success"] == expected["success"], merged
+            assert merged["failing_rows"] == expected["failing_rows"], merged
+            for key in ("element_count", "unexpected_count", "missing_count"):
+                assert merged["observed"].get(key) == expected["observed"].get(key), (merged, key)
+    scores = next(s for s in batched["splits"] if (s["dataset"], s["split"]) == ("stsb", "validation"))
+    between = next(e for e in scores["expectations"] if e["expectation"] == "expect_column_values_to_be_between")
+    assert [row["row"] for row in between["failing_rows"]] == [2, 17]

@@ -16,7 +16,7 @@ import yaml
 
 from embedforge.config import Params, flatten
 from embedforge.errors import UserError
-from embedforge.files import sha256_tree
+from embedforge.files import content_key
 
 DVC_FILE = Path("dvc.yaml")
 DVC_LOCK = Path("dvc.lock")
@@ -59,11 +59,15 @@ def stage_spec(name: str, path: Path = DVC_FILE) -> StageSpec:
 
 
 def fingerprint(spec: StageSpec, cfg: Params, root: Path) -> str:
-    """sha256 over the project root, the stage's deps' contents and its params' values (whole sections included)."""
+    """sha256 over the project root, the stage's deps' contents and its params' values (whole sections included).
+
+    Contents are hashed once and then known by size and mtime (``files.known_sha256``), so an unchanged
+    multi-GB input costs a stat, not a read.
+    """
     digest = hashlib.sha256(f"{root.resolve()}:{spec.name}".encode())
     for dep in sorted(spec.deps):
         path = root / dep
-        digest.update(f"{dep}:{sha256_tree(path) if path.exists() else 'absent'}".encode())
+        digest.update(f"{dep}:{content_key(path) if path.exists() else 'absent'}".encode())
     flat = flatten(cfg.to_dict())
     for key in sorted(spec.params):
         values = {name: value for name, value in flat.items() if name == key or name.startswith(f"{key}.")}

@@ -11,9 +11,10 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,47 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
     with path.open("rb") as handle:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+HASH_CACHE_NAME = "file-hashes.sqlite"
+
+
+def hash_cache_path() -> Path:
+    """Where ``known_sha256`` remembers file hashes: the user's cache directory, shared by every project."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "embedforge" / HASH_CACHE_NAME
+
+
+def known_sha256(path: Path) -> str:
+    """sha256 of a file, read again only when its size, mtime or inode changed (DVC's rule for its own cache).
+
+    What a stage's fingerprint costs then stays small on gigabytes of unchanged outputs.
+    """
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    cache = hash_cache_path()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(cache, timeout=30)) as db, db:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INT, mtime INT, inode INT, sha TEXT)"
+        )
+        row = db.execute("SELECT size, mtime, inode, sha FROM hashes WHERE path = ?", key[:1]).fetchone()
+        if row is not None and tuple(row[:3]) == key[1:]:
+            return row[3]
+        digest = sha256_file(path)
+        db.execute("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?)", (*key, digest))
+        return digest
+
+
+def content_key(path: Path) -> str:
+    """sha256 over the relative names and ``known_sha256`` of the files under ``path`` (or of one file)."""
+    digest = hashlib.sha256()
+    files = (
+        sorted(p for p in path.rglob("*") if p.is_file() and outside_bytecode_caches(p)) if path.is_dir() else [path]
+    )
+    for file in files:
+        digest.update(f"{file.relative_to(path) if path.is_dir() else file.name}:{known_sha256(file)}".encode())
     return digest.hexdigest()
 
 

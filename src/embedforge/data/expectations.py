@@ -6,12 +6,18 @@ an in-memory GX context: GX writes nothing except the Data Docs site, and only
 when one is asked for. Results come back as plain dicts that name the failed
 expectation, its columns and a few offending rows, ready for JSON and for a
 readable summary.
+
+A split is validated in batches of ``BATCH_ROWS`` rows, so a corpus of millions of
+rows never sits in memory whole; the checks that span rows (duplicates, leakage
+into train) are computed over the whole split first, from 8-byte row hashes, and
+reach each batch as a flag column. The batches' results merge into one per split.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 
 # GX reads this when a context is made; set it before the import so no run phones home.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -20,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import great_expectations as gx
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from great_expectations.core.expectation_validation_result import ExpectationValidationResult
 from great_expectations.data_context.types.base import (
     DataContextConfig,
@@ -30,10 +39,13 @@ from great_expectations.data_context.types.base import (
 
 from embedforge.config import NLI_LABELS, DatasetSource, ValidateParams
 from embedforge.data.schema import RAW_COLUMNS, SENTENCES_COLUMNS, raw_split_path, row_keys
+from embedforge.errors import DataError
 
+BATCH_ROWS = 500_000
 PAIR_COLUMNS = ["sentence1", "sentence2"]
 ID_COLUMNS = ["pair_id", "text_id"]  # shown with every failing row: the source's own row id, e.g. train-17
 LEAK_COLUMN = "row_in_train"
+REPEATED_COLUMN = "row_repeated"
 NUMERIC_TYPES = ["float64", "float32", "int64", "int32"]
 DOCS_SITE = "embedforge"
 OBSERVED_KEYS = ("observed_value", "element_count", "unexpected_count", "unexpected_percent", "missing_count")
@@ -44,24 +56,46 @@ def text_columns(source: DatasetSource) -> list[str]:
     return PAIR_COLUMNS if source.is_pairs else ["text"]
 
 
-def flag_rows_in_train(frame: pd.DataFrame, train: pd.DataFrame | None, columns: list[str]) -> pd.DataFrame:
-    """``frame`` plus LEAK_COLUMN, True where its row (pair, or sentence) also occurs in ``train``.
+def row_hashes(frame: pd.DataFrame, columns: list[str], exact: bool) -> np.ndarray:
+    """A 64-bit hash of each row's texts: as written (``exact``), or as ``row_keys`` compares them.
 
-    GX has no cross-batch expectation, so the lookup happens here and the suite
-    expects the flag to be False. Rows are compared by ``row_keys``, the key the
-    download stage uses to drop them from train. Without a train split (or while
-    validating the train split itself, ``train=None``) nothing can leak. Missing or
-    non-text sentence columns are the column expectations' to report, so they must
-    not crash the lookup: texts are cast to strings and a missing sentence never matches.
+    Missing or non-text columns are the column expectations' to report, so they must not crash this:
+    texts are cast to strings and a missing column hashes as empty.
     """
-    comparable = train is not None and all(c in f for f in (frame, train) for c in columns)
-    if not comparable:
-        return frame.assign(**{LEAK_COLUMN: False})
+    if any(column not in frame for column in columns):
+        return np.arange(len(frame), dtype=np.uint64)  # distinct: nothing repeats, nothing leaks
+    texts = frame[columns].astype("str")
+    keys = texts.agg("\t".join, axis=1) if exact else row_keys(texts)
+    return pd.util.hash_pandas_object(keys.astype("str"), index=False).to_numpy(dtype=np.uint64)
 
-    def keys(split: pd.DataFrame) -> pd.Series:
-        return row_keys(split[columns].astype("str"))
 
-    return frame.assign(**{LEAK_COLUMN: keys(frame).isin(set(keys(train).dropna()))})
+def read_batches(path: Path, batch_rows: int | None = None) -> Iterator[pd.DataFrame]:
+    """A raw split in frames of ``batch_rows`` (default ``BATCH_ROWS``), indexed by their rows' positions in the
+    split; an empty split gives one empty frame, so its expectations still run."""
+    try:
+        parquet = pq.ParquetFile(path)
+        start = 0
+        for batch in parquet.iter_batches(batch_size=batch_rows or BATCH_ROWS):
+            frame = batch.to_pandas()
+            frame.index = pd.RangeIndex(start, start + len(frame))
+            start += len(frame)
+            yield frame
+        if start == 0:
+            yield parquet.schema_arrow.empty_table().to_pandas()
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{path}: cannot read parquet ({exc}): run `embedforge download` again") from None
+
+
+def split_hashes(path: Path, columns: list[str], exact: bool) -> np.ndarray:
+    """``row_hashes`` of every row of a raw split, streamed."""
+    parts = [row_hashes(frame, columns, exact) for frame in read_batches(path)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+
+
+def repeated_rows(hashes: np.ndarray) -> np.ndarray:
+    """True for every row whose hash occurs more than once."""
+    _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
+    return counts[inverse] > 1
 
 
 def build_suite(name: str, source: DatasetSource, params: ValidateParams) -> gx.ExpectationSuite:
@@ -104,16 +138,16 @@ def build_suite(name: str, source: DatasetSource, params: ValidateParams) -> gx.
             ),
         ]
     what = "(sentence1, sentence2) pair" if source.is_pairs else "text"
-    unique = {
-        "mostly": 1 - params.max_duplicate_pair_rate,
-        "description": (
-            f"Duplicates: at most {params.max_duplicate_pair_rate:.1%} of rows share their {what} with another row"
-        ),
-    }
     expectations += [
-        expect.ExpectCompoundColumnsToBeUnique(column_list=texts, **unique)
-        if source.is_pairs
-        else expect.ExpectColumnValuesToBeUnique(column="text", **unique),
+        expect.ExpectColumnValuesToBeInSet(
+            column=REPEATED_COLUMN,
+            value_set=[False],
+            mostly=1 - params.max_duplicate_pair_rate,
+            description=(
+                f"Duplicates: at most {params.max_duplicate_pair_rate:.1%} of rows share their {what} with another row"
+            ),
+            meta={"check": "duplicates", "shown_columns": texts},
+        ),
         expect.ExpectColumnValuesToBeInSet(
             column=LEAK_COLUMN,
             value_set=[False],
@@ -181,42 +215,90 @@ class SplitValidator:
             self.suites[dataset] = self.context.suites.add(suite)
         return self.suites[dataset]
 
-    def validate(
-        self, dataset: str, split: str, frame: pd.DataFrame, train: pd.DataFrame | None = None
-    ) -> dict[str, Any]:
-        """Validate one split against its dataset's suite; ``train`` is the split it must not leak into.
+    def validate(self, dataset: str, split: str, path: Path, train: np.ndarray | None = None) -> dict[str, Any]:
+        """Validate one raw split, batch by batch, against its dataset's suite; ``train`` holds the sorted
+        ``row_hashes`` of the train split it must not leak into (None: nothing to leak into).
 
-        Returns ``{dataset, split, rows, success, expectations}`` where each expectation
+        Returns ``{dataset, split, file, rows, success, expectations}`` where each expectation
         is ``{expectation, columns, description, success, observed, failing_rows, error}``
         and ``failing_rows`` holds up to ``failed_rows_shown`` of ``{row, values}``.
         """
         suite = self.suite(dataset)
-        flagged = flag_rows_in_train(frame, train, text_columns(self.datasets[dataset]))
+        columns = text_columns(self.datasets[dataset])
+        repeated = repeated_rows(split_hashes(path, columns, exact=True))
         # "/" is not allowed in GX store keys, which Data Docs build from the asset name.
         asset = self.datasource.add_dataframe_asset(f"{dataset}.{split}")
-        definition = self.context.validation_definitions.add(
-            gx.ValidationDefinition(
-                name=f"{dataset}.{split}", data=asset.add_batch_definition_whole_dataframe("whole"), suite=suite
+        batch_definition = asset.add_batch_definition_whole_dataframe("whole")
+        parts: list[list[dict[str, Any]]] = []
+        rows = 0
+        for index, frame in enumerate(read_batches(path)):
+            leaked = np.zeros(len(frame), dtype=bool)
+            if train is not None and len(train):
+                leaked = np.isin(row_hashes(frame, columns, exact=False), train)
+            flagged = frame.assign(
+                **{LEAK_COLUMN: leaked, REPEATED_COLUMN: repeated[frame.index.to_numpy()] if len(frame) else False}
             )
-        )
-        result = definition.run(
-            batch_parameters={"dataframe": flagged},
-            result_format={"result_format": "SUMMARY", "partial_unexpected_count": self.params.failed_rows_shown},
-        )
-        # GX returns results grouped by metric, not in suite order; restore the order the suite reads in.
-        position = {expectation.id: index for index, expectation in enumerate(suite.expectations)}
-        ordered = sorted(result.results, key=lambda outcome: position[outcome.expectation_config.id])
+            name = f"{dataset}.{split}" if index == 0 else f"{dataset}.{split}.{index}"
+            definition = self.context.validation_definitions.add(
+                gx.ValidationDefinition(name=name, data=batch_definition, suite=suite)
+            )
+            result = definition.run(
+                batch_parameters={"dataframe": flagged},
+                result_format={"result_format": "SUMMARY", "partial_unexpected_count": self.params.failed_rows_shown},
+            )
+            # GX returns results grouped by metric, not in suite order; restore the order the suite reads in.
+            position = {expectation.id: order for order, expectation in enumerate(suite.expectations)}
+            ordered = sorted(result.results, key=lambda outcome: position[outcome.expectation_config.id])
+            parts.append([describe_outcome(outcome, flagged) for outcome in ordered])
+            rows += len(frame)
+        expectations = [
+            merge_outcomes([part[order] for part in parts], getattr(expectation, "mostly", None), self.params)
+            for order, expectation in enumerate(suite.expectations)
+        ]
         return {
             "dataset": dataset,
             "split": split,
             "file": str(raw_split_path(dataset, split)),
-            "rows": len(frame),
-            "success": bool(result.success),
-            "expectations": [describe_outcome(outcome, flagged) for outcome in ordered],
+            "rows": rows,
+            "success": all(outcome["success"] for outcome in expectations),
+            "expectations": expectations,
         }
 
     def build_docs(self) -> None:
         self.context.build_data_docs(site_names=[DOCS_SITE])
+
+
+def merge_outcomes(batches: list[dict[str, Any]], mostly: float | None, params: ValidateParams) -> dict[str, Any]:
+    """One expectation's result over a whole split from its results on the split's batches.
+
+    Counts add up; an expectation with ``mostly`` passes on the share over all rows (as GX computes it: over
+    the non-missing ones), any other passes when every batch passed.
+    """
+    if len(batches) == 1:
+        return batches[0]
+    first = batches[0]
+    observed: dict[str, Any] = {}
+    for key in ("element_count", "unexpected_count", "missing_count"):
+        if any(key in batch["observed"] for batch in batches):
+            observed[key] = sum(batch["observed"].get(key) or 0 for batch in batches)
+    counted = observed.get("element_count", 0) - observed.get("missing_count", 0)
+    if "unexpected_count" in observed:
+        observed["unexpected_percent"] = 100 * observed["unexpected_count"] / counted if counted else 0.0
+    failed = [batch for batch in batches if not batch["success"]]
+    if any("observed_value" in batch["observed"] for batch in batches):
+        observed["observed_value"] = (failed or batches)[0]["observed"].get("observed_value")
+    if mostly is not None and "unexpected_count" in observed and not any(batch["error"] for batch in batches):
+        success = not counted or (counted - observed["unexpected_count"]) / counted >= mostly
+    else:
+        success = not failed
+    failing_rows = [row for batch in batches for row in batch["failing_rows"]][: params.failed_rows_shown]
+    return {
+        **first,
+        "success": success,
+        "observed": observed,
+        "failing_rows": failing_rows if not success else [],
+        "error": next((batch["error"] for batch in batches if batch["error"]), None),
+    }
 
 
 def describe_outcome(outcome: ExpectationValidationResult, frame: pd.DataFrame) -> dict[str, Any]:

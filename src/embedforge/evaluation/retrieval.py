@@ -2,8 +2,10 @@
 
 recall@k is the share of a query's relevant items found in its top k, MRR the mean
 of 1 / the rank of its best-ranked relevant item, both averaged over queries. The
-search is an exact matrix product in blocks of queries (torch), so memory stays at
-``block x corpus`` scores.
+search is an exact matrix product in blocks of queries and of corpus rows (torch),
+carrying each query's running top k and rank count from block to block, so memory
+stays at ``QUERY_BLOCK x CORPUS_BLOCK`` scores whatever the corpus size; the corpus
+may be float16 or a memory map, converted a block at a time.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from embedforge.errors import DataError
 
 QUERY_BLOCK = 256
+CORPUS_BLOCK = 65_536
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,10 @@ class RetrievalResult:
     corpus: int
 
 
+def unit_rows(vectors: np.ndarray) -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.as_tensor(np.asarray(vectors), dtype=torch.float32), dim=1)
+
+
 def retrieval(
     queries: np.ndarray, corpus: np.ndarray, relevant: list[list[int]], ks: tuple[int, ...] = (1, 10)
 ) -> RetrievalResult:
@@ -34,23 +41,36 @@ def retrieval(
         raise DataError(f"retrieval: {len(queries)} queries against {len(corpus)} corpus items: nothing to search")
     if any(not rows for rows in relevant):
         raise DataError("retrieval: every query needs at least one relevant corpus item")
-    query_vectors = torch.nn.functional.normalize(torch.as_tensor(queries, dtype=torch.float32), dim=1)
-    corpus_vectors = torch.nn.functional.normalize(torch.as_tensor(corpus, dtype=torch.float32), dim=1)
+    query_vectors = unit_rows(queries)
     deepest = min(max(ks), len(corpus))
     found = {k: 0.0 for k in ks}
     reciprocal_ranks = 0.0
     for start in range(0, len(queries), QUERY_BLOCK):
         block = relevant[start : start + QUERY_BLOCK]
-        scores = query_vectors[start : start + len(block)] @ corpus_vectors.T
-        is_relevant = torch.zeros_like(scores, dtype=torch.bool)
+        vectors = query_vectors[start : start + len(block)]
+        # Every (query, relevant row) pair's score, computed once and written over the block products below, so a
+        # relevant item compares equal to itself whatever kernel computed its block.
+        pair_query = torch.tensor([row for row, rows in enumerate(block) for _ in sorted(set(rows))])
+        pair_item = torch.tensor([item for rows in block for item in sorted(set(rows))])
+        pair_scores = (vectors[pair_query] * unit_rows(corpus[pair_item.numpy()])).sum(dim=1)
+        best_relevant = torch.full((len(block),), -torch.inf).scatter_reduce(0, pair_query, pair_scores, "amax")
+        top_scores = torch.full((len(block), deepest), -torch.inf)
+        top_rows = torch.zeros((len(block), deepest), dtype=torch.long)
+        higher = torch.zeros(len(block), dtype=torch.long)
+        for offset in range(0, len(corpus), CORPUS_BLOCK):
+            scores = vectors @ unit_rows(corpus[offset : offset + CORPUS_BLOCK]).T
+            inside = (pair_item >= offset) & (pair_item < offset + scores.shape[1])
+            scores[pair_query[inside], pair_item[inside] - offset] = pair_scores[inside]
+            higher += (scores > best_relevant[:, None]).sum(dim=1)
+            rows = torch.arange(offset, offset + scores.shape[1]).expand(len(block), -1)
+            merged = torch.cat([top_scores, scores], dim=1).topk(deepest, dim=1)
+            top_scores = merged.values
+            top_rows = torch.cat([top_rows, rows], dim=1).gather(1, merged.indices)
         for row, rows in enumerate(block):
-            is_relevant[row, rows] = True
-        counts = is_relevant.sum(dim=1)
-        hits = is_relevant.gather(1, scores.topk(deepest, dim=1).indices)
-        for k in ks:
-            found[k] += float((hits[:, :k].sum(dim=1) / counts).sum())
-        best_relevant = scores.masked_fill(~is_relevant, -torch.inf).max(dim=1).values
-        ranks = (scores > best_relevant[:, None]).sum(dim=1) + 1
-        reciprocal_ranks += float((1.0 / ranks).sum())
+            wanted = torch.tensor(sorted(set(rows)))
+            hits = torch.isin(top_rows[row], wanted)
+            for k in ks:
+                found[k] += float(hits[:k].sum()) / len(wanted)
+        reciprocal_ranks += float((1.0 / (higher + 1)).sum())
     total = len(queries)
     return RetrievalResult({k: found[k] / total for k in ks}, reciprocal_ranks / total, total, len(corpus))

@@ -3,7 +3,9 @@
 Sentences are hash-partitioned into shards, so each shard can be gathered,
 encoded and written on its own: memory grows with the shard size, not the
 corpus, and a killed run resumes by skipping the shards that are already
-complete. Within a shard, sentences are encoded in length order to cut padding.
+complete. One pass over the corpus spills each unfinished partition's sentences
+to its own file, so gathering costs one read of the corpus whatever the number
+of shards. Within a shard, sentences are encoded in length order to cut padding.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -48,17 +52,64 @@ class Plan:
         unique = np.unique(prefixes)
         partitions = max(1, math.ceil(len(unique) / shard_size))
         members = unique % np.uint64(partitions)
-        hashes = [hashlib.blake2b(unique[members == index].tobytes()).hexdigest() for index in range(partitions)]
+        grouped = unique[np.argsort(members, kind="stable")]  # each partition's prefixes, still ascending
+        bounds = np.r_[0, np.cumsum(np.bincount(members.astype(np.int64), minlength=partitions))]
+        hashes = [
+            hashlib.blake2b(grouped[bounds[index] : bounds[index + 1]].tobytes()).hexdigest()
+            for index in range(partitions)
+        ]
         return cls(len(prefixes), len(unique), partitions, hashes)
 
 
-def gather_partition(files: list[Path], partition: int, partitions: int, tokenizer) -> tuple[list[str], list[str]]:
-    """The distinct sentences of one partition with their ids, longest in tokens first, so batches pad little."""
-    texts: dict[str, str] = {}
-    for text in iter_sentences(files):
-        identifier = sentence_id(text)
-        if partition_of(identifier, partitions) == partition:
-            texts.setdefault(identifier, text)
+SPILL_DIR = ".spill"  # inside the cache directory, removed when the run ends (or at the next start)
+SPILL_SCHEMA = pa.schema([pa.field("sentence_id", pa.string()), pa.field("text", pa.string())])
+SPILL_ROWS = 4096  # sentences buffered per partition before they are appended to its spill file
+
+
+def spill_partitions(files: list[Path], partitions: int, wanted: set[int], directory: Path) -> dict[int, Path]:
+    """One pass over ``files``: every sentence of a ``wanted`` partition appended to that partition's spill file.
+
+    Memory holds ``SPILL_ROWS`` sentences per partition, whatever the corpus size.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {partition: directory / f"{partition:05d}.arrow" for partition in sorted(wanted)}
+    buffers: dict[int, tuple[list[str], list[str]]] = {partition: ([], []) for partition in paths}
+    writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+
+    def flush(partition: int) -> None:
+        ids, texts = buffers[partition]
+        if partition not in writers:
+            writers[partition] = pa.ipc.new_file(str(paths[partition]), SPILL_SCHEMA)
+        writers[partition].write_batch(pa.record_batch([ids, texts], schema=SPILL_SCHEMA))
+        ids.clear()
+        texts.clear()
+
+    try:
+        for text in iter_sentences(files):
+            identifier = sentence_id(text)
+            partition = partition_of(identifier, partitions)
+            if partition not in buffers:
+                continue
+            ids, texts = buffers[partition]
+            ids.append(identifier)
+            texts.append(text)
+            if len(ids) >= SPILL_ROWS:
+                flush(partition)
+        for partition, (ids, _) in buffers.items():
+            if ids or partition not in writers:
+                flush(partition)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return paths
+
+
+def gather_partition(spill: Path, tokenizer) -> tuple[list[str], list[str]]:
+    """The distinct sentences of one partition's spill file with their ids, longest in tokens first, so batches
+    pad little."""
+    with pa.memory_map(str(spill)) as source:
+        table = pa.ipc.open_file(source).read_all()
+    texts = dict(zip(table.column("sentence_id").to_pylist(), table.column("text").to_pylist(), strict=True))
     ids = list(texts)
     lengths = [len(tokens) for tokens in tokenizer(list(texts.values()), add_special_tokens=True)["input_ids"]]
     order = np.argsort(-np.asarray(lengths), kind="stable")
@@ -144,24 +195,38 @@ def run(cfg: Params, on_batch: BatchHook | None = None) -> dict[str, float | str
         if int(stale.stem.split("-")[1]) >= plan.partitions:
             stale.unlink()
 
-    shards, reused, encoded = [], 0, 0
+    finished = {
+        partition
+        for partition in range(plan.partitions)
+        if ShardInfo.read(directory / shard_name(partition)) == shard_info(partition)
+    }
+    spill_dir = directory / SPILL_DIR
+    shutil.rmtree(spill_dir, ignore_errors=True)  # a killed run's leftovers
+    shards, encoded = [], 0
     encode_seconds = 0.0
-    with tqdm(total=plan.unique, unit="sent", desc=f"precompute {teacher.name}", smoothing=0.1) as progress:
-        for partition in range(plan.partitions):
-            path = directory / shard_name(partition)
-            info = shard_info(partition)
-            if ShardInfo.read(path) == info:
-                rows = _rows(path)
-                progress.update(rows)
-                reused += 1
-            else:
-                ids, texts = gather_partition(files, partition, plan.partitions, model.tokenizer)
-                encode_started = time.perf_counter()
-                vectors = encode_partition(model, ids, texts, params.batch_size, params.normalize, progress, on_batch)
-                encode_seconds += time.perf_counter() - encode_started
-                write_shard(path, ids, texts, vectors, info)
-                rows, encoded = len(ids), encoded + len(ids)
-            shards.append({"file": path.name, "rows": rows, "sha256": sha256_file(path)})
+    try:
+        unfinished = set(range(plan.partitions)) - finished
+        spills = spill_partitions(files, plan.partitions, unfinished, spill_dir) if unfinished else {}
+        with tqdm(total=plan.unique, unit="sent", desc=f"precompute {teacher.name}", smoothing=0.1) as progress:
+            for partition in range(plan.partitions):
+                path = directory / shard_name(partition)
+                if partition in finished:
+                    rows = _rows(path)
+                    progress.update(rows)
+                else:
+                    ids, texts = gather_partition(spills[partition], model.tokenizer)
+                    encode_started = time.perf_counter()
+                    vectors = encode_partition(
+                        model, ids, texts, params.batch_size, params.normalize, progress, on_batch
+                    )
+                    encode_seconds += time.perf_counter() - encode_started
+                    write_shard(path, ids, texts, vectors, shard_info(partition))
+                    spills[partition].unlink()
+                    rows, encoded = len(ids), encoded + len(ids)
+                shards.append({"file": path.name, "rows": rows, "sha256": sha256_file(path)})
+    finally:
+        shutil.rmtree(spill_dir, ignore_errors=True)
+    reused = len(finished)
 
     seconds = time.perf_counter() - started
     if sum(shard["rows"] for shard in shards) != plan.unique:

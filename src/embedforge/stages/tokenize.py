@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from embedforge.config import TRAIN_SPLIT, Params
 from embedforge.data.gate import require_passed
-from embedforge.data.sentences import iter_sentences, sentence_id, split_files
+from embedforge.data.sentences import id_prefixes, iter_sentences, sentence_id, split_files
 from embedforge.errors import UserError
 from embedforge.files import atomic_dir, write_json
 from embedforge.models import teacher as teachers
@@ -110,35 +110,54 @@ def chunk_numbers(owners: np.ndarray) -> np.ndarray:
 
 
 def tokenize_split(tokenizer: Any, source: Path, destination: Path, max_length: int, overlap: int) -> dict[str, float]:
-    """Write the distinct sentences of one raw split as token chunks; return its length statistics."""
-    texts = {sentence_id(text): text for text in iter_sentences([source])}
-    ids = sorted(texts)
+    """Write the distinct sentences of one raw split as token chunks, in the order they first occur; return its
+    length statistics.
+
+    Two streaming passes: the first finds each distinct sentence's first row from 8-byte id prefixes (as
+    precompute counts them), the second tokenizes those rows in batches; memory holds one batch and 17 bytes a
+    row, never the texts.
+    """
+    prefixes = id_prefixes([source])
+    first_rows = np.unique(prefixes, return_index=True)[1]
+    keep = np.zeros(len(prefixes), dtype=bool)
+    keep[first_rows] = True
+    sentences = len(first_rows)
+    del prefixes, first_rows
     lengths: list[np.ndarray] = []
     chunked = 0
     destination.parent.mkdir(parents=True, exist_ok=True)
     with pq.ParquetWriter(destination, TOKEN_SCHEMA, compression="zstd") as writer:
-        for start in range(0, len(ids), BATCH_SENTENCES):
-            batch_ids = ids[start : start + BATCH_SENTENCES]
-            owners, chunks = chunk_batch(tokenizer, [texts[i] for i in batch_ids], max_length, overlap)
-            owner_ids = [batch_ids[owner] for owner in owners]
+
+        def write(batch_ids: list[str], batch_texts: list[str]) -> None:
+            nonlocal chunked
+            owners, chunks = chunk_batch(tokenizer, batch_texts, max_length, overlap)
             chunk_index = chunk_numbers(np.asarray(owners))
             chunked += int(np.count_nonzero(chunk_index == 1))
             chunk_lengths = np.fromiter((len(chunk) for chunk in chunks), dtype=np.int32, count=len(chunks))
             lengths.append(chunk_lengths)
-            writer.write_table(
-                pa.table(
-                    {
-                        "sentence_id": owner_ids,
-                        "chunk": chunk_index,
-                        "input_ids": pa.array(chunks, pa.list_(pa.int32())),
-                        "length": chunk_lengths,
-                    },
-                    schema=TOKEN_SCHEMA,
-                )
-            )
+            table = {
+                "sentence_id": [batch_ids[owner] for owner in owners],
+                "chunk": chunk_index,
+                "input_ids": pa.array(chunks, pa.list_(pa.int32())),
+                "length": chunk_lengths,
+            }
+            writer.write_table(pa.table(table, schema=TOKEN_SCHEMA))
+
+        batch_ids: list[str] = []
+        batch_texts: list[str] = []
+        for row, text in enumerate(iter_sentences([source])):
+            if not keep[row]:
+                continue
+            batch_ids.append(sentence_id(text))
+            batch_texts.append(text)
+            if len(batch_ids) == BATCH_SENTENCES:
+                write(batch_ids, batch_texts)
+                batch_ids, batch_texts = [], []
+        if batch_ids:
+            write(batch_ids, batch_texts)
     every = np.concatenate(lengths) if lengths else np.zeros(1, dtype=np.int32)
     return {
-        "sentences": len(ids),
+        "sentences": sentences,
         "chunks": int(every.size) if lengths else 0,
         "chunked_sentences": chunked,
         "tokens": int(every.sum()),

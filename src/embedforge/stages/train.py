@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -95,9 +96,23 @@ def examples_of(cfg: Params, split: str, files: list[Path]) -> dict[str, list[Ex
     return by_dataset
 
 
-def teacher_matrix(cache: EmbeddingCache, store: TokenStore, needed: np.ndarray) -> torch.Tensor:
-    """The teacher's vector of every TokenStore row (float16); every row in ``needed`` must have one."""
-    matrix = np.full((len(store), cache.dim), np.nan, dtype=np.float16)
+def teacher_matrix(cache: EmbeddingCache, store: TokenStore, needed: np.ndarray, budget: int) -> torch.Tensor:
+    """The teacher's vector of every TokenStore row (float16); every row in ``needed`` must have one.
+
+    A matrix larger than half of ``budget`` (host memory free, or train.memory_limit_mb) lives in a memory-mapped
+    file beside the checkpoints, already unlinked, so the page cache holds what fits and nothing is left behind.
+    """
+    shape = (len(store), cache.dim)
+    if 2 * shape[0] * shape[1] > budget / 2:
+        CHECKPOINTS_DIR.mkdir(parents=True, exist_ok=True)
+        log.info(
+            "teacher vectors: %.0f MB, memory-mapped (budget %.0f MB)", 2 * shape[0] * shape[1] / 2**20, budget / 2**20
+        )
+        with tempfile.TemporaryFile(dir=CHECKPOINTS_DIR) as backing:  # the map keeps its own handle
+            matrix = np.memmap(backing, dtype=np.float16, mode="w+", shape=shape)
+        matrix[:] = np.nan
+    else:
+        matrix = np.full(shape, np.nan, dtype=np.float16)
     for ids, vectors in cache.iter_shards():
         rows, present = store.lookup(ids)
         matrix[rows[present]] = vectors[present]
@@ -224,7 +239,8 @@ def load_training_data(cfg: Params, model: torch.nn.Module, teacher: teachers.Te
     teacher_vectors, teacher_dim = None, None
     if params.distills:
         cache = EmbeddingCache(EMBEDDINGS_DIR / teacher.name)
-        teacher_vectors = teacher_matrix(cache, store, used_rows(all_batches, validation_batches))
+        needed = used_rows(all_batches, validation_batches)
+        teacher_vectors = teacher_matrix(cache, store, needed, available_memory(cfg, "cpu"))
         teacher_dim = cache.dim
     return TrainingData(
         store=store,

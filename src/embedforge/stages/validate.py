@@ -12,11 +12,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import pyarrow as pa
+import numpy as np
 
 from embedforge.config import TRAIN_SPLIT, Params
-from embedforge.data.expectations import SplitValidator, describe_failures
+from embedforge.data.expectations import SplitValidator, describe_failures, split_hashes, text_columns
 from embedforge.data.schema import raw_split_path
 from embedforge.errors import DataError, ValidationFailed
 from embedforge.files import atomic_dir, write_json
@@ -31,30 +30,30 @@ def find_splits(datasets: Iterable[str], root: Path = RAW_DIR) -> list[tuple[str
     return sorted((path.parent.name, path.stem) for path in root.glob("*/*.parquet") if path.parent.name in declared)
 
 
-def read_split(dataset: str, split: str) -> pd.DataFrame:
-    path = raw_split_path(dataset, split)
-    try:
-        return pd.read_parquet(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise DataError(f"{path}: cannot read parquet ({exc}): run `embedforge download` again") from None
-
-
 def run(cfg: Params) -> dict[str, float]:
     """Validate all raw splits, write data/validation/, and raise ValidationFailed if any check failed."""
     params = cfg.validate_
     splits = find_splits(cfg.download.datasets)
     if not splits:
         raise DataError(f"{RAW_DIR}: no raw splits (<dataset>/<split>.parquet) found: run `embedforge download` first")
-    frames = {key: read_split(*key) for key in splits}
-
     with atomic_dir(VALIDATION_DIR) as out:
         docs_dir = out / DATA_DOCS_DIR.name if params.data_docs else None
         validator = SplitValidator(params, cfg.download.datasets, docs_dir=docs_dir)
+        train_hashes = {
+            dataset: np.unique(
+                split_hashes(raw_split_path(dataset, split), text_columns(cfg.download.datasets[dataset]), exact=False)
+            )
+            for dataset, split in splits
+            if split == TRAIN_SPLIT
+        }
         results = [
             validator.validate(
-                dataset, split, frame, train=None if split == TRAIN_SPLIT else frames.get((dataset, TRAIN_SPLIT))
+                dataset,
+                split,
+                raw_split_path(dataset, split),
+                train=None if split == TRAIN_SPLIT else train_hashes.get(dataset),
             )
-            for (dataset, split), frame in frames.items()
+            for dataset, split in splits
         ]
         if docs_dir is not None:
             validator.build_docs()
