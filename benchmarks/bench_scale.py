@@ -165,12 +165,19 @@ def stage_process(stage: str) -> list[str]:
     return [sys.executable, "-c", STAGE, stage]
 
 
-def one_size(root: Path, mirror: Path, words: np.ndarray, n: int, teacher: str, extra: list[str]) -> dict:
+def prepare_project(root: Path, mirror: Path, words: np.ndarray, n: int, teacher: str, extra: list[str]) -> int:
+    """A project directory holding a corpus of ``n`` distinct sentences, the eval pairs and pinned params; returns
+    the corpus rows."""
     root.mkdir(parents=True)
     rows = write_corpus(root / "data/external/corpus", words, n, seed=n)
     stsb = pd.read_parquet(mirror / "stsb/validation.parquet")
     stsb[["sentence1", "sentence2", "score"]].to_csv(root / "data/external/pairs.csv", index=False)
     pinned_params(root, settings(teacher, extra))
+    return rows
+
+
+def one_size(root: Path, mirror: Path, words: np.ndarray, n: int, teacher: str, extra: list[str]) -> dict:
+    rows = prepare_project(root, mirror, words, n, teacher, extra)
     point: dict = {"sentences": n, "rows": rows}
     items = {"download": rows, "validate": rows, "precompute": rows, "tokenize": rows, "train": n}
     for stage in STAGES:

@@ -41,7 +41,7 @@ from embedforge.config import NLI_LABELS, DatasetSource, ValidateParams
 from embedforge.data.schema import RAW_COLUMNS, SENTENCES_COLUMNS, raw_split_path, row_keys
 from embedforge.errors import DataError
 
-BATCH_ROWS = 500_000
+BATCH_ROWS = 100_000
 PAIR_COLUMNS = ["sentence1", "sentence2"]
 ID_COLUMNS = ["pair_id", "text_id"]  # shown with every failing row: the source's own row id, e.g. train-17
 LEAK_COLUMN = "row_in_train"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
@@ -57,17 +58,17 @@ class TokenStore:
             token_file = tokens_dir / path.parent.name / path.name
             if not token_file.is_file():
                 raise DataError(f"{token_file}: no token ids for this split; run `embedforge tokenize` first")
-            table = pq.read_table(token_file, columns=["sentence_id", "chunk", "input_ids"])
-            table = table.filter(pc.equal(table["chunk"], 0))
-            input_ids = table["input_ids"].combine_chunks()
-            split_lengths = pc.list_value_length(input_ids).to_numpy().astype(np.int32)
-            ids.append(table["sentence_id"].to_numpy().astype(ID_DTYPE))
-            lengths.append(split_lengths)
-            starts.append(offset + np.r_[0, np.cumsum(split_lengths[:-1], dtype=np.int64)])
-            tokens.append(pc.list_flatten(input_ids).to_numpy().astype(np.int32))
-            offset += int(split_lengths.sum())
+            for batch in token_batches(token_file, ["sentence_id", "input_ids"]):  # one row group at a time
+                batch_lengths = pc.list_value_length(batch["input_ids"]).to_numpy().astype(np.int32)
+                ids.append(fixed_ids(batch["sentence_id"]))
+                lengths.append(batch_lengths)
+                starts.append(offset + np.r_[0, np.cumsum(batch_lengths[:-1], dtype=np.int64)])
+                tokens.append(pc.list_flatten(batch["input_ids"]).to_numpy().astype(np.int32))
+                offset += int(batch_lengths.sum())
         sorted_ids, first = np.unique(np.concatenate(ids), return_index=True)
-        return cls(sorted_ids, np.concatenate(starts)[first], np.concatenate(lengths)[first], np.concatenate(tokens))
+        store = cls(sorted_ids, np.concatenate(starts)[first], np.concatenate(lengths)[first], np.concatenate(tokens))
+        pa.default_memory_pool().release_unused()  # the parquet buffers, which the pool would otherwise keep
+        return store
 
     def lookup(self, sentence_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Row of each id (meaningless where absent) and whether it is present, by binary search."""
@@ -94,7 +95,25 @@ class TokenStore:
         return len(self.sorted_ids)
 
 
-@dataclass(frozen=True)
+def token_batches(token_file: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """The first chunk of every sentence of a token file, a row group at a time: memory holds one group."""
+    for batch in pq.ParquetFile(token_file).iter_batches(columns=[*columns, "chunk"]):
+        yield batch.filter(pc.equal(batch["chunk"], 0))
+
+
+def fixed_ids(column: pa.Array) -> np.ndarray:
+    """Sentence ids as ``ID_DTYPE`` bytes, straight from Arrow's buffers, without a Python string each."""
+    fixed = column.cast(pa.binary(32))
+    return np.frombuffer(fixed.buffers()[1], dtype=ID_DTYPE, count=len(fixed), offset=32 * fixed.offset).copy()
+
+
+def id_strings(ids: np.ndarray) -> list[str]:
+    """``ID_DTYPE`` ids as Python strings, made straight from their bytes."""
+    text = ids.tobytes().decode("ascii")
+    return [text[start : start + 32] for start in range(0, len(text), 32)]
+
+
+@dataclass(frozen=True, slots=True)
 class Example:
     """One training pair by sentence id; ``negative`` is a hard negative of the anchor, when the data has one.
 
@@ -163,14 +182,14 @@ def pair_examples(path: Path, labelled: bool, min_score: float) -> list[Example]
 
 def sentence_examples(tokens_dir: Path, files: list[Path]) -> list[Example]:
     """Every distinct sentence of the splits named by ``files``, alone: what distillation trains on."""
-    ids: set[str] = set()
+    ids = []
     for path in files:
         token_file = tokens_dir / path.parent.name / path.name
         if not token_file.is_file():
             raise DataError(f"{token_file}: no token ids for this split; run `embedforge tokenize` first")
-        table = pq.read_table(token_file, columns=["sentence_id", "chunk"])
-        ids.update(table.filter(pc.equal(table["chunk"], 0))["sentence_id"].to_pylist())
-    return [Example(identifier, None, None) for identifier in sorted(ids)]
+        ids += [fixed_ids(batch["sentence_id"]) for batch in token_batches(token_file, ["sentence_id"])]
+    distinct = np.unique(np.concatenate(ids)) if ids else np.zeros(0, dtype=ID_DTYPE)
+    return [Example(identifier, None, None) for identifier in id_strings(distinct)]
 
 
 @dataclass
@@ -245,12 +264,18 @@ class LengthBucketedBatches:
         self.negative_rows = self.optional_rows([e.negative for e in self.examples])
         positive_lengths = np.where(self.positive_rows >= 0, store.lengths[self.positive_rows], 0)
         self.sort_keys = store.lengths[self.anchor_rows] // ANCHOR_LENGTH_BIN * 4096 + positive_lengths
-        self.sentences = [
-            tuple(row for row in rows if row >= 0)
-            for rows in zip(
-                self.anchor_rows.tolist(), self.positive_rows.tolist(), self.negative_rows.tolist(), strict=True
-            )
-        ]
+        # Distinct lone sentences never collide, so they need no per-example sets (about 90 bytes a sentence).
+        lone_and_distinct = (self.positive_rows < 0).all() and len(np.unique(self.anchor_rows)) == len(self.examples)
+        self.sentences = (
+            None
+            if lone_and_distinct
+            else [
+                tuple(row for row in rows if row >= 0)
+                for rows in zip(
+                    self.anchor_rows.tolist(), self.positive_rows.tolist(), self.negative_rows.tolist(), strict=True
+                )
+            ]
+        )
         self.num_batches = math.ceil(len(self.examples) / batch_size)
 
     def optional_rows(self, sentence_ids: list[str | None]) -> np.ndarray:
@@ -274,6 +299,8 @@ class LengthBucketedBatches:
 
     def fill(self, stream: list[int]) -> list[list[int]]:
         """Cut ``stream`` into full batches without a repeated sentence, carrying colliding examples forward."""
+        if self.sentences is None:
+            return [stream[start : start + self.batch_size] for start in range(0, len(stream), self.batch_size)]
         batches: list[list[int]] = []
         current: list[int] = []
         taken: set[int] = set()

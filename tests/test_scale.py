@@ -1,0 +1,26 @@
+"""The streaming stages hold their memory as a corpus grows: benchmarks/bench_scale.py's bound, at a size CI affords.
+
+Each stage runs in a fresh process on bench_scale's generated corpus (an own-data ``sentences`` dataset) with the
+tiny teacher; its peak RSS (the process image's own high-water mark) at 200k sentences must stay within 1.5x of
+its peak at 20k, the bound the benchmark sets for 5M against 100k.
+"""
+
+from __future__ import annotations
+
+import pytest
+from bench_scale import corpus_words, prepare_project, run_measured, stage_process
+
+pytestmark = pytest.mark.slow
+STREAMING = ("download", "validate", "precompute", "tokenize")
+
+
+def test_streaming_stages_peak_memory_holds_from_20k_to_200k_sentences(tmp_path, shared_mirror, tiny_teacher):
+    words = corpus_words(shared_mirror)
+    peaks: dict[tuple[str, int], float] = {}
+    for n in (20_000, 200_000):
+        root = tmp_path / f"n{n}"
+        prepare_project(root, shared_mirror, words, n, str(tiny_teacher), ["precompute.shard_size=20000"])
+        for stage in STREAMING:
+            peaks[stage, n] = run_measured(stage_process(stage), root)["peak_rss_mb"]
+    for stage in STREAMING:
+        assert peaks[stage, 200_000] <= 1.5 * peaks[stage, 20_000], (stage, peaks)
