@@ -171,8 +171,6 @@ def test_require_passed_refuses_missing_or_failed_results(tmp_path: Path, monkey
 
 def test_a_split_validated_in_batches_reports_as_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Counts, verdicts and failing rows of a split checked a batch at a time are those of the whole split."""
-    from embedforge.data import expectations
-
     monkeypatch.chdir(tmp_path)
     frames = {
         (dataset, split): clean_split(dataset, split) for dataset in DATASETS for split in ("train", "validation")
@@ -187,9 +185,8 @@ def test_a_split_validated_in_batches_reports_as_one(tmp_path: Path, monkeypatch
     with pytest.raises(ValidationFailed):
         validate.run(cfg)
     whole = json.loads(VALIDATION_RESULTS_PATH.read_text(encoding="utf-8"))
-    monkeypatch.setattr(expectations, "BATCH_ROWS", 6)
     with pytest.raises(ValidationFailed):
-        validate.run(cfg)
+        validate.run(cfg.model_copy(update={"validate_": cfg.validate_.model_copy(update={"batch_rows": 6})}))
     batched = json.loads(VALIDATION_RESULTS_PATH.read_text(encoding="utf-8"))
 
     assert batched["metrics"] == whole["metrics"] and batched["summary"] == whole["summary"]

@@ -89,6 +89,7 @@ class ValidateParams(Section):
     max_leaked_pair_rate: float = Field(default=0.0, ge=0, le=1)
     failed_rows_shown: int = Field(default=3, ge=1)
     data_docs: bool = True
+    batch_rows: int = Field(default=100_000, ge=1)
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> ValidateParams:

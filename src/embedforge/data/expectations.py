@@ -7,7 +7,7 @@ when one is asked for. Results come back as plain dicts that name the failed
 expectation, its columns and a few offending rows, ready for JSON and for a
 readable summary.
 
-A split is validated in batches of ``BATCH_ROWS`` rows, so a corpus of millions of
+A split is validated in batches of ``validate.batch_rows`` rows, so a corpus of millions of
 rows never sits in memory whole; the checks that span rows (duplicates, leakage
 into train) are computed over the whole split first, from 8-byte row hashes, and
 reach each batch as a flag column. The batches' results merge into one per split.
@@ -41,7 +41,6 @@ from embedforge.config import NLI_LABELS, DatasetSource, ValidateParams
 from embedforge.data.schema import RAW_COLUMNS, SENTENCES_COLUMNS, raw_split_path, row_keys
 from embedforge.errors import DataError
 
-BATCH_ROWS = 100_000
 PAIR_COLUMNS = ["sentence1", "sentence2"]
 ID_COLUMNS = ["pair_id", "text_id"]  # shown with every failing row: the source's own row id, e.g. train-17
 LEAK_COLUMN = "row_in_train"
@@ -69,13 +68,13 @@ def row_hashes(frame: pd.DataFrame, columns: list[str], exact: bool) -> np.ndarr
     return pd.util.hash_pandas_object(keys.astype("str"), index=False).to_numpy(dtype=np.uint64)
 
 
-def read_batches(path: Path, batch_rows: int | None = None) -> Iterator[pd.DataFrame]:
-    """A raw split in frames of ``batch_rows`` (default ``BATCH_ROWS``), indexed by their rows' positions in the
+def read_batches(path: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
+    """A raw split in frames of ``batch_rows`` rows, indexed by their rows' positions in the
     split; an empty split gives one empty frame, so its expectations still run."""
     try:
         parquet = pq.ParquetFile(path)
         start = 0
-        for batch in parquet.iter_batches(batch_size=batch_rows or BATCH_ROWS):
+        for batch in parquet.iter_batches(batch_size=batch_rows):
             frame = batch.to_pandas()
             frame.index = pd.RangeIndex(start, start + len(frame))
             start += len(frame)
@@ -86,9 +85,9 @@ def read_batches(path: Path, batch_rows: int | None = None) -> Iterator[pd.DataF
         raise DataError(f"{path}: cannot read parquet ({exc}): run `embedforge download` again") from None
 
 
-def split_hashes(path: Path, columns: list[str], exact: bool) -> np.ndarray:
+def split_hashes(path: Path, columns: list[str], exact: bool, batch_rows: int) -> np.ndarray:
     """``row_hashes`` of every row of a raw split, streamed."""
-    parts = [row_hashes(frame, columns, exact) for frame in read_batches(path)]
+    parts = [row_hashes(frame, columns, exact) for frame in read_batches(path, batch_rows)]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
 
@@ -225,13 +224,13 @@ class SplitValidator:
         """
         suite = self.suite(dataset)
         columns = text_columns(self.datasets[dataset])
-        repeated = repeated_rows(split_hashes(path, columns, exact=True))
+        repeated = repeated_rows(split_hashes(path, columns, exact=True, batch_rows=self.params.batch_rows))
         # "/" is not allowed in GX store keys, which Data Docs build from the asset name.
         asset = self.datasource.add_dataframe_asset(f"{dataset}.{split}")
         batch_definition = asset.add_batch_definition_whole_dataframe("whole")
         parts: list[list[dict[str, Any]]] = []
         rows = 0
-        for index, frame in enumerate(read_batches(path)):
+        for index, frame in enumerate(read_batches(path, self.params.batch_rows)):
             leaked = np.zeros(len(frame), dtype=bool)
             if train is not None and len(train):
                 leaked = np.isin(row_hashes(frame, columns, exact=False), train)

@@ -41,7 +41,12 @@ def run(cfg: Params) -> dict[str, float]:
         validator = SplitValidator(params, cfg.download.datasets, docs_dir=docs_dir)
         train_hashes = {
             dataset: np.unique(
-                split_hashes(raw_split_path(dataset, split), text_columns(cfg.download.datasets[dataset]), exact=False)
+                split_hashes(
+                    raw_split_path(dataset, split),
+                    text_columns(cfg.download.datasets[dataset]),
+                    exact=False,
+                    batch_rows=params.batch_rows,
+                )
             )
             for dataset, split in splits
             if split == TRAIN_SPLIT
