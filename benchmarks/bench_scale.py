@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from common import add_set_argument, build_tiny_sentence_model, pinned_params
+from common import PEAK_RSS_MB, add_set_argument, build_tiny_sentence_model, pinned_params
 
 from embedforge.config import MIRROR_ENV
 
@@ -49,14 +49,11 @@ OUTPUTS = {
     "tokenize": ["data/tokens"],
     "train": ["models/student", "checkpoints"],
 }
-# Peak RSS is read from /proc/self/status (VmHWM: this process image's own high-water mark). ru_maxrss would
-# not do: Linux carries the forking parent's peak over exec into the child's ru_maxrss.
-PEAK = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024"
 STAGE = f"""
 import importlib, json, sys
 from embedforge.config import load_params
 importlib.import_module("embedforge.stages." + sys.argv[1]).run(load_params("params.yaml"))
-print(json.dumps({{"peak_rss_mb": {PEAK}}}))
+print(json.dumps({{"peak_rss_mb": {PEAK_RSS_MB}}}))
 """
 RETRIEVAL = """
 import json, sys, time
@@ -72,7 +69,7 @@ started = time.perf_counter()
 found = retrieval(queries, corpus, [[int(row)] for row in rows], (1, 10))
 seconds = time.perf_counter() - started
 print(json.dumps({"search_seconds": seconds, "recall@10": found.recall[10], "peak_rss_mb": PEAK}))
-""".replace("PEAK", PEAK)
+""".replace("PEAK", PEAK_RSS_MB)
 
 
 def corpus_words(mirror: Path) -> np.ndarray:

@@ -17,6 +17,12 @@ if TYPE_CHECKING:
     from embedforge.config import Params
 
 
+# A process's own peak RSS in MB, as a Python expression for the fresh processes benchmarks start: VmHWM, the
+# high-water mark of this process image. ru_maxrss would not do, as Linux carries the forking parent's peak over
+# exec into the child's ru_maxrss.
+PEAK_RSS_MB = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024"
+
+
 def add_set_argument(parser: argparse.ArgumentParser) -> None:
     """``--set dotted.key=value``, laid over the benchmark's own params (e.g. a small teacher for a smoke run)."""
     parser.add_argument(
