@@ -18,6 +18,14 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
+
+def stream_parquet(path: Path) -> pq.ParquetFile:
+    """A parquet file to read a batch at a time. Arrow's pre-buffering would keep every row group it read
+    cached until the file is closed: about 400 MB over a 6-million-row split, growing with the file."""
+    return pq.ParquetFile(path, pre_buffer=False)
+
 
 def _umask() -> int:
     current = os.umask(0)

@@ -29,7 +29,6 @@ import great_expectations as gx
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from great_expectations.core.expectation_validation_result import ExpectationValidationResult
 from great_expectations.data_context.types.base import (
     DataContextConfig,
@@ -40,6 +39,7 @@ from great_expectations.data_context.types.base import (
 from embedforge.config import NLI_LABELS, DatasetSource, ValidateParams
 from embedforge.data.schema import RAW_COLUMNS, SENTENCES_COLUMNS, raw_split_path, row_keys
 from embedforge.errors import DataError
+from embedforge.files import stream_parquet
 
 PAIR_COLUMNS = ["sentence1", "sentence2"]
 ID_COLUMNS = ["pair_id", "text_id"]  # shown with every failing row: the source's own row id, e.g. train-17
@@ -72,7 +72,7 @@ def read_batches(path: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
     """A raw split in frames of ``batch_rows`` rows, indexed by their rows' positions in the
     split; an empty split gives one empty frame, so its expectations still run."""
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = stream_parquet(path)
         start = 0
         for batch in parquet.iter_batches(batch_size=batch_rows):
             frame = batch.to_pandas()

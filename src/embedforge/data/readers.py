@@ -16,9 +16,9 @@ from typing import IO
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from embedforge.errors import DataError, UserError
+from embedforge.files import stream_parquet
 
 BATCH_ROWS = 65_536
 SUFFIX_FORMATS = {
@@ -92,7 +92,7 @@ def read_batches(path: Path, fmt: str) -> Iterator[RawBatch]:
 
 def _parquet(path: Path, fmt: str) -> Iterator[RawBatch]:
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = stream_parquet(path)
         first = 0
         for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
             yield RawBatch(batch.to_pandas(), str(path), first)

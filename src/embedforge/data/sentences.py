@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from embedforge.data.schema import TEXT_COLUMNS, raw_split_path
 from embedforge.errors import DataError
+from embedforge.files import stream_parquet
 from embedforge.paths import RAW_DIR
 
 READ_BATCH_ROWS = 65_536
@@ -67,7 +67,7 @@ def split_files(datasets: list[str], splits: list[str], root: Path = RAW_DIR) ->
 def iter_sentences(files: list[Path]) -> Iterator[str]:
     """Every non-empty sentence of ``files`` (pairs' both sides, a corpus' texts), normalised, streamed in batches."""
     for path in files:
-        parquet = pq.ParquetFile(path)
+        parquet = stream_parquet(path)
         columns = [name for name in TEXT_COLUMNS if name in parquet.schema_arrow.names]
         for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=columns):
             for column in batch.columns:

@@ -26,7 +26,7 @@ from embedforge.data.readers import BATCH_ROWS
 from embedforge.data.schema import raw_schema, raw_split_path, row_keys
 from embedforge.data.sources import Source, SplitNotFound, make_sources, normalise
 from embedforge.errors import DataError
-from embedforge.files import atomic_dir, sha256_file, write_json
+from embedforge.files import atomic_dir, sha256_file, stream_parquet, write_json
 from embedforge.paths import RAW_DIR
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def finish_split(staged: SplitWriter, final: Path, limit: int | None, seed: int,
     result = SplitWriter(final, staged.schema)
     removed = 0
     start = 0
-    for batch in pq.ParquetFile(staged.path).iter_batches(batch_size=BATCH_ROWS):
+    for batch in stream_parquet(staged.path).iter_batches(batch_size=BATCH_ROWS):
         frame = batch.to_pandas()
         rows = np.arange(start, start + len(frame))
         start += len(frame)
@@ -167,7 +167,7 @@ def finish_split(staged: SplitWriter, final: Path, limit: int | None, seed: int,
 def read_keys(path: Path) -> set[str]:
     """``row_keys`` of every row of a raw split."""
     keys: set[str] = set()
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
+    for batch in stream_parquet(path).iter_batches(batch_size=BATCH_ROWS):
         keys.update(row_keys(batch.to_pandas()).dropna())
     return keys
 

@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
 from embedforge.data.sentences import normalize_text, search_sorted, sentence_id
 from embedforge.errors import DataError
+from embedforge.files import stream_parquet
 
 ID_DTYPE = "S32"  # a sentence id is 32 hex characters
 # Anchors and positives are padded separately, so buckets sort by anchor length in bins of this
@@ -97,7 +97,7 @@ class TokenStore:
 
 def token_batches(token_file: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
     """The first chunk of every sentence of a token file, a row group at a time: memory holds one group."""
-    for batch in pq.ParquetFile(token_file).iter_batches(columns=[*columns, "chunk"]):
+    for batch in stream_parquet(token_file).iter_batches(columns=[*columns, "chunk"]):
         yield batch.filter(pc.equal(batch["chunk"], 0))
 
 
