@@ -74,6 +74,10 @@ def test_set_overrides_beat_file_and_environment(tmp_path, monkeypatch):
         ({}, ["train.schedule=cyclic"], "train.schedule: input should be 'single' or 'staged'"),
         ({}, ["train.staged.mastery.data_fraction=1.5"], "train.staged.mastery.data_fraction: must be <= 1"),
         ({}, ["train.memory_limit_mb=0"], "train.memory_limit_mb: must be > 0"),
+        ({}, ["train.nproc_per_node=0"], "train.nproc_per_node: must be >= 1"),
+        ({}, ["train.nnodes=2"], "train.nnodes is 2: set train.rdzv_endpoint"),
+        ({}, ["train.rdzv_endpoint=node-1"], "train.rdzv_endpoint: string should match pattern"),
+        ({}, ["train.backend=mpi"], "train.backend: input should be 'auto', 'nccl' or 'gloo'"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, tree, overrides, expected):

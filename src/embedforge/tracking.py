@@ -278,9 +278,10 @@ def open_run(
 def start(cfg: Params, run_name: str, inputs: list[Path] = (), parent_run_id: str | None = None) -> Iterator[StageRun]:
     """An MLflow run for one stage (or the pipeline parent) with params, lineage tags, wall time and peak memory.
 
-    A tracking server that cannot be reached never stops the work: the run goes offline (see StageRun).
+    A tracking server that cannot be reached never stops the work: the run goes offline (see StageRun). Only
+    rank 0 of a distributed training world records anything: the others would only repeat it.
     """
-    if not cfg.tracking.enabled:
+    if not cfg.tracking.enabled or os.environ.get("RANK", "0") != "0":
         yield StageRun(None)
         return
     import mlflow
@@ -314,6 +315,26 @@ def start(cfg: Params, run_name: str, inputs: list[Path] = (), parent_run_id: st
         _current.reset(token)
         if run.run_id is not None:  # an MLflow run was started, even if it went offline since
             end_run(mlflow, run, status)
+
+
+@contextmanager
+def attach(cfg: Params, run_id: str | None) -> Iterator[StageRun]:
+    """Log into the run another process opened (a distributed train's launcher), leaving it to that process to end;
+    without ``run_id`` (the other ranks of a world) nothing is logged."""
+    if not (cfg.tracking.enabled and run_id):
+        yield StageRun(None)
+        return
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    mlflow.start_run(run_id=run_id)
+    run = StageRun(mlflow, "train", uri)
+    token = _current.set(run)
+    try:
+        yield run
+    finally:
+        _current.reset(token)
 
 
 def end_run(mlflow: Any, run: StageRun, status: str) -> None:

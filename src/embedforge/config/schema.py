@@ -300,6 +300,24 @@ class TrainParams(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     memory_limit_mb: float | None = Field(default=None, gt=0)
+    nproc_per_node: int = Field(default=1, ge=1, description="Training processes on this machine (one per GPU).")
+    nnodes: int = Field(default=1, ge=1, description="Machines training together; each runs `embedforge train`.")
+    rdzv_endpoint: str | None = Field(
+        default=None,
+        pattern=r"^[^:\s]+:\d+$",
+        description="host:port where the machines of a multi-node world meet (torchrun's --rdzv-endpoint); null on "
+        "one machine: a free local port.",
+    )
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    max_restarts: int = Field(default=0, ge=0, description="Times torch elastic restarts a failed world, resuming.")
+
+    @model_validator(mode="after")
+    def _world_meets(self) -> TrainParams:
+        if self.nnodes > 1 and self.rdzv_endpoint is None:
+            raise ValueError(
+                f"train.nnodes is {self.nnodes}: set train.rdzv_endpoint to host:port of the machine the nodes meet at"
+            )
+        return self
 
     @model_validator(mode="after")
     def _some_objective(self) -> TrainParams:

@@ -9,7 +9,9 @@ and, for distillation, ``data/embeddings/<teacher>``. Writes:
 - ``plots/train/steps.csv`` and ``plots/train/epochs.csv``: the curves for ``dvc plots``.
 
 The loop itself is ``embedforge.training.trainer.Trainer``; this module only
-assembles its parts from params.
+assembles its parts from params. With ``train.nproc_per_node`` or ``train.nnodes``
+above 1 it launches the processes (``embedforge.training.distributed``), each of
+which runs this module again as one rank; rank 0 writes everything.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from embedforge.paths import (
     TRAIN_METRICS_PATH,
     TRAIN_PLOTS_DIR,
 )
-from embedforge.training import checkpoint
+from embedforge.training import checkpoint, distributed
 from embedforge.training.batches import (
     Example,
     LengthBucketedBatches,
@@ -202,14 +204,25 @@ def run(cfg: Params, **hooks: Any) -> dict[str, Any]:
     if not TOKENIZER_DIR.is_dir():
         raise DataError(f"{TOKENIZER_DIR}: missing; run `embedforge tokenize` first")
     device = teachers.pick_device(cfg.train.device)
+    distributed.pick_backend(cfg.train, device)
+    distributed.check_devices(cfg.train, device)
+    check_resume_point(cfg)
+    if distributed.wanted_size(cfg.train) > 1 and not distributed.started_by_torchrun():
+        return distributed.launch(cfg, tracking.current().run_id)
     teacher = teachers.resolve(cfg.precompute.teacher)
-    model = build_student(cfg, TOKENIZER_DIR, teacher.path)
-    data = load_training_data(cfg, model, teacher)
-    objective = build_objective(cfg, model, data.teacher_dim)
-    memory = plan_memory(cfg, model, data, device)
-    prepare_checkpoints(cfg)
-    results = run_phases(cfg, TrainerParts(model, objective, data, device, hooks), memory)
-    return finalize(cfg, results, memory, device)
+    model = build_student(cfg, TOKENIZER_DIR, teacher.path)  # before joining: transformers saves on rank 0 only then
+    world, device = distributed.join(cfg.train, device)
+    try:
+        if world.is_main:
+            prepare_checkpoints(cfg)
+        world.barrier()
+        data = load_training_data(cfg, model, teacher)
+        objective = build_objective(cfg, model, data.teacher_dim)
+        memory = plan_memory(cfg, model, data, device)
+        results = run_phases(cfg, TrainerParts(model, objective, data, device, hooks, world), memory)
+        return finalize(cfg, results, memory, device, world) if world.is_main else {}
+    finally:
+        distributed.leave()
 
 
 def load_training_data(cfg: Params, model: torch.nn.Module, teacher: teachers.TeacherRef) -> TrainingData:
@@ -285,14 +298,24 @@ def plan_memory(cfg: Params, model: torch.nn.Module, data: TrainingData, device:
     return memory
 
 
+def check_resume_point(cfg: Params) -> None:
+    """A resumed run needs the checkpoints it resumes from."""
+    if cfg.train.resume and not resumable(cfg):
+        raise UserError(f"train.resume is true but {resume_point(cfg)} does not exist: nothing to resume")
+
+
 def prepare_checkpoints(cfg: Params) -> None:
-    """A fresh run starts without checkpoints; a resumed one needs the ones it resumes from."""
+    """A fresh run starts without checkpoints."""
     if not cfg.train.resume:
         shutil.rmtree(CHECKPOINTS_DIR, ignore_errors=True)
-        return
-    needed = CHECKPOINTS_DIR / "last" if cfg.train.schedule == "single" else CHECKPOINTS_DIR
-    if not needed.exists():
-        raise UserError(f"train.resume is true but {needed} does not exist: nothing to resume")
+
+
+def resume_point(cfg: Params) -> Path:
+    return CHECKPOINTS_DIR / "last" if cfg.train.schedule == "single" else CHECKPOINTS_DIR
+
+
+def resumable(cfg: Params) -> bool:
+    return resume_point(cfg).exists()
 
 
 def run_phases(cfg: Params, parts: TrainerParts, memory: dict[str, int]) -> list[PhaseResult]:
@@ -337,6 +360,7 @@ class TrainerParts:
     data: TrainingData
     device: str
     hooks: dict[str, Any]
+    world: distributed.World
 
     def trainer_for(
         self,
@@ -370,6 +394,7 @@ class TrainerParts:
             log_text=run_log.log_text,
             on_epoch_end=growth,
             deadline=deadline,
+            world=self.world,
             **self.hooks,
         )
         if growth is not None:
@@ -427,11 +452,11 @@ def train_phase(
             run_log.log_metrics({"phase.examples": len(phase.examples)})
         state = starting_state(cfg, trainer, phase, memory, done)
         sts = parts.data.validation.sts
-        if not done and state.step == 0 and sts is not None:  # the student before any step: what training must beat
+        if not done and state.step == 0 and sts is not None and parts.world.is_main:  # what training must beat
             trainer.history["initial"] = {"sts_spearman": sts(trainer)}
         state = trainer.fit(state)
         result = PhaseResult(phase, trainer, state)
-        if phase.name is not None:
+        if phase.name is not None and parts.world.is_main:
             summary = summarize(result, memory)
             run_log.log_metrics(
                 {f"result.{key}": value for key, value in flatten(summary).items() if isinstance(value, int | float)}
@@ -460,7 +485,9 @@ def starting_state(
     return state
 
 
-def finalize(cfg: Params, results: list[PhaseResult], memory: dict[str, int], device: str) -> dict[str, Any]:
+def finalize(
+    cfg: Params, results: list[PhaseResult], memory: dict[str, int], device: str, world: distributed.World
+) -> dict[str, Any]:
     """The curves, the best epoch's weights as models/student (and in MLflow), and metrics/train.json."""
     trainer = results[-1].trainer
     write_curves(merged_history(results))
@@ -481,6 +508,7 @@ def finalize(cfg: Params, results: list[PhaseResult], memory: dict[str, int], de
     write_json(TRAIN_METRICS_PATH, summary)
     flat = {f"result.{key}": value for key, value in flatten(summary).items() if value is not None}
     flat["result.device_used"] = device
+    flat["result.world_size"] = world.size
     return flat
 
 

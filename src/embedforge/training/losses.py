@@ -22,11 +22,19 @@ class InfoNCELoss(nn.Module):
         self.scale = 1.0 / temperature
 
     def forward(
-        self, anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None = None
+        self,
+        anchors: torch.Tensor,
+        positives: torch.Tensor,
+        negatives: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``labels`` is where each anchor's positive is among the candidates: row i by default; gathered
+        candidates of several ranks put this rank's positives further on."""
         candidates = positives if negatives is None else torch.cat([positives, negatives])
         scores = self.scale * F.normalize(anchors, dim=-1) @ F.normalize(candidates, dim=-1).T
-        return F.cross_entropy(scores, torch.arange(len(anchors), device=anchors.device))
+        if labels is None:
+            labels = torch.arange(len(anchors), device=anchors.device)
+        return F.cross_entropy(scores, labels)
 
 
 class DistillLoss(nn.Module):

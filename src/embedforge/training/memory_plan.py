@@ -15,6 +15,7 @@ import torch
 from embedforge.config import Params
 from embedforge.errors import UserError
 from embedforge.models import MODEL_FAMILIES
+from embedforge.training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,12 @@ LOGIT_TENSORS = 3  # the causal LM keeps logits, their log-softmax and its gradi
 
 
 def available_memory(cfg: Params, device: str) -> int:
-    """What a training step may use: what is free, capped at train.memory_limit_mb when set."""
-    free = torch.cuda.mem_get_info()[0] if device == "cuda" else psutil.virtual_memory().available
+    """What a training step may use: what is free (on the CPU, shared by this machine's training processes), capped
+    at train.memory_limit_mb when set."""
+    if device == "cuda":
+        free = torch.cuda.mem_get_info()[0]
+    else:
+        free = psutil.virtual_memory().available // distributed.world().local_size
     limit = cfg.train.memory_limit_mb
     return free if limit is None else min(free, int(limit * 2**20))
 

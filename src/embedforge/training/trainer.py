@@ -11,6 +11,12 @@ Faults it survives: running out of memory halves the micro-batch (doubling the
 accumulation, so the step is unchanged) and retries the step; a kill loses at
 most the steps since the last checkpoint. Faults it refuses: a non-finite loss
 stops the run naming the step and batch, leaving the checkpoints as they were.
+
+In a world of several processes (``training.distributed``) each rank trains its
+slice of every global batch, InfoNCE draws its candidates from the whole global
+batch, the gradients are summed across ranks before clipping, and the ranks agree
+on every decision: backing off after running out of memory, refusing a non-finite
+loss, early stopping (rank 0 validates) and running out of time.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from embedforge.memory import PeakMemory
 from embedforge.training import checkpoint
 from embedforge.training.batches import LengthBucketedBatches, PairBatch, TokenBatch
 from embedforge.training.checkpoint import TrainState
+from embedforge.training.distributed import ONE_PROCESS, World, gather_rows, sum_gradients
 from embedforge.training.losses import Objective
 from embedforge.training.schedule import resume_ramp, warmup_cosine
 
@@ -48,8 +55,12 @@ class TrainingDiverged(UserError):
     """The loss stopped being a finite number."""
 
 
+class OutOfMemoryElsewhere(RuntimeError):
+    """Another rank ran out of memory: every rank backs off together."""
+
+
 def is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or (
+    return isinstance(error, torch.OutOfMemoryError | OutOfMemoryElsewhere) or (
         isinstance(error, RuntimeError) and any(message in str(error) for message in OOM_MESSAGES)
     )
 
@@ -118,21 +129,62 @@ class PhaseTimes:
 
 
 class EpochBatches(torch.utils.data.Dataset):
-    """The remaining batches of one epoch, each as (example indices, built micro-batches), for a DataLoader."""
+    """The remaining global batches of one epoch, each as (example indices, this rank's built micro-batches), for a
+    DataLoader."""
 
-    def __init__(self, batches: LengthBucketedBatches, plan: list[list[int]], micro_batches: int):
-        self.batches, self.plan, self.micro_batches = batches, plan, micro_batches
+    def __init__(
+        self, batches: LengthBucketedBatches, plan: list[list[int]], micro_batches: int, world: World = ONE_PROCESS
+    ):
+        self.batches, self.plan, self.micro_batches, self.world = batches, plan, micro_batches, world
 
     def __len__(self) -> int:
         return len(self.plan)
 
     def __getitem__(self, index: int) -> tuple[list[int], list[PairBatch]]:
-        return self.plan[index], split(self.batches, self.plan[index], self.micro_batches)
+        indices = self.plan[index]
+        return indices, rank_micro_batches(self.batches, indices, self.micro_batches, self.world)
 
 
-def split(batches: LengthBucketedBatches, indices: list[int], pieces: int) -> list[PairBatch]:
-    """``indices`` as ``pieces`` contiguous micro-batches (neighbours in a bucket have similar lengths)."""
-    return [batches.build(part.tolist()) for part in np.array_split(np.asarray(indices), pieces) if len(part)]
+def rank_share(indices: list[int], world: World) -> tuple[list[int], bool]:
+    """This rank's contiguous slice of a global batch, and whether it counts.
+
+    A rank left without examples (a global batch smaller than the world) trains on the
+    batch's first example with weight 0, so every rank still runs the same collectives.
+    """
+    if not world.distributed:
+        return indices, True
+    mine = np.array_split(np.asarray(indices), world.size)[world.rank]
+    return (mine.tolist(), True) if len(mine) else (indices[:1], False)
+
+
+def rank_micro_batches(
+    batches: LengthBucketedBatches, indices: list[int], micro_batches: int, world: World
+) -> list[PairBatch]:
+    """This rank's slice of a global batch as micro-batches; every rank gets the same number of them (at most
+    ``micro_batches``, and none empty), as their collectives pair up one micro-batch at a time."""
+    share, _ = rank_share(indices, world)
+    pieces = micro_batch_count(indices, micro_batches, world)
+    return [batches.build(part.tolist()) for part in np.array_split(np.asarray(share), pieces)]
+
+
+def micro_batch_count(indices: list[int], micro_batches: int, world: World) -> int:
+    return max(1, min(micro_batches, len(indices) // world.size))
+
+
+def gathered_candidates(
+    anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None, counts: bool
+) -> tuple[torch.Tensor, ...]:
+    """InfoNCE's inputs over the global batch: this rank's anchors, every rank's positives and hard negatives (with
+    gradients back to the rank that embedded them), and each anchor's own positive among them."""
+    mine = len(anchors) if counts else 0
+    all_positives, offset = gather_rows(positives, mine)
+    own_negatives = negatives if negatives is not None else positives[:0]
+    all_negatives, _ = gather_rows(own_negatives, len(own_negatives) if counts else 0)
+    if counts:
+        labels = offset + torch.arange(len(anchors), device=anchors.device)
+    else:  # weight 0: any valid target keeps the loss finite
+        labels = torch.zeros(len(anchors), dtype=torch.long, device=anchors.device)
+    return anchors, all_positives, all_negatives, labels
 
 
 def unchanged(item: Any) -> Any:
@@ -167,6 +219,7 @@ class Trainer:
         before_micro_batch: Callable[[Trainer, TrainState, int], None] | None = None,
         on_epoch_end: Callable[[Trainer, TrainState], dict[str, float]] | None = None,
         deadline: float | None = None,
+        world: World = ONE_PROCESS,
     ):
         self.model = model.to(device)
         self.objective = objective.to(device)
@@ -183,6 +236,7 @@ class Trainer:
         self.before_micro_batch = before_micro_batch
         self.on_epoch_end = on_epoch_end
         self.deadline = deadline  # the perf_counter time train.max_minutes ends at (it spans every phase)
+        self.world = world
         self.measure_step = True  # wait for the device at each lap of this step (see PhaseTimes)
         self.dtype = autocast_dtype(params.precision, device)
         self.scaler = torch.amp.GradScaler(device, enabled=self.dtype == torch.float16 and device == "cuda")
@@ -234,7 +288,7 @@ class Trainer:
                         stop = self.out_of_budget(state)
                         if stop:
                             break
-                scores = self.validate(self)
+                scores = self.world.broadcast(self.validate(self) if self.world.is_main else None)
             improved = self.update_early_stopping(state, scores)
             stop = stop or state.epochs_without_improvement >= self.params.early_stopping.patience
             self.end_epoch(state, scores, times, memory, improved)
@@ -248,6 +302,7 @@ class Trainer:
             desc=f"epoch {state.epoch + 1}/{self.params.epochs}",
             unit="step",
             mininterval=1.0,
+            disable=not self.world.is_main,
         )
 
     def loader(self, state: TrainState) -> Iterator[tuple[list[int], list[PairBatch]]]:
@@ -260,7 +315,7 @@ class Trainer:
         workers = self.params.loader_workers
         return iter(
             torch.utils.data.DataLoader(
-                EpochBatches(self.batches, plan, state.micro_batches),
+                EpochBatches(self.batches, plan, state.micro_batches, self.world),
                 batch_size=None,
                 shuffle=False,
                 num_workers=workers,
@@ -273,22 +328,26 @@ class Trainer:
     def train_step(
         self, state: TrainState, indices: list[int], micro: list[PairBatch], times: PhaseTimes
     ) -> StepRecord:
-        """One optimizer step over one batch, retried with smaller micro-batches when memory runs out."""
+        """One optimizer step over one global batch (this rank's ``micro`` of it), retried with smaller
+        micro-batches when memory runs out anywhere."""
         self.measure_step = self.device != "cuda" or self.logs_step(state, ahead=1)
         times.record("data", self.lap(), self.measure_step)
         lr = self.learning_rate(state)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        _, counts = rank_share(indices, self.world)
         while True:
-            if len(micro) != state.micro_batches:
-                micro = split(self.batches, indices, state.micro_batches)
+            if len(micro) != micro_batch_count(indices, state.micro_batches, self.world):
+                micro = rank_micro_batches(self.batches, indices, state.micro_batches, self.world)
             try:
-                loss, parts = self.accumulate(state, micro, len(indices), times)
+                loss, parts = self.accumulate(state, micro, len(indices) if counts else math.inf, times)
                 break
             except Exception as error:
                 if not is_out_of_memory(error):
                     raise
                 self.back_off(state, indices, error)
+        if self.world.distributed:
+            sum_gradients(self.trainable())
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.trainable(), self.params.max_grad_norm)
         self.scaler.step(self.optimizer)  # sync point with fp16 only: the scaler reads whether gradients overflowed
@@ -297,10 +356,13 @@ class Trainer:
         times.record("optimizer", self.lap(), self.measure_step)
         state.step += 1
         state.batches_done += 1
-        times.examples += len(indices)
-        times.tokens += sum(batch.num_tokens for batch in micro)
+        if counts:
+            times.examples += sum(batch.num_examples for batch in micro)
+            times.tokens += sum(batch.num_tokens for batch in micro)
         record = StepRecord(state.step, state.epoch, loss, parts, lr)
         if self.logs_step(state):
+            if self.world.distributed:
+                record.loss, record.parts = self.summed(loss, parts)
             self.log_step(record, times)
         if self.on_step is not None:
             self.on_step(record)
@@ -308,34 +370,49 @@ class Trainer:
         return record
 
     def accumulate(
-        self, state: TrainState, micro: list[PairBatch], batch_examples: int, times: PhaseTimes
+        self, state: TrainState, micro: list[PairBatch], batch_examples: float, times: PhaseTimes
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Forward and backward every micro-batch, each loss weighted by its share of the batch."""
+        """Forward and backward every micro-batch, each loss weighted by its share of the global batch of
+        ``batch_examples`` (infinite for a rank whose examples do not count: weight 0)."""
         self.optimizer.zero_grad(set_to_none=True)
         losses: list[torch.Tensor] = []
         parts = {name: torch.zeros((), device=self.device) for name in self.objective.weights}
         self.lap()
+        out_of_memory: BaseException | None = None
         for index, batch in enumerate(micro):
             if self.before_micro_batch is not None:
                 self.before_micro_batch(self, state, index)
             share = batch.num_examples / batch_examples
-            loss, batch_parts = self.loss(batch, times)
-            self.scaler.scale(loss * share).backward()
+            try:
+                loss, batch_parts = self.loss(batch, times, counts=math.isfinite(batch_examples))
+                self.scaler.scale(loss * share).backward()
+            except Exception as error:
+                if not (self.world.distributed and is_out_of_memory(error)):
+                    raise
+                out_of_memory = error  # the other ranks finish their micro-batches, then all agree to back off
+                break
             times.record("backward", self.lap(), self.measure_step)
             losses.append(share * loss.detach().float())
             for name, value in batch_parts.items():
                 parts[name] += share * value.float()
+        if self.world.distributed and self.world.any(out_of_memory is not None, self.device):
+            raise out_of_memory or OutOfMemoryElsewhere("another training process ran out of memory")
         self.refuse_non_finite(state, torch.stack(losses), micro)
         return torch.stack(losses).sum(), parts
 
     def refuse_non_finite(self, state: TrainState, losses: torch.Tensor, micro: list[PairBatch]) -> None:
-        """Stop before the optimizer step if a micro-batch's loss is not finite, naming where.
+        """Stop before the optimizer step if a micro-batch's loss is not finite on any rank, naming where.
 
         Sync point: one read of one flag per step, so a diverged run stops at the step it diverged.
         """
         finite = torch.isfinite(losses)
-        if bool(finite.all()):
+        if not self.world.any(not bool(finite.all()), self.device):
             return
+        if bool(finite.all()):
+            raise TrainingDiverged(
+                f"train: the loss became non-finite on another training process at step {state.step + 1}; "
+                f"checkpoints/best is untouched. Lower train.lr, or use train.precision: fp32"
+            )
         index = int((~finite).nonzero()[0])
         raise TrainingDiverged(
             f"train: the loss became {float(losses[index])} at step {state.step + 1} (epoch {state.epoch + 1}, "
@@ -344,17 +421,36 @@ class Trainer:
             f"or use train.precision: fp32"
         )
 
-    def loss(self, batch: PairBatch, times: PhaseTimes | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """The objective on one (micro-)batch; ``times`` splits the time into forward and loss."""
+    def loss(
+        self, batch: PairBatch, times: PhaseTimes | None = None, counts: bool | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The objective on one (micro-)batch; ``times`` splits the time into forward and loss.
+
+        ``counts`` is given for a training step of a distributed world: InfoNCE then ranks
+        each anchor against the candidates of every rank (none from a rank that does not
+        count). Validation passes nothing: rank 0 alone scores its local batches.
+        """
+        gathered = counts is not None and self.world.distributed and "infonce" in self.objective.weights
         with self.autocast():
-            outputs = [self.features(part) for part in batch.parts]
+            try:
+                outputs = [self.features(part) for part in batch.parts]
+            except Exception as error:
+                if gathered and is_out_of_memory(error):
+                    self.world.any(True, self.device)  # the answer the other ranks wait for before gathering
+                raise
+            if gathered and self.world.any(False, self.device):
+                raise OutOfMemoryElsewhere("another training process ran out of memory")
             embeddings = [output["sentence_embedding"] for output in outputs]
             if times is not None:
                 times.record("forward", self.lap(), self.measure_step)
             inputs: dict[str, tuple[torch.Tensor, ...]] = {}
             if "infonce" in self.objective.weights:
                 negatives = embeddings[2] if batch.negatives is not None else None
-                inputs["infonce"] = (embeddings[0], embeddings[1], negatives)
+                inputs["infonce"] = (
+                    gathered_candidates(embeddings[0], embeddings[1], negatives, bool(counts))
+                    if gathered
+                    else (embeddings[0], embeddings[1], negatives)
+                )
             if "distill" in self.objective.weights:
                 rows = torch.from_numpy(np.concatenate([part.rows for part in batch.parts])).to(self.device)
                 inputs["distill"] = (torch.cat(embeddings).float(), self.teacher_vectors[rows].float())
@@ -411,6 +507,14 @@ class Trainer:
         self.model.train(was_training)
         return total / weight if weight else math.nan
 
+    def summed(
+        self, loss: torch.Tensor, parts: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The global batch's loss and parts: each rank's are weighted by its share, so they add up."""
+        values = torch.stack([loss, *parts.values()]).float()
+        torch.distributed.all_reduce(values)
+        return values[0], dict(zip(parts, values[1:], strict=True))
+
     def learning_rate(self, state: TrainState) -> float:
         multiplier = warmup_cosine(state.step, self.total_steps, self.warmup_steps, self.params.lr_floor)
         ramp = self.params.resume_warmup
@@ -424,7 +528,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.device == "cuda":
             torch.cuda.empty_cache()
-        largest = math.ceil(len(indices) / state.micro_batches)
+        largest = math.ceil(len(indices) / self.world.size / state.micro_batches)
         if largest <= 1:
             raise UserError(
                 f"train: out of memory at step {state.step + 1} even with one example per micro-batch "
@@ -435,7 +539,7 @@ class Trainer:
             "out of memory at step %d: micro-batch %d -> %d examples, accumulating %d micro-batches per step",
             state.step + 1,
             largest,
-            math.ceil(len(indices) / state.micro_batches),
+            math.ceil(len(indices) / self.world.size / state.micro_batches),
             state.micro_batches,
         )
         self.log_metrics({"step.micro_batches": state.micro_batches}, state.step)
@@ -447,9 +551,10 @@ class Trainer:
         return step % self.params.log_every_steps == 0 or done == self.steps_per_epoch
 
     def out_of_budget(self, state: TrainState) -> bool:
+        """Whether train.max_steps or train.max_minutes ran out (on any rank: clocks differ, ranks stop together)."""
         if self.params.max_steps is not None and state.step >= self.params.max_steps:
             return True
-        return self.deadline is not None and time.perf_counter() >= self.deadline
+        return self.deadline is not None and self.world.any(time.perf_counter() >= self.deadline, self.device)
 
     def update_early_stopping(self, state: TrainState, scores: dict[str, float | None]) -> bool:
         """Record the monitored score; True when it beats the best so far by more than ``min_delta``."""
@@ -472,11 +577,13 @@ class Trainer:
     def end_epoch(
         self, state: TrainState, scores: dict[str, float | None], times: PhaseTimes, memory: PeakMemory, improved: bool
     ) -> None:
+        times, spread = self.across_ranks(times, memory)
         self.totals.add(times)
         seconds = sum(times.seconds.values())
         finished = state.epoch + 1
         metrics = {f"val.{name}": value for name, value in scores.items() if value is not None}
         metrics.update(times.percentages())
+        metrics.update(spread)
         metrics.update(
             {
                 "epoch.seconds": seconds,
@@ -505,6 +612,33 @@ class Trainer:
             self.log_metrics(changes, state.step)
         self.save("last", state)
 
+    def across_ranks(self, times: PhaseTimes, memory: PeakMemory) -> tuple[PhaseTimes, dict[str, float]]:
+        """The epoch of the whole world: examples and tokens summed over ranks (the time is this rank's: ranks step
+        together), and each rank's tokens/s and peak memory as ``epoch.rank_<name>.min/mean/max``."""
+        if not self.world.distributed:
+            return times, {}
+        seconds = sum(times.seconds.values()) or 1.0
+        mine = {"examples": times.examples, "tokens": times.tokens, "tokens_per_s": times.tokens / seconds}
+        ranks = self.world.gather({**mine, **memory.metrics()})
+        world = PhaseTimes(
+            dict(times.seconds),
+            dict(times.measured),
+            sum(rank["examples"] for rank in ranks),
+            sum(rank["tokens"] for rank in ranks),
+        )
+        spread = {}
+        for name in ("tokens_per_s", "peak_rss_mb", "peak_cuda_mb"):
+            values = [rank[name] for rank in ranks if name in rank]
+            if values:
+                spread.update(
+                    {
+                        f"epoch.rank_{name}.min": min(values),
+                        f"epoch.rank_{name}.mean": sum(values) / len(values),
+                        f"epoch.rank_{name}.max": max(values),
+                    }
+                )
+        return world, spread
+
     def log_step(self, record: StepRecord, times: PhaseTimes) -> None:
         seconds = sum(times.seconds.values()) or 1.0
         metrics = {
@@ -518,6 +652,9 @@ class Trainer:
         self.log_metrics(metrics, record.step)
 
     def save(self, name: str, state: TrainState) -> None:
+        """Write a checkpoint (rank 0 only: the ranks hold the same weights)."""
+        if not self.world.is_main:
+            return
         state.architecture = self.architecture
         checkpoint.save(self.checkpoints / name, self.model, self.objective, self.optimizer, state, self.history)
 

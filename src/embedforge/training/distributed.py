@@ -1,0 +1,310 @@
+"""Training on several processes: torch's elastic launcher starts them, ``torch.distributed`` connects them.
+
+A world of ``train.nnodes`` x ``train.nproc_per_node`` processes trains data-parallel:
+every rank holds the whole model, takes its slice of every global batch, and the
+gradients are summed across ranks once per step, so a step sees the same examples
+and the same gradient whatever the world size. ``embedforge train`` (so ``dvc repro``
+and the Prefect task too) launches the world itself through ``torch.distributed.run``'s
+launcher when the params ask for more than one process, or joins the world ``torchrun``
+already started when ``LOCAL_RANK`` and ``WORLD_SIZE`` are set.
+
+Rank 0 alone writes files and talks to MLflow; the other ranks log nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from embedforge.config import Params, TrainParams
+from embedforge.errors import UserError
+
+log = logging.getLogger(__name__)
+
+RENDEZVOUS_ID = "embedforge-train"
+BUCKET_ELEMENTS = 2**22  # gradients are summed in buckets of at most this many values (16 MB of float32)
+TIMEOUT = timedelta(minutes=30)  # a collective waiting this long means a rank died: the group fails
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes (rank 0 of a world of 1 when not distributed)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+    local_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def any(self, flag: bool, device: str) -> bool:
+        """Whether ``flag`` is true on any rank (every rank gets the same answer)."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([float(flag)], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order, on every rank."""
+        if not self.distributed:
+            return [value]
+        values: list[Any] = [None] * self.size
+        dist.all_gather_object(values, value)
+        return values
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+ONE_PROCESS = World()
+_world = ONE_PROCESS
+
+
+def world() -> World:
+    return _world
+
+
+def started_by_torchrun() -> bool:
+    """Whether this process is a worker of a world torchrun (or our own launch) started."""
+    return "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def wanted_size(params: TrainParams) -> int:
+    return params.nnodes * params.nproc_per_node
+
+
+def pick_backend(params: TrainParams, device: str) -> str:
+    """NCCL on CUDA, gloo on CPU; ``train.backend`` may force one, and NCCL without CUDA is refused."""
+    if params.backend == "nccl" and device != "cuda":
+        raise UserError(
+            f"train.backend is nccl but training runs on {device} (train.device: {params.device}); NCCL needs CUDA "
+            f"GPUs: use train.backend: gloo (or auto)"
+        )
+    if params.backend != "auto":
+        return params.backend
+    return "nccl" if device == "cuda" else "gloo"
+
+
+def check_devices(params: TrainParams, device: str) -> None:
+    """On CUDA each local process takes one GPU: refuse more processes than GPUs before anything starts."""
+    if device == "cuda" and params.nproc_per_node > torch.cuda.device_count():
+        raise UserError(
+            f"train.nproc_per_node is {params.nproc_per_node} but this machine has {torch.cuda.device_count()} "
+            f"CUDA device(s): one process per GPU"
+        )
+
+
+def join(params: TrainParams, device: str) -> tuple[World, str]:
+    """Connect this worker to its world (a world of one when not started by torchrun); return it and the device
+    it trains on (on CUDA, the GPU of its local rank becomes the current one)."""
+    global _world
+    if not started_by_torchrun():
+        return _world, device
+    backend = pick_backend(params, device)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=TIMEOUT)
+    _world = World(
+        rank=dist.get_rank(),
+        local_rank=local_rank,
+        size=dist.get_world_size(),
+        local_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+    )
+    return _world, device
+
+
+def leave() -> None:
+    global _world
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _world = ONE_PROCESS
+
+
+def sum_gradients(parameters: Sequence[torch.nn.Parameter]) -> None:
+    """Sum every parameter's gradient over the ranks in place (a missing gradient counts as zeros).
+
+    Each rank weighted its losses by its share of the global batch, so the sum is the
+    whole batch's gradient. Buckets of flattened gradients keep the number of
+    collectives small, as DistributedDataParallel's buckets do.
+    """
+    for parameter in parameters:
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for parameter in parameters:
+        bucket.append(parameter.grad)
+        size += parameter.grad.numel()
+        if size >= BUCKET_ELEMENTS:
+            _sum_bucket(bucket)
+            bucket, size = [], 0
+    if bucket:
+        _sum_bucket(bucket)
+
+
+def _sum_bucket(gradients: list[torch.Tensor]) -> None:
+    flat = torch.cat([gradient.reshape(-1) for gradient in gradients])
+    dist.all_reduce(flat)
+    offset = 0
+    for gradient in gradients:
+        gradient.copy_(flat[offset : offset + gradient.numel()].view_as(gradient))
+        offset += gradient.numel()
+
+
+def gather_rows(local: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
+    """Every rank's first ``count`` rows of ``local``, in rank order, with gradients flowing back to the rank that
+    computed them; and where this rank's rows start in the result.
+
+    Ranks may hold different numbers of rows (a global batch rarely splits evenly):
+    they are padded to the largest for the all-gather and trimmed after.
+    """
+    from torch.distributed._functional_collectives import all_gather_single  # differentiable: backward reduces
+
+    counts = [torch.zeros(1, dtype=torch.long, device=local.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, torch.tensor([count], device=local.device))
+    sizes = [int(size) for size in counts]
+    widest = max(sizes)
+    if widest == 0:  # every rank agrees there is nothing to gather
+        return local[:0], 0
+    padded = torch.nn.functional.pad(local[:count], (0, 0, 0, widest - count))
+    gathered = all_gather_single(padded, gather_dim=0, group=dist.group.WORLD).split(widest)
+    rank = dist.get_rank()
+    return torch.cat([part[:size] for part, size in zip(gathered, sizes, strict=True)]), sum(sizes[:rank])
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch(cfg: Params, run_id: str | None) -> dict[str, Any]:
+    """Start the world ``cfg.train`` asks for (this machine's share of it) through torch's elastic launcher, each
+    worker running ``train`` on ``cfg``; wait for it and return rank 0's results.
+
+    Workers log into the MLflow run ``run_id`` (the one this process opened), so a
+    distributed run is one run, as a single-process one is.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    params = cfg.train
+    endpoint = params.rdzv_endpoint or f"127.0.0.1:{free_port()}"
+    with tempfile.TemporaryDirectory(prefix="embedforge-train-") as scratch:
+        config_path, result_path = Path(scratch) / "params.json", Path(scratch) / "result.json"
+        config_path.write_text(json.dumps(cfg.to_dict()), encoding="utf-8")
+        arguments = ["-m", __name__, str(config_path), str(result_path), "--launcher-pid", str(os.getpid())]
+        arguments += ["--run-id", run_id] if run_id else []
+        launch_config = LaunchConfig(
+            min_nodes=params.nnodes,
+            max_nodes=params.nnodes,
+            nproc_per_node=params.nproc_per_node,
+            run_id=RENDEZVOUS_ID,
+            rdzv_backend="c10d",
+            rdzv_endpoint=endpoint,
+            max_restarts=params.max_restarts,
+            monitor_interval=0.5,
+        )
+        log.info(
+            "train: launching %d process(es) on this node of %d node(s), rendezvous at %s",
+            params.nproc_per_node,
+            params.nnodes,
+            endpoint,
+        )
+        try:
+            elastic_launch(launch_config, sys.executable)(*arguments)
+        except ChildFailedError as failure:
+            raise UserError(worker_error(result_path) or f"train: a training process failed: {failure}") from None
+        if not result_path.is_file():  # this node ran no rank 0: its results live on the node that did
+            return {"result.world_size": wanted_size(params)}
+        return json.loads(result_path.read_text(encoding="utf-8"))["results"]
+
+
+def worker_error(result_path: Path) -> str | None:
+    """The message a worker left for a user error (bad data, bad params), so the launcher can report it."""
+    if not result_path.is_file():
+        return None
+    return json.loads(result_path.read_text(encoding="utf-8")).get("error")
+
+
+def die_with(launcher_pid: int) -> None:
+    """End this worker when its launcher dies, even by SIGKILL (``kill -9`` of ``dvc repro``): torch starts each
+    worker in its own session, so nothing else would stop it training on. Linux only (``PR_SET_PDEATHSIG``)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    set_parent_death_signal = 1  # PR_SET_PDEATHSIG
+    ctypes.CDLL(None, use_errno=True).prctl(set_parent_death_signal, signal.SIGKILL)
+    if os.getppid() != launcher_pid:  # it died before the signal was armed
+        os._exit(1)
+
+
+def worker(argv: list[str] | None = None) -> int:
+    """One training process of a launched world: read the params, train, and (rank 0) leave the results."""
+    from embedforge import tracking
+    from embedforge.stages import train
+
+    parser = argparse.ArgumentParser(prog="embedforge-train-worker")
+    parser.add_argument("params")
+    parser.add_argument("result")
+    parser.add_argument("--run-id")
+    parser.add_argument("--launcher-pid", type=int)
+    arguments = parser.parse_args(argv)
+    if arguments.launcher_pid:
+        die_with(arguments.launcher_pid)
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(  # the other ranks would repeat rank 0's progress: they report only warnings
+        level=logging.INFO if rank == "0" else logging.WARNING, format=f"[rank {rank}] %(levelname)s %(message)s"
+    )
+    cfg = Params.model_validate(json.loads(Path(arguments.params).read_text(encoding="utf-8")))
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and train.resumable(cfg):
+        log.warning("train: the launcher restarted this world (train.max_restarts): resuming from checkpoints/last")
+        cfg.train.resume = True
+    is_main = rank == "0"
+    try:
+        with tracking.attach(cfg, arguments.run_id if is_main else None):
+            results = train.run(cfg)
+    except UserError as error:
+        Path(arguments.result).write_text(json.dumps({"error": str(error)}), encoding="utf-8")
+        log.error("%s", error)
+        return error.exit_code
+    if is_main:
+        Path(arguments.result).write_text(json.dumps({"results": results}), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker())
