@@ -222,3 +222,37 @@ def test_two_nodes_meeting_at_a_rendezvous_endpoint_train_as_one_process(ready, 
     two_curve, two_weights = curve_and_weights(project)
     assert (one_curve - two_curve).abs().max() < 1e-4
     assert largest_difference(one_weights, two_weights) < 1e-4
+
+
+def out_of_memory_once_on_rank_one(trainer, state, index) -> None:
+    """Rank 1 alone runs out of memory in its first micro-batch of step 3."""
+    if trainer.world.rank == 1 and state.step == 2 and state.micro_batches == 1:
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+
+def rank_running_train(rank: int, port: int, project: Path, cfg, results) -> None:
+    """What torchrun would start: one rank of a world of two, in the project directory."""
+    os.chdir(project)
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2"
+    )
+    results.put((rank, train.run(cfg, before_micro_batch=out_of_memory_once_on_rank_one)))
+
+
+@pytest.mark.slow
+def test_running_out_of_memory_on_one_rank_backs_off_every_rank_and_keeps_the_steps(ready, project):
+    overrides = [*NO_DROPOUT, "train.objectives={infonce: 0.0, distill: 1.0}", "train.max_steps=6"]
+    train.run(ready(*overrides))
+    one_curve, one_weights = curve_and_weights(project)
+
+    context = mp.get_context("spawn")
+    results = context.SimpleQueue()
+    mp.start_processes(
+        rank_running_train, args=(free_port(), project, ready(*overrides), results), nprocs=2, start_method="spawn"
+    )
+    by_rank = dict(results.get() for _ in range(2))
+
+    assert by_rank[0]["result.micro_batches"] == 2 and by_rank[1] == {}  # rank 0 backed off too; rank 1 wrote nothing
+    two_curve, two_weights = curve_and_weights(project)
+    assert (one_curve - two_curve).abs().max() < 1e-4
+    assert largest_difference(one_weights, two_weights) < 1e-4

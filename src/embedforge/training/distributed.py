@@ -132,15 +132,18 @@ def join(params: TrainParams, device: str) -> tuple[World, str]:
         return _world, device
     backend = pick_backend(params, device)
     local_rank = int(os.environ["LOCAL_RANK"])
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if device == "cuda":
         torch.cuda.set_device(local_rank)
+    elif "OMP_NUM_THREADS" not in os.environ:  # the machine's cores shared out, not each process taking them all
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=TIMEOUT)
     _world = World(
         rank=dist.get_rank(),
         local_rank=local_rank,
         size=dist.get_world_size(),
-        local_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+        local_size=local_size,
     )
     return _world, device
 

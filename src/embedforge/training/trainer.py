@@ -380,10 +380,10 @@ class Trainer:
         self.lap()
         out_of_memory: BaseException | None = None
         for index, batch in enumerate(micro):
-            if self.before_micro_batch is not None:
-                self.before_micro_batch(self, state, index)
             share = batch.num_examples / batch_examples
             try:
+                if self.before_micro_batch is not None:
+                    self.before_micro_batch(self, state, index)
                 loss, batch_parts = self.loss(batch, times, counts=math.isfinite(batch_examples))
                 self.scaler.scale(loss * share).backward()
             except Exception as error:
