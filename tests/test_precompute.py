@@ -1,15 +1,23 @@
 import hashlib
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import build_tiny_sentence_model, leftovers
+from conftest import build_tiny_sentence_model, free_port, leftovers
+from distributed import Client
 from sentence_transformers import SentenceTransformer
 
 from embedforge import embeddings
+from embedforge.config import flatten, load_params
 from embedforge.data.sentences import normalize_text, sentence_id
 from embedforge.errors import DataError, UserError
 from embedforge.models import teacher as teachers
@@ -173,3 +181,153 @@ def test_the_teacher_fingerprint_is_names_and_bytes_of_weights_and_configs_only(
     assert teachers.TeacherRef(spec=str(model), path=model, name="model").fingerprint == ref.fingerprint
     (model / "model.safetensors").write_bytes(b"other weights")
     assert teachers.TeacherRef(spec=str(model), path=model, name="model").fingerprint != ref.fingerprint
+
+
+def dask_params(params, *overrides: str):
+    """Params of a run on a LocalCluster of two worker processes, torch backend (no ONNX export per worker)."""
+    return params("precompute.workers=2", "precompute.backend=torch", *overrides)
+
+
+def cache_contents(directory: Path) -> tuple[list[tuple[str, int]], list[str], np.ndarray]:
+    """(manifest's (file, rows) in order, every id in shard order, every vector as stored)."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    table = pq.read_table([directory / shard["file"] for shard in manifest["shards"]])
+    vectors = table.column("embedding").combine_chunks().values.to_numpy().reshape(len(table), -1)
+    return [(s["file"], s["rows"]) for s in manifest["shards"]], table.column("sentence_id").to_pylist(), vectors
+
+
+@pytest.mark.parametrize("dtype", [pytest.param("float32", marks=pytest.mark.slow), "float16"])
+def test_two_dask_workers_write_what_one_worker_writes(prepared, params, dtype):
+    one = precompute.run(params("precompute.backend=torch", f"precompute.dtype={dtype}"))
+    expected = cache_contents(cache_dir(prepared))
+    cache_dir(prepared).rename(prepared / "one-worker")
+
+    two = precompute.run(dask_params(params, f"precompute.dtype={dtype}"))
+
+    shards, ids, vectors = cache_contents(cache_dir(prepared))
+    assert shards == expected[0] and ids == expected[1] and len(shards) > 1
+    if dtype == "float16":
+        assert np.array_equal(vectors, expected[2])
+    else:
+        assert np.abs(vectors - expected[2]).max() <= 1e-6
+    assert two["precompute.workers_used"] == 2 and one["precompute.workers_used"] == 1
+    varying = {"precompute.workers_used", *(["precompute.bytes_on_disk"] if dtype == "float32" else [])}  # last bits
+    same = [key for key in one if "per_s" not in key and key not in varying]
+    assert {key: two[key] for key in same} == {key: one[key] for key in same}
+    assert not (cache_dir(prepared) / precompute.SPILL_DIR).exists() and leftovers(prepared) == []
+
+
+def test_more_workers_inside_a_dask_task_need_that_clusters_address(prepared, params):
+    """A Dask worker process cannot start a LocalCluster of its own (the flow on a Dask cluster runs stages there)."""
+    with (
+        precompute.local_cluster(1) as cluster,
+        Client(cluster) as client,
+        pytest.raises(UserError, match="set precompute.dask_address to that cluster's scheduler"),
+    ):
+        client.submit(precompute.run, dask_params(params)).result()
+
+
+def precompute_command(small_mirror: Path, tiny_teacher: Path, *overrides: str) -> list[str]:
+    """`embedforge --set ... precompute` on the small mirror and the tiny teacher: the stage as its own process."""
+    settings = [
+        "download.source=mirror",
+        f"download.mirror={small_mirror}",
+        "tracking.enabled=false",
+        f"precompute.teacher={tiny_teacher}",
+        *overrides,
+    ]
+    return [
+        str(Path(sys.executable).with_name("embedforge")),
+        *(f"--set={setting}" for setting in settings),
+        "precompute",
+    ]
+
+
+@pytest.mark.slow
+def test_a_killed_dask_client_resumes_from_its_finished_shards(prepared, params, small_mirror, tiny_teacher, tmp_path):
+    small_shards = ["precompute.shard_size=10"]  # many shards of a few batches: a run long enough to kill inside
+    partitions = -(-len(distinct_sentences(prepared)) // 10)
+    command = precompute_command(
+        small_mirror,
+        tiny_teacher,
+        "precompute.workers=2",
+        "precompute.backend=torch",
+        "precompute.batch_size=1",
+        *small_shards,
+    )
+    with (tmp_path / "client.log").open("w") as client_log:
+        client = subprocess.Popen(command, cwd=prepared, stdout=client_log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while not list(cache_dir(prepared).glob("part-*.parquet")):
+            assert client.poll() is None and time.monotonic() < deadline, (tmp_path / "client.log").read_text()
+            time.sleep(0.005)
+        os.kill(client.pid, signal.SIGKILL)
+    finally:
+        client.wait()
+    written = len(list(cache_dir(prepared).glob("part-*.parquet")))
+    assert 1 <= written < partitions and not (cache_dir(prepared) / "manifest.json").exists()
+
+    resumed = precompute.run(dask_params(params, "precompute.batch_size=1", *small_shards))
+    assert written <= resumed["precompute.shards_reused"] < partitions == resumed["precompute.shards"]
+    resumed_cache = cache_contents(cache_dir(prepared))
+    shutil.rmtree(cache_dir(prepared))
+    precompute.run(dask_params(params, "precompute.batch_size=1", *small_shards))
+    clean = cache_contents(cache_dir(prepared))
+    assert resumed_cache[:2] == clean[:2] and np.array_equal(resumed_cache[2], clean[2])
+    assert leftovers(prepared) == []
+
+
+def test_an_unreachable_dask_address_fails_fast_naming_the_key(prepared, small_mirror, tiny_teacher):
+    address = f"tcp://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    done = subprocess.run(
+        precompute_command(small_mirror, tiny_teacher, f"precompute.dask_address={address}"),
+        cwd=prepared,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: precompute.dask_address: no Dask scheduler answered at '{address}'"
+    )
+    assert time.monotonic() - started < 60
+    assert not (prepared / "data/embeddings").exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "error"),
+    [
+        (["precompute.workers=0"], "precompute.workers: must be >= 1"),
+        (["precompute.device=cuda:0,cuda:1"], "precompute.workers (1) must equal the number of GPUs"),
+        (["precompute.device=cuda:0,cpu", "precompute.workers=2"], "each cuda:N"),
+        (["precompute.device=gpu"], "precompute.device: must be auto, cpu, cuda, cuda:N"),
+        (
+            ["precompute.device=cuda:0,cuda:1", "precompute.workers=2", "precompute.dask_address=tcp://h:8786"],
+            "CUDA_VISIBLE_DEVICES",
+        ),
+    ],
+)
+def test_bad_worker_and_device_settings_are_refused_naming_the_key(project, settings, error):
+    with pytest.raises(UserError) as raised:
+        load_params(project / "params.yaml", settings)
+    assert error in str(raised.value)
+
+
+def test_one_worker_per_listed_gpu_is_accepted(project):
+    cfg = load_params(project / "params.yaml", ["precompute.device=cuda:0, cuda:1", "precompute.workers=2"])
+    assert cfg.precompute.devices == ["cuda:0", "cuda:1"]
+    assert flatten(cfg.to_dict())["precompute.workers"] == 2
+
+
+def test_each_worker_of_a_multi_gpu_run_takes_the_gpu_at_its_index():
+    assert [precompute.worker_device(["cuda:0", "cuda:1"], name) for name in (0, 1)] == ["cuda:0", "cuda:1"]
+    assert precompute.worker_device(["auto"], 1) == "auto"
+
+
+def test_a_gpu_index_this_machine_lacks_is_refused():
+    with pytest.raises(UserError, match="device is 'cuda:7' but"):
+        teachers.pick_device("cuda:7")

@@ -6,6 +6,7 @@ before any work starts; the message names the dotted key (see ``errors``).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
@@ -22,6 +23,8 @@ from embedforge.config.datasets import (
     default_datasets,
 )
 
+ONE_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+CUDA_DEVICE = re.compile(r"cuda:\d+")
 PresetName = Literal["development", "research", "production", "distill-small"]
 
 # Named here because the download section's own message points at it; ``params_file`` reads it.
@@ -106,9 +109,44 @@ class PrecomputeParams(Section):
     shard_size: int = Field(default=50_000, gt=0)
     dtype: Literal["float16", "float32"] = "float16"
     normalize: bool = True
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     backend: Literal["auto", "torch", "onnx"] = "auto"
+    workers: int = Field(default=1, ge=1)
+    dask_address: str | None = Field(default=None, min_length=1)
+
+    @property
+    def devices(self) -> list[str]:
+        """``device`` as a list: one item, or the GPUs of a multi-GPU run, one worker each."""
+        return [item.strip() for item in self.device.split(",")]
+
+    @model_validator(mode="after")
+    def _devices_fit_workers(self) -> PrecomputeParams:
+        devices = self.devices
+        if len(devices) == 1:
+            if not ONE_DEVICE.fullmatch(devices[0]):
+                raise ValueError(
+                    f"precompute.device: must be auto, cpu, cuda, cuda:N or a list of GPUs like cuda:0,cuda:1, "
+                    f"got {self.device!r}"
+                )
+            return self
+        if not all(CUDA_DEVICE.fullmatch(device) for device in devices) or len(set(devices)) < len(devices):
+            raise ValueError(
+                f"precompute.device: several devices must be distinct GPUs, each cuda:N (e.g. cuda:0,cuda:1), "
+                f"got {self.device!r}"
+            )
+        if self.workers != len(devices):
+            raise ValueError(
+                f"precompute.workers ({self.workers}) must equal the number of GPUs in precompute.device "
+                f"({len(devices)}: {self.device}): one worker per GPU"
+            )
+        if self.dask_address is not None:
+            raise ValueError(
+                "precompute.device: a list of GPUs pins the workers of the LocalCluster precompute starts; with "
+                "precompute.dask_address, start each `dask worker` on its own GPU (CUDA_VISIBLE_DEVICES=N) "
+                "and set precompute.device: cuda"
+            )
+        return self
 
 
 class TokenizeParams(Section):

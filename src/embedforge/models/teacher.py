@@ -89,12 +89,18 @@ def resolve(spec: str, key: str = "precompute.teacher") -> TeacherRef:
 
 
 def pick_device(requested: str) -> str:
+    """``auto`` is CUDA when there is a GPU; ``cuda`` and ``cuda:N`` must name a GPU that is there."""
     import torch
 
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device is {requested!r} but no CUDA device is available; use 'auto' or 'cpu'")
+    if requested.startswith("cuda:") and int(requested.removeprefix("cuda:")) >= torch.cuda.device_count():
+        raise UserError(
+            f"device is {requested!r} but this machine has {torch.cuda.device_count()} CUDA device(s), "
+            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
     return requested
 
 
@@ -107,10 +113,11 @@ def pick_backend(requested: str, device: str) -> str:
     return requested
 
 
-def load(ref: TeacherRef, device: str, precision: str, backend: str = "torch") -> Any:
+def load(ref: TeacherRef, device: str, precision: str, backend: str = "torch", threads: int | None = None) -> Any:
     """The teacher on ``device`` behind the SentenceTransformer ``encode`` interface.
 
-    Half precision is used only on CUDA; ``backend='onnx'`` runs it with ONNX Runtime.
+    Half precision is used only on CUDA; ``backend='onnx'`` runs it with ONNX Runtime, on ``threads`` threads
+    (default: every CPU).
     """
     import torch
     from sentence_transformers import SentenceTransformer
@@ -123,8 +130,8 @@ def load(ref: TeacherRef, device: str, precision: str, backend: str = "torch") -
     if backend == "onnx":
         from embedforge.models.onnx_encoder import OnnxSentenceEncoder
 
-        return OnnxSentenceEncoder(model, ref.fingerprint)
-    if device == "cuda":
+        return OnnxSentenceEncoder(model, ref.fingerprint, threads)
+    if device.startswith("cuda"):
         if precision in ("auto", "bf16") and torch.cuda.is_bf16_supported():
             model = model.to(torch.bfloat16)
         elif precision in ("auto", "fp16", "bf16"):
