@@ -1,5 +1,6 @@
 """The Prefect flow on the tiny config: a real flow run against a temporary Prefect server (prefect_test_harness)."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -7,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -18,12 +19,15 @@ from prefect.client.schemas.filters import (
 )
 from prefect.states import Failed
 from prefect.testing.utilities import prefect_test_harness
+from prefect_dask import DaskTaskRunner
 
+from embedforge import tracking
 from embedforge.errors import UserError
-from embedforge.flow import is_transient, pipeline
+from embedforge.flow import is_transient, pipeline, stage_runner
 from embedforge.runs import RunLog
 from embedforge.runs import diff as runs_diff
 from embedforge.runs import table as runs_table
+from embedforge.stages.precompute import local_cluster
 
 BIN = Path(sys.executable).parent
 STAGES = ["download", "validate", "precompute", "tokenize", "train", "evaluate", "report"]
@@ -139,3 +143,40 @@ def test_a_changed_preset_default_reruns_exactly_the_stages_that_read_it(harness
     monkeypatch.syspath_prepend(str(source))
     again = pipeline(overrides=tiny, return_state=True)
     assert again.is_completed() and ran(task_runs(again)) == {"train", "evaluate", "report"}
+
+
+def test_a_dask_address_runs_the_stage_tasks_on_that_cluster_with_the_flows_environment(project, monkeypatch):
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    with local_cluster(1) as cluster, stage_runner(cluster.scheduler_address, "the-parent-run") as runner:
+        assert isinstance(runner, DaskTaskRunner) and runner.address == cluster.scheduler_address
+        seen = runner.client.run(lambda: (os.environ.get(tracking.PARENT_RUN_ENV), os.environ.get("PREFECT_API_URL")))
+    assert list(seen.values()) == [("the-parent-run", "http://127.0.0.1:4200/api")]
+
+
+def test_an_unreachable_dask_address_fails_the_flow_naming_it(monkeypatch):
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    address = f"tcp://127.0.0.1:{free_port()}"
+    with (
+        pytest.raises(UserError, match=f"dask_address: no Dask scheduler answered at '{address}'"),
+        stage_runner(address, None),
+    ):
+        pass
+
+
+@pytest.mark.slow
+def test_the_flow_on_a_dask_cluster_runs_every_stage_there(harness, project, tiny):
+    """precompute runs its shards on the same cluster from inside its stage task, which frees its worker's slot
+    meanwhile: on a cluster of one worker it would otherwise wait on itself."""
+    with local_cluster(1) as cluster:
+        address = cluster.scheduler_address
+        state = pipeline(
+            overrides=[*tiny, f"precompute.dask_address={address}"], dask_address=address, return_state=True
+        )
+    assert state.is_completed(), state.message
+    assert ran(task_runs(state)) == set(STAGES)
+    results = state.result()
+    assert results["precompute"]["precompute.workers_used"] == 1
+    client = MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("embedforge").experiment_id])
+    parent = next(run.info.run_id for run in runs if run.info.run_name == "pipeline")
+    assert {run.data.tags.get("mlflow.parentRunId") for run in runs if run.info.run_name in STAGES} == {parent}

@@ -176,12 +176,23 @@ def where_to_look(cfg) -> str:
 
 CronOption = Annotated[str | None, typer.Option(help='A cron schedule, e.g. "0 3 * * *" (03:00 every day).')]
 IntervalOption = Annotated[float | None, typer.Option(help="Run every this many seconds.", min=1)]
+DaskAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Run the stage tasks on the Dask scheduler at this address (e.g. tcp://10.0.0.5:8786), "
+        "its workers started in this directory.",
+    ),
+]
 
 
-def _flow_parameters(params_path: Path, overrides: list[str]) -> dict[str, object]:
+def _flow_parameters(params_path: Path, overrides: list[str], dask_address: str | None) -> dict[str, object]:
     """The flow's parameters, checked now: a bad value fails at deploy time, not at 03:00."""
     load_params(params_path, overrides)
-    return {"params": str(params_path), "overrides": overrides}
+    return {
+        "params": str(params_path),
+        "overrides": overrides,
+        **({"dask_address": dask_address} if dask_address else {}),
+    }
 
 
 @app.command("schedule")
@@ -190,6 +201,7 @@ def schedule(
     cron: CronOption = None,
     interval: IntervalOption = None,
     name: Annotated[str, typer.Option(help="The Prefect deployment's name.")] = "embedforge-scheduled",
+    dask_address: DaskAddressOption = None,
     params: ParamsOption = None,
     overrides: SetOption = None,
 ) -> None:
@@ -199,7 +211,7 @@ def schedule(
     def action() -> None:
         if (cron is None) == (interval is None):
             raise UserError("schedule: give exactly one of --cron or --interval")
-        parameters = _flow_parameters(params_path, all_overrides)
+        parameters = _flow_parameters(params_path, all_overrides, dask_address)
         from embedforge.flow import api_server, pipeline
 
         with api_server():
@@ -215,6 +227,7 @@ def deploy(
     cron: CronOption = None,
     interval: IntervalOption = None,
     name: Annotated[str, typer.Option(help="The Prefect deployment's name.")] = "embedforge",
+    dask_address: DaskAddressOption = None,
     params: ParamsOption = None,
     overrides: SetOption = None,
 ) -> None:
@@ -224,7 +237,7 @@ def deploy(
     def action() -> None:
         if cron is not None and interval is not None:
             raise UserError("deploy: give at most one of --cron or --interval")
-        parameters = _flow_parameters(params_path, all_overrides)
+        parameters = _flow_parameters(params_path, all_overrides, dask_address)
         from embedforge.flow import FLOW_NAME
         from embedforge.flow import deploy as deploy_flow
 

@@ -13,6 +13,14 @@ import hands one thread a half-initialised module), and a stage's peak memory,
 torch threads and environment must be its own. download retries with backoff; a
 deterministic failure (bad params, failed validation) is never retried. Each run
 ends with a markdown artifact: the evaluation summary and the MLflow run.
+
+With ``dask_address`` the stage tasks run on that Dask cluster instead
+(prefect-dask's ``DaskTaskRunner``). It is a flow parameter, not a decorator
+option, so a schedule or deployment can pass it. The cluster's workers need
+embedforge installed, must run in the project directory (stages read and write it
+by relative path) and, for the reason above, with one thread each
+(``dask worker ADDRESS --nthreads 1``); they get the same environment as the
+flow's own worker processes.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import TaskRunContext, get_run_context
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from prefect.task_runners import ProcessPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 from prefect.tasks import exponential_backoff
 from prefect.types.entrypoint import EntrypointType
 
@@ -52,6 +60,7 @@ from embedforge.stages import run_stage
 
 FLOW_NAME = "embedforge-pipeline"
 SERVER_START_TIMEOUT_S = 120
+DASK_CONNECT_TIMEOUT = "5s"
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +82,35 @@ def stage_task(name: str, params_path: str, overrides: list[str]) -> dict[str, f
     return run_stage(name, load_params(params_path, overrides))
 
 
-def submit(name: str, params_path: str, overrides: list[str], **options: Any) -> Any:
-    """Submit one stage's task, forcing a run when dvc.yaml's outputs of the stage are missing."""
+def submit(runner: TaskRunner, name: str, params_path: str, overrides: list[str], **options: Any) -> Any:
+    """Submit one stage's task to ``runner``, forcing a run when dvc.yaml's outputs of the stage are missing.
+
+    This is what ``Task.submit`` does with the flow run's own runner; here the runner may be a Dask cluster's.
+    """
     refresh = not dvcfile.outputs_present(dvcfile.stage_spec(name), Path.cwd())
     configured = stage_task.with_options(refresh_cache=refresh, **options)
-    return configured.submit(name, params_path, overrides)
+    return runner.submit(configured, {"name": name, "params_path": params_path, "overrides": overrides})
+
+
+def worker_variables(parent_run_id: str | None) -> dict[str, str]:
+    """What the task workers need from the flow's process: the flow's MLflow run (stage runs nest under it) and
+    this flow run's Prefect API. Without PREFECT_API_URL the flow runs on an ephemeral server, and each worker
+    would start one more on the same sqlite database."""
+    wanted = {PREFECT_API_URL.name: os.environ.get(PREFECT_API_URL.name) or str(get_run_context().client.api_url)}
+    if parent_run_id:
+        wanted[tracking.PARENT_RUN_ENV] = parent_run_id
+    return wanted
+
+
+def export_variables(variables: dict[str, str]) -> None:
+    """Run on each Dask worker: ``worker_variables`` there, as the flow's own worker processes inherit them."""
+    os.environ.update(variables)
 
 
 @contextmanager
 def worker_environment(parent_run_id: str | None) -> Iterator[None]:
-    """What the spawned task workers inherit: the flow's MLflow run (stage runs nest under it) and this flow
-    run's Prefect API. Without PREFECT_API_URL the flow runs on an ephemeral server, and each worker would
-    start one more on the same sqlite database."""
-    wanted = {PREFECT_API_URL.name: os.environ.get(PREFECT_API_URL.name) or str(get_run_context().client.api_url)}
-    if parent_run_id:
-        wanted[tracking.PARENT_RUN_ENV] = parent_run_id
+    """``worker_variables`` in this process's environment while the block runs, for the workers it spawns."""
+    wanted = worker_variables(parent_run_id)
     previous = {name: os.environ.get(name) for name in wanted}
     os.environ.update(wanted)
     try:
@@ -100,14 +123,42 @@ def worker_environment(parent_run_id: str | None) -> Iterator[None]:
                 os.environ[name] = value
 
 
+@contextmanager
+def stage_runner(dask_address: str | None, parent_run_id: str | None) -> Iterator[TaskRunner]:
+    """Where the stage tasks run: the flow's own worker processes, or the Dask cluster at ``dask_address``,
+    connected now so that an unreachable scheduler fails the flow before any stage, naming it."""
+    if not dask_address:
+        with worker_environment(parent_run_id):
+            yield get_run_context().task_runner
+        return
+    from prefect_dask import DaskTaskRunner
+
+    with DaskTaskRunner(address=dask_address, client_kwargs={"timeout": DASK_CONNECT_TIMEOUT}) as runner:
+        try:
+            runner.client.run(export_variables, worker_variables(parent_run_id))
+        except (OSError, ValueError) as exc:
+            raise UserError(
+                f"dask_address: no Dask scheduler answered at {dask_address!r} ({exc}); start one (`dask scheduler`, "
+                f"and `dask worker ADDRESS --nthreads 1` in the project directory) or leave dask_address out"
+            ) from None
+        yield runner
+
+
 @flow(name=FLOW_NAME, task_runner=ProcessPoolTaskRunner(max_workers=2))  # two: precompute beside tokenize
-def pipeline(params: str = "params.yaml", preset: str | None = None, overrides: list[str] | None = None) -> dict:
-    """All seven stages; returns every stage's results by stage name."""
+def pipeline(
+    params: str = "params.yaml",
+    preset: str | None = None,
+    overrides: list[str] | None = None,
+    dask_address: str | None = None,
+) -> dict:
+    """All seven stages; returns every stage's results by stage name. With ``dask_address`` (a Dask scheduler,
+    e.g. tcp://10.0.0.5:8786) the stage tasks run on that cluster's workers."""
     settings = [*([f"preset={preset}"] if preset else []), *(overrides or [])]
     cfg = load_params(params, settings)
     results: dict[str, dict[str, float | str]] = {}
-    with tracking.start(cfg, "pipeline") as parent, worker_environment(parent.run_id):
+    with tracking.start(cfg, "pipeline") as parent, stage_runner(dask_address, parent.run_id) as runner:
         results["download"] = submit(
+            runner,
             "download",
             params,
             settings,
@@ -115,11 +166,11 @@ def pipeline(params: str = "params.yaml", preset: str | None = None, overrides: 
             retry_delay_seconds=exponential_backoff(10),
             retry_condition_fn=is_transient,
         ).result()
-        results["validate"] = submit("validate", params, settings).result()
-        side_by_side = {name: submit(name, params, settings) for name in ("precompute", "tokenize")}
+        results["validate"] = submit(runner, "validate", params, settings).result()
+        side_by_side = {name: submit(runner, name, params, settings) for name in ("precompute", "tokenize")}
         results.update({name: future.result() for name, future in side_by_side.items()})
         for name in ("train", "evaluate", "report"):
-            results[name] = submit(name, params, settings).result()
+            results[name] = submit(runner, name, params, settings).result()
         evaluation = json.loads(EVAL_METRICS_PATH.read_text(encoding="utf-8"))
         create_markdown_artifact(
             evaluation_summary(evaluation, tracking.run_link(parent.run_id)),
