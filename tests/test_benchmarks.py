@@ -162,3 +162,21 @@ def test_bench_scale(small_mirror: Path, tmp_path: Path) -> None:
     assert {"dvc_status_seconds", "dvc_repro_noop_seconds", "flow_cache_keys_seconds"} <= report[
         "no_op_at_largest"
     ].keys()
+
+
+def test_bench_distributed(small_mirror: Path, tiny_teacher: Path, tmp_path: Path) -> None:
+    student = [*TINY_STUDENT, "model.num_layers=2", "model.teacher_layers=[1, 0]"]
+    report = run_benchmark(
+        REPO_ROOT / "benchmarks/bench_distributed.py",
+        [
+            *["--sentences", "64", "--pairs", "120", "--steps", "3", "--batch", "8"],
+            *sets(f"precompute.teacher={tiny_teacher}", "precompute.backend=torch", *student),
+        ],
+        tmp_path,
+        small_mirror,
+    )
+    precompute, train = report["precompute"], report["train"]
+    assert precompute["workers_1_sentences_per_s"] > 0 and precompute["workers_2_sentences_per_s"] > 0
+    assert train["steps"] == 3 and train["global_batch"] == 8
+    assert train["processes_1_samples_per_s"] > 0 and train["processes_2_samples_per_s"] > 0
+    assert train["speedup"] == pytest.approx(train["processes_2_samples_per_s"] / train["processes_1_samples_per_s"])
