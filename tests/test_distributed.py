@@ -67,17 +67,6 @@ def test_two_processes_take_the_same_steps_as_one_with_one_writer_and_one_mlflow
     assert run.data.metrics[spread[0]] <= run.data.metrics[spread[1]] <= run.data.metrics[spread[2]]
 
 
-@pytest.mark.slow
-def test_distillation_with_accumulation_matches_across_world_sizes(ready, project):
-    overrides = [*NO_DROPOUT, "train.objectives={infonce: 0.0, distill: 1.0}", "train.grad_accum_steps=2"]
-    train.run(ready(*overrides, "train.max_steps=6"))
-    one_curve, one_weights = curve_and_weights(project)
-    train.run(ready(*overrides, "train.max_steps=6", "train.nproc_per_node=2"))
-    two_curve, two_weights = curve_and_weights(project)
-    assert (one_curve - two_curve).abs().max() < 1e-4
-    assert largest_difference(one_weights, two_weights) < 1e-4
-
-
 def checkpoint_step(project: Path) -> int:
     state = project / "checkpoints/last/state.json"
     try:
@@ -90,7 +79,7 @@ def checkpoint_step(project: Path) -> int:
 def test_a_killed_two_process_run_resumes_on_one_process_and_retraces_an_uninterrupted_run(ready, project):
     overrides = [
         *NO_DROPOUT,
-        "train.epochs=8",
+        "train.epochs=5",
         "train.checkpoint_every_steps=3",
         "train.resume_warmup.enabled=false",
     ]
@@ -241,6 +230,7 @@ def rank_running_train(rank: int, port: int, project: Path, cfg, results) -> Non
 
 @pytest.mark.slow
 def test_running_out_of_memory_on_one_rank_backs_off_every_rank_and_keeps_the_steps(ready, project):
+    """Distillation across two ranks, accumulating two micro-batches from step 3 on, against one process."""
     overrides = [*NO_DROPOUT, "train.objectives={infonce: 0.0, distill: 1.0}", "train.max_steps=6"]
     train.run(ready(*overrides))
     one_curve, one_weights = curve_and_weights(project)

@@ -164,18 +164,19 @@ def test_an_unreachable_dask_address_fails_the_flow_naming_it(monkeypatch):
 
 
 @pytest.mark.slow
-def test_the_flow_on_a_dask_cluster_runs_every_stage_there(harness, project, tiny):
+def test_the_flow_on_a_dask_cluster_runs_every_stage_there_and_trains_on_two_processes(harness, project, tiny):
     """precompute runs its shards on the same cluster from inside its stage task, which frees its worker's slot
-    meanwhile: on a cluster of one worker it would otherwise wait on itself."""
+    meanwhile: on a cluster of one worker it would otherwise wait on itself. The train task launches two
+    training processes from its Dask worker."""
     with local_cluster(1) as cluster:
         address = cluster.scheduler_address
-        state = pipeline(
-            overrides=[*tiny, f"precompute.dask_address={address}"], dask_address=address, return_state=True
-        )
+        overrides = [*tiny, f"precompute.dask_address={address}", "train.nproc_per_node=2"]
+        state = pipeline(overrides=overrides, dask_address=address, return_state=True)
     assert state.is_completed(), state.message
     assert ran(task_runs(state)) == set(STAGES)
     results = state.result()
     assert results["precompute"]["precompute.workers_used"] == 1
+    assert results["train"]["result.world_size"] == 2
     client = MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("embedforge").experiment_id])
     parent = next(run.info.run_id for run in runs if run.info.run_name == "pipeline")
