@@ -180,3 +180,17 @@ def test_bench_distributed(small_mirror: Path, tiny_teacher: Path, tmp_path: Pat
     assert train["steps"] == 3 and train["global_batch"] == 8
     assert train["processes_1_samples_per_s"] > 0 and train["processes_2_samples_per_s"] > 0
     assert train["speedup"] == pytest.approx(train["processes_2_samples_per_s"] / train["processes_1_samples_per_s"])
+
+
+def test_bench_checkpointing(small_mirror: Path, tmp_path: Path) -> None:
+    student = [*TINY_STUDENT, "model.num_layers=2", "model.init=scratch"]  # one layer would gain nothing
+    report = run_benchmark(
+        REPO_ROOT / "benchmarks/bench_checkpointing.py",
+        ["--pairs", "120", "--steps", "2", "--batch", "8", "--equal-batch", "4", *sets(*student)],
+        tmp_path,
+        small_mirror,
+    )
+    for figures in (report, report["same_micro_batch"]):
+        assert {"plain", "checkpointed", "speed_ratio", "peak_rss_ratio"} <= figures.keys()
+        assert figures["checkpointed"]["memory_estimate_mb"] < figures["plain"]["memory_estimate_mb"]
+    assert report["same_micro_batch"]["plain"]["micro_batch_examples"] == 4

@@ -16,7 +16,7 @@ from conftest import build_tiny_sentence_model, free_port, leftovers
 from distributed import Client
 from sentence_transformers import SentenceTransformer
 
-from embedforge import embeddings
+from embedforge import devices, embeddings
 from embedforge.config import flatten, load_params
 from embedforge.data.sentences import normalize_text, sentence_id
 from embedforge.errors import DataError, UserError
@@ -304,7 +304,7 @@ def test_an_unreachable_dask_address_fails_fast_naming_the_key(prepared, small_m
         (["precompute.workers=0"], "precompute.workers: must be >= 1"),
         (["precompute.device=cuda:0,cuda:1"], "precompute.workers (1) must equal the number of GPUs"),
         (["precompute.device=cuda:0,cpu", "precompute.workers=2"], "each cuda:N"),
-        (["precompute.device=gpu"], "precompute.device: must be auto, cpu, cuda, cuda:N"),
+        (["precompute.device=gpu"], "precompute.device: must be auto, cpu, mps, cuda, cuda:N"),
         (
             ["precompute.device=cuda:0,cuda:1", "precompute.workers=2", "precompute.dask_address=tcp://h:8786"],
             "CUDA_VISIBLE_DEVICES",
@@ -329,5 +329,5 @@ def test_each_worker_of_a_multi_gpu_run_takes_the_gpu_at_its_index():
 
 
 def test_a_gpu_index_this_machine_lacks_is_refused():
-    with pytest.raises(UserError, match="device is 'cuda:7' but"):
-        teachers.pick_device("cuda:7")
+    with pytest.raises(UserError, match="precompute.device is 'cuda:7' but this machine has no CUDA GPU"):
+        devices.pick("cuda:7", "precompute.device")

@@ -14,7 +14,7 @@ from embedforge.files import sha256_file
 from embedforge.models.encoder import build_encoder
 from embedforge.stages import train
 from embedforge.training import memory_plan
-from embedforge.training.trainer import TrainingDiverged, autocast_dtype
+from embedforge.training.trainer import TrainingDiverged
 
 
 class Killed(Exception):
@@ -202,11 +202,6 @@ def test_distillation_alone_trains_on_every_distinct_training_sentence(ready):
 def test_early_stopping_ends_training_when_the_score_stops_improving(ready):
     results = train.run(ready("train.epochs=5", "train.early_stopping.patience=1", "train.early_stopping.min_delta=5"))
     assert results["result.epochs"] == 2 and results["result.best_epoch"] == 1
-
-
-def test_autocast_dtype_follows_precision_and_device():
-    assert autocast_dtype("auto", "cpu") is None and autocast_dtype("fp32", "cuda") is None
-    assert autocast_dtype("bf16", "cpu") == torch.bfloat16 and autocast_dtype("fp16", "cpu") == torch.float16
 
 
 @pytest.mark.parametrize(("precision", "dtype"), [("bf16", torch.bfloat16), ("fp32", torch.float32)])

@@ -1,7 +1,10 @@
-"""Peak memory of a block of work: resident set size and, where CUDA is used, device memory.
+"""Peak memory of a block of work: resident set size and, where a GPU is used, device memory.
 
 ``ru_maxrss`` is the peak of the whole process, useless when several stages
 share one (a Prefect flow); a light sampling thread measures one block instead.
+CUDA keeps its own peak; MPS has none, so the thread samples what Metal holds for
+the process too: tensors (``current_allocated_memory``) and all the driver holds
+(``driver_allocated_memory``).
 """
 
 from __future__ import annotations
@@ -13,26 +16,44 @@ from typing import Self
 import psutil
 
 
+def torch_with(backend: str):
+    """torch, when this process has imported it and ``backend`` (cuda or mps) is there; else None."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    present = torch.cuda.is_available() if backend == "cuda" else torch.backends.mps.is_available()
+    return torch if present else None
+
+
 class PeakMemory:
-    """Samples this process's RSS every ``interval_s`` and keeps the maximum."""
+    """Samples this process's RSS (and MPS memory) every ``interval_s`` and keeps the maximum."""
 
     def __init__(self, interval_s: float = 0.05):
         self.interval_s = interval_s
         self.peak_rss_bytes = 0
         self.peak_cuda_bytes: int | None = None
+        self.peak_mps_bytes: int | None = None
+        self.peak_mps_driver_bytes: int | None = None
         self._process = psutil.Process()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
 
     def _sample(self) -> None:
         while True:
-            self.peak_rss_bytes = max(self.peak_rss_bytes, self._process.memory_info().rss)
+            self._read()
             if self._stop.wait(self.interval_s):
                 return
 
+    def _read(self) -> None:
+        self.peak_rss_bytes = max(self.peak_rss_bytes, self._process.memory_info().rss)
+        torch = torch_with("mps")
+        if torch is not None:
+            self.peak_mps_bytes = max(self.peak_mps_bytes or 0, torch.mps.current_allocated_memory())
+            self.peak_mps_driver_bytes = max(self.peak_mps_driver_bytes or 0, torch.mps.driver_allocated_memory())
+
     def start(self) -> PeakMemory:
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
+        torch = torch_with("cuda")
+        if torch is not None:
             torch.cuda.reset_peak_memory_stats()
         self._thread.start()
         return self
@@ -40,9 +61,9 @@ class PeakMemory:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak_rss_bytes = max(self.peak_rss_bytes, self._process.memory_info().rss)
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
+        self._read()
+        torch = torch_with("cuda")
+        if torch is not None:
             self.peak_cuda_bytes = torch.cuda.max_memory_allocated()
 
     def __enter__(self) -> Self:
@@ -53,6 +74,11 @@ class PeakMemory:
 
     def metrics(self) -> dict[str, float]:
         found = {"peak_rss_mb": self.peak_rss_bytes / 2**20}
-        if self.peak_cuda_bytes is not None:
-            found["peak_cuda_mb"] = self.peak_cuda_bytes / 2**20
+        for name, value in (
+            ("peak_cuda_mb", self.peak_cuda_bytes),
+            ("peak_mps_mb", self.peak_mps_bytes),
+            ("peak_mps_driver_mb", self.peak_mps_driver_bytes),
+        ):
+            if value is not None:
+                found[name] = value / 2**20
         return found

@@ -23,7 +23,7 @@ from embedforge.config.datasets import (
     default_datasets,
 )
 
-ONE_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+ONE_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 CUDA_DEVICE = re.compile(r"cuda:\d+")
 PresetName = Literal["development", "research", "production", "distill-small"]
 
@@ -126,7 +126,7 @@ class PrecomputeParams(Section):
         if len(devices) == 1:
             if not ONE_DEVICE.fullmatch(devices[0]):
                 raise ValueError(
-                    f"precompute.device: must be auto, cpu, cuda, cuda:N or a list of GPUs like cuda:0,cuda:1, "
+                    f"precompute.device: must be auto, cpu, mps, cuda, cuda:N or a list of GPUs like cuda:0,cuda:1, "
                     f"got {self.device!r}"
                 )
             return self
@@ -227,6 +227,10 @@ class ModelParams(Section):
     intermediate_size: int = Field(default=1536, gt=0)
     max_positions: int = Field(default=512, ge=8)
     dropout: float = Field(default=0.1, ge=0, lt=1)
+    attention: Literal["sdpa", "eager"] = Field(
+        default="sdpa",
+        description="The attention kernel: torch's scaled_dot_product_attention, or the plain matmul-softmax one.",
+    )
     init: Literal["scratch", "teacher_layers"] = "teacher_layers"
     teacher_layers: list[Annotated[int, Field(ge=0)]] = [0, 1, 2, 3, 4, 5]
     lattice: LatticeParams = LatticeParams()
@@ -335,9 +339,14 @@ class TrainParams(Section):
     log_every_steps: int = Field(default=10, gt=0)
     bucket_batches: int = Field(default=50, ge=1)
     loader_workers: int = Field(default=0, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     memory_limit_mb: float | None = Field(default=None, gt=0)
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="Recompute each layer's activations in the backward pass instead of keeping them: less memory "
+        "per example (larger micro-batches), more compute.",
+    )
     nproc_per_node: int = Field(default=1, ge=1, description="Training processes on this machine (one per GPU).")
     nnodes: int = Field(default=1, ge=1, description="Machines training together; each runs `embedforge train`.")
     rdzv_endpoint: str | None = Field(
@@ -392,7 +401,7 @@ class EvaluateParams(Section):
     speed_rounds: int = Field(default=3, gt=0)
     batch_size: int = Field(default=64, gt=0)
     map_sentences: int = Field(default=600, ge=10)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
     @model_validator(mode="after")
     def _scores_ordered(self) -> EvaluateParams:

@@ -2,7 +2,8 @@
 
 A family is how to build a new student from ``model.*`` (``build``), how many bytes
 one training step of it needs (``estimate_memory``), so the train stage can size its
-micro-batches before it starts, and what to warn about given the amount of training
+micro-batches before it starts, how to make it recompute its activations in backward
+(``enable_checkpointing``), and what to warn about given the amount of training
 data (``advise``). A family plugs in by adding itself to ``MODEL_FAMILIES`` under its
 ``model.kind``; every family's student is a SentenceTransformer. Families are named
 by module and function, and imported on first use: importing this package (as every
@@ -35,6 +36,12 @@ class ModelFamily:
     def estimate_memory(self) -> Any:
         """``estimate_memory(model, batch_size, max_length) -> {weights, gradients, optimizer, activations, total}``."""
         return self.function(self.estimator)
+
+    @property
+    def enable_checkpointing(self) -> Any:
+        """``enable_checkpointing(model)``: keep only each layer's (or step's) input for backward, recomputing the
+        rest there; ``estimate_memory`` then counts what is kept."""
+        return self.function("enable_checkpointing")
 
     def advise(self, model: Any, examples: int) -> str | None:
         """A warning about training this model on ``examples`` examples, or None."""

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from embedforge.models import encoder
 from embedforge.models.encoder import FP32_BYTES, build_encoder, estimate_memory_bytes
 from embedforge.models.modules import ConfiguredModule
 
@@ -229,6 +230,11 @@ def dynamic_head(model: SentenceTransformer) -> DynamicHead:
     if len(heads) != 1:
         raise ValueError(f"expected one DynamicHead in the model, found {len(heads)}")
     return heads[0]
+
+
+def enable_checkpointing(model: SentenceTransformer) -> None:
+    """The backbone's layers recompute as the encoder family's do; the head is small and keeps its activations."""
+    encoder.enable_checkpointing(model)
 
 
 def estimate_dynamic_memory(model: SentenceTransformer, batch_size: int, max_length: int) -> dict[str, int]:

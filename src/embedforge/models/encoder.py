@@ -65,7 +65,12 @@ def build_encoder(
         backbone = BertModel(config)
     if teacher is not None:
         copy_teacher_layers(teacher.auto_model, backbone, params.teacher_layers)
-    return as_sentence_transformer(backbone, tokenizer, max_length)
+    return as_sentence_transformer(backbone, tokenizer, max_length, params.attention)
+
+
+def enable_checkpointing(model: SentenceTransformer) -> None:
+    """transformers' activation checkpointing of every BERT layer (non-reentrant, as torch recommends)."""
+    model[0].auto_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def bert_config(params: ModelParams, tokenizer: PreTrainedTokenizerBase) -> BertConfig:
@@ -164,12 +169,13 @@ def copy_teacher_layers(teacher: BertModel, student: BertModel, layers: list[int
 
 
 def as_sentence_transformer(
-    backbone: BertModel, tokenizer: PreTrainedTokenizerBase, max_length: int
+    backbone: BertModel, tokenizer: PreTrainedTokenizerBase, max_length: int, attention: str = "sdpa"
 ) -> SentenceTransformer:
-    """Transformer + mean Pooling + Normalize around ``backbone``.
+    """Transformer + mean Pooling + Normalize around ``backbone``, computing attention with ``attention``.
 
     ST's Transformer module loads only from a directory, so the backbone passes through
     a temporary one; the loaded weights are in memory, independent of that directory.
+    The attention kernel is not saved with it: a saved student loads with sdpa.
     """
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
@@ -177,7 +183,7 @@ def as_sentence_transformer(
     with tempfile.TemporaryDirectory(prefix="embedforge-encoder-") as directory:
         backbone.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
-        transformer = Transformer(directory, max_seq_length=max_length)
+        transformer = Transformer(directory, max_seq_length=max_length, model_kwargs={"attn_implementation": attention})
     pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
     return SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
 
@@ -191,22 +197,29 @@ def estimate_memory_bytes(model: SentenceTransformer, batch_size: int, max_lengt
     """Bytes one fp32 training step needs, to refuse or shrink a batch before training starts.
 
     Weights, gradients and the optimizer's states (AdamW: 2 per parameter) take 4 bytes
-    per parameter each; activations grow linearly with ``batch_size`` (constants above).
+    per parameter each; activations grow linearly with ``batch_size`` (constants above). With
+    gradient checkpointing only each layer's input stays, plus one layer's activations while
+    backward recomputes it.
     An estimate for planning, not an allocator trace: framework and CUDA context overhead
     are not included.
     """
-    config = model[0].auto_model.config
+    backbone = model[0].auto_model
+    config = backbone.config
     parameters = count_parameters(model)
     per_token_layer = (
         ACTIVATION_BYTES_PER_HIDDEN * config.hidden_size
         + ACTIVATION_BYTES_PER_INTERMEDIATE * config.intermediate_size
         + ACTIVATION_BYTES_PER_HEAD_POSITION * config.num_attention_heads * max_length
     )
+    if backbone.is_activation_checkpointing:  # each layer's input kept, one layer's activations at a time
+        per_token = config.num_hidden_layers * FP32_BYTES * config.hidden_size + per_token_layer
+    else:
+        per_token = config.num_hidden_layers * per_token_layer
     estimate = {
         "weights": FP32_BYTES * parameters,
         "gradients": FP32_BYTES * parameters,
         "optimizer": FP32_BYTES * parameters * ADAMW_STATES,
-        "activations": batch_size * max_length * config.num_hidden_layers * per_token_layer,
+        "activations": batch_size * max_length * per_token,
     }
     estimate["total"] = sum(estimate.values())
     return estimate

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from embedforge.config import max_length_problem
 from embedforge.errors import UserError
@@ -111,6 +112,7 @@ class Lattice(ConfiguredModule):
         self.read_in = nn.Linear(dim, surface)
         self.rules = nn.Conv3d(channels, 2 * channels, kernel_size=3, padding=1)
         self.read_out = nn.Linear(surface, dim)
+        self.checkpointed = False  # training only, not saved: see enable_checkpointing
         self._start_as_transport()
 
     @property
@@ -143,7 +145,10 @@ class Lattice(ConfiguredModule):
         drive = nn.functional.pad(surface, (0, 0, 0, 0, 0, xs - 1))
         state = torch.zeros_like(drive)
         for _ in range(self.steps):
-            state = self.step(state + drive)
+            if self.checkpointed and torch.is_grad_enabled():
+                state = checkpoint(self.step, state + drive, use_reentrant=False)
+            else:
+                state = self.step(state + drive)
         features["sentence_embedding"] = self.read_out(state[:, :, -1].flatten(1))
         return features
 
@@ -218,6 +223,11 @@ def refuse_teacher_mismatches(
         )
 
 
+def enable_checkpointing(model: SentenceTransformer) -> None:
+    """Keep only each step's input state for backward and recompute the step there (torch.utils.checkpoint)."""
+    find_lattice(model).checkpointed = True
+
+
 def find_lattice(model: SentenceTransformer) -> Lattice:
     """The model's Lattice module; a model without one is a programming error, not a user's."""
     for module in model:
@@ -239,7 +249,11 @@ def estimate_lattice_memory(model: SentenceTransformer, batch_size: int, max_len
     lattice = find_lattice(model)
     parameters = count_parameters(model)
     _, ys, zs = lattice.size
-    lattice_bytes = FP32_BYTES * lattice.channels * (SAVED_TENSORS_PER_STEP * lattice.cells * lattice.steps + ys * zs)
+    if lattice.checkpointed:  # every step's input kept, one step's tensors while backward recomputes it
+        kept_states = lattice.steps + SAVED_TENSORS_PER_STEP
+    else:
+        kept_states = SAVED_TENSORS_PER_STEP * lattice.steps
+    lattice_bytes = FP32_BYTES * lattice.channels * (kept_states * lattice.cells + ys * zs)
     embedding_bytes = max_length * (EMBEDDING_BYTES_PER_HIDDEN * lattice.dim + EMBEDDING_BYTES_PER_TOKEN)
     sentence_bytes = FP32_BYTES * (SENTENCE_VECTORS_KEPT * lattice.dim + SENTENCE_SCALARS_KEPT)
     per_sentence = lattice_bytes + embedding_bytes + sentence_bytes

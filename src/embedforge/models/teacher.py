@@ -14,6 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from embedforge import devices
 from embedforge.errors import UserError
 from embedforge.files import sha256_tree
 
@@ -88,22 +89,6 @@ def resolve(spec: str, key: str = "precompute.teacher") -> TeacherRef:
     return TeacherRef(spec=spec, path=path, name=re.sub(r"[^A-Za-z0-9._-]+", "-", name))
 
 
-def pick_device(requested: str) -> str:
-    """``auto`` is CUDA when there is a GPU; ``cuda`` and ``cuda:N`` must name a GPU that is there."""
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device is {requested!r} but no CUDA device is available; use 'auto' or 'cpu'")
-    if requested.startswith("cuda:") and int(requested.removeprefix("cuda:")) >= torch.cuda.device_count():
-        raise UserError(
-            f"device is {requested!r} but this machine has {torch.cuda.device_count()} CUDA device(s), "
-            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
-        )
-    return requested
-
-
 def pick_backend(requested: str, device: str) -> str:
     """``auto`` is ONNX Runtime on CPU (faster there) and PyTorch on CUDA."""
     if requested == "onnx" and device != "cpu":
@@ -116,10 +101,9 @@ def pick_backend(requested: str, device: str) -> str:
 def load(ref: TeacherRef, device: str, precision: str, backend: str = "torch", threads: int | None = None) -> Any:
     """The teacher on ``device`` behind the SentenceTransformer ``encode`` interface.
 
-    Half precision is used only on CUDA; ``backend='onnx'`` runs it with ONNX Runtime, on ``threads`` threads
-    (default: every CPU).
+    Half precision is used only on a GPU (CUDA or MPS); ``backend='onnx'`` runs it with ONNX Runtime, on
+    ``threads`` threads (default: every CPU).
     """
-    import torch
     from sentence_transformers import SentenceTransformer
 
     try:
@@ -131,9 +115,5 @@ def load(ref: TeacherRef, device: str, precision: str, backend: str = "torch", t
         from embedforge.models.onnx_encoder import OnnxSentenceEncoder
 
         return OnnxSentenceEncoder(model, ref.fingerprint, threads)
-    if device.startswith("cuda"):
-        if precision in ("auto", "bf16") and torch.cuda.is_bf16_supported():
-            model = model.to(torch.bfloat16)
-        elif precision in ("auto", "fp16", "bf16"):
-            model = model.to(torch.float16)
-    return model
+    dtype = devices.half_precision(precision, device) if devices.kind(device) in devices.ACCELERATORS else None
+    return model if dtype is None else model.to(dtype)

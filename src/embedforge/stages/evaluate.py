@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from embedforge import tracking
+from embedforge import devices, tracking
 from embedforge.api import load_sentence_transformer
 from embedforge.config import DatasetSource, EvaluateParams, Params, flatten, threshold
 from embedforge.data.gate import require_passed
@@ -175,7 +175,7 @@ def write_csv(frame: pd.DataFrame, name: str) -> None:
 def run(cfg: Params) -> dict[str, float | str]:
     params = cfg.evaluate
     require_passed()
-    device = teachers.pick_device(params.device)
+    device = devices.pick(params.device, "evaluate.device")
     teacher = teachers.resolve(cfg.precompute.teacher)
     paths = {"student": STUDENT_DIR, "teacher": teacher.path}
     models = {name: load_sentence_transformer(path, device) for name, path in paths.items()}

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from embedforge import devices
 from embedforge.config import Params, PrecomputeParams
 from embedforge.data.gate import require_passed
 from embedforge.data.sentences import id_prefixes, iter_sentences, partition_of, sentence_id, split_files
@@ -314,7 +315,7 @@ def run_in_process(
     params: PrecomputeParams, teacher: teachers.TeacherRef, files: list[Path], on_batch: BatchHook | None
 ) -> dict[str, float | str]:
     """One worker: the teacher in this process encodes the unfinished partitions in order."""
-    device = teachers.pick_device(params.device)
+    device = devices.pick(params.device, "precompute.device")
     backend = teachers.pick_backend(params.backend, device)
     model = teachers.load(teacher, device, params.precision, backend)
 
@@ -500,7 +501,7 @@ def worker_teacher(job: EncodeJob) -> tuple[Any, str, str]:
     from distributed import get_worker
 
     worker = get_worker()
-    device = teachers.pick_device(worker_device(job.params.devices, worker.name))
+    device = devices.pick(worker_device(job.params.devices, worker.name), "precompute.device")
     backend = teachers.pick_backend(job.params.backend, device)
     key = (job.teacher.spec, job.teacher.fingerprint, device, job.params.precision, backend)
     with _worker_teachers_lock:
@@ -512,10 +513,10 @@ def worker_teacher(job: EncodeJob) -> tuple[Any, str, str]:
         return _worker_teachers[key], device, backend
 
 
-def worker_device(devices: list[str], worker_name: str | int) -> str:
+def worker_device(requested: list[str], worker_name: str | int) -> str:
     """The device of a worker: the one given, or with several GPUs, the one at its index in the LocalCluster
     (whose workers are named 0, 1, ...; a restarted worker keeps its name, so its GPU)."""
-    return devices[0] if len(devices) == 1 else devices[int(worker_name)]
+    return requested[0] if len(requested) == 1 else requested[int(worker_name)]
 
 
 def worker_teacher_facts(job: EncodeJob) -> tuple[int, str, str]:

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from embedforge import tracking
+from embedforge import devices, tracking
 from embedforge.config import TRAIN_SPLIT, Params, flatten, threshold
 from embedforge.data.gate import require_passed
 from embedforge.data.schema import raw_split_path
@@ -71,7 +71,7 @@ from embedforge.training.validation import LanguageModelValidation, STSValidatio
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURE_EXCLUDES = ("init", "teacher_layers", "dropout")  # how a model starts or trains, not its shape
+ARCHITECTURE_EXCLUDES = ("init", "teacher_layers", "dropout", "attention")  # how it starts or computes, not its shape
 FINISHED_FILE = "finished.json"  # a staged phase's final state and history, so train.resume can skip it
 
 
@@ -139,11 +139,15 @@ def used_rows(*batches: LengthBucketedBatches | None) -> np.ndarray:
 
 
 def build_student(cfg: Params, tokenizer_dir: Path, teacher_path: Path) -> torch.nn.Module:
-    """The model family's new student; for the causal LM objective, with causal attention."""
-    model = MODEL_FAMILIES[cfg.model.kind].build(
-        cfg.model, tokenizer_dir, cfg.tokenize.max_length, teacher_path, cfg.seed
-    )
-    return make_causal(model) if cfg.train.objective == "clm" else model
+    """The model family's new student; for the causal LM objective, with causal attention; with
+    train.gradient_checkpointing, recomputing its activations in backward."""
+    family = MODEL_FAMILIES[cfg.model.kind]
+    model = family.build(cfg.model, tokenizer_dir, cfg.tokenize.max_length, teacher_path, cfg.seed)
+    if cfg.train.objective == "clm":
+        model = make_causal(model)
+    if cfg.train.gradient_checkpointing:
+        family.enable_checkpointing(model)
+    return model
 
 
 def build_objective(cfg: Params, model: torch.nn.Module, teacher_dim: int | None) -> Objective:
@@ -203,7 +207,7 @@ def run(cfg: Params, **hooks: Any) -> dict[str, Any]:
     require_passed()
     if not TOKENIZER_DIR.is_dir():
         raise DataError(f"{TOKENIZER_DIR}: missing; run `embedforge tokenize` first")
-    device = teachers.pick_device(cfg.train.device)
+    device = devices.pick(cfg.train.device, "train.device")
     distributed.pick_backend(cfg.train, device)
     distributed.check_devices(cfg.train, device)
     check_resume_point(cfg)

@@ -4,7 +4,7 @@ A checkpoint is a directory written atomically (``checkpoints/last``, ``checkpoi
 
     weights.safetensors     the student's and the objective's tensors
     optimizer.pt            the optimizer's state (tensors and numbers; read with weights_only=True)
-    rng.safetensors         torch's CPU (and CUDA) random state, so dropout continues identically
+    rng.safetensors         torch's CPU (and CUDA or MPS) random state, so dropout continues identically
     state.json              step, epoch, position in the epoch, early-stopping record, the
                             architecture it was trained with
     history.json            the logged steps and epochs so far, so a resumed run's curves are whole
@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from embedforge import devices
 from embedforge.errors import UserError
 from embedforge.files import atomic_dir
 
@@ -61,6 +62,8 @@ def save(
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    if devices.mps_available():
+        rng["mps"] = torch.mps.get_rng_state()
     with atomic_dir(directory) as tmp:
         save_file(_unshared(tensors), str(tmp / WEIGHTS_FILE))
         save_file(rng, str(tmp / RNG_FILE))
@@ -126,6 +129,8 @@ def load(
     cuda_states = [rng[key] for key in sorted(k for k in rng if k.startswith("cuda."))]
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
+    if "mps" in rng and devices.mps_available():
+        torch.mps.set_rng_state(rng["mps"])
     return state, json.loads((directory / HISTORY_FILE).read_text(encoding="utf-8"))
 
 

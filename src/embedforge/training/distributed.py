@@ -116,7 +116,13 @@ def pick_backend(params: TrainParams, device: str) -> str:
 
 
 def check_devices(params: TrainParams, device: str) -> None:
-    """On CUDA each local process takes one GPU: refuse more processes than GPUs before anything starts."""
+    """On CUDA each local process takes one GPU: refuse more processes than GPUs before anything starts. A Mac has
+    one GPU, which gloo cannot reach: MPS trains in one process."""
+    if device == "mps" and wanted_size(params) > 1:
+        raise UserError(
+            f"train.nproc_per_node is {params.nproc_per_node} (train.nnodes {params.nnodes}) but training runs on "
+            f"mps: one Apple Silicon GPU trains in one process; use train.nproc_per_node: 1, or train.device: cpu"
+        )
     if device == "cuda" and params.nproc_per_node > torch.cuda.device_count():
         raise UserError(
             f"train.nproc_per_node is {params.nproc_per_node} but this machine has {torch.cuda.device_count()} "

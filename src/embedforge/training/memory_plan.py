@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import math
 
-import psutil
 import torch
 
+from embedforge import devices
 from embedforge.config import Params
 from embedforge.errors import UserError
 from embedforge.models import MODEL_FAMILIES
@@ -23,12 +23,11 @@ LOGIT_TENSORS = 3  # the causal LM keeps logits, their log-softmax and its gradi
 
 
 def available_memory(cfg: Params, device: str) -> int:
-    """What a training step may use: what is free (on the CPU, shared by this machine's training processes), capped
-    at train.memory_limit_mb when set."""
-    if device == "cuda":
-        free = torch.cuda.mem_get_info()[0]
-    else:
-        free = psutil.virtual_memory().available // distributed.world().local_size
+    """What a training step may use: what is free (on the CPU, shared by this machine's training processes; on MPS,
+    of the unified memory), capped at train.memory_limit_mb when set."""
+    free = devices.free_memory(device)
+    if device == "cpu":
+        free //= distributed.world().local_size
     limit = cfg.train.memory_limit_mb
     return free if limit is None else min(free, int(limit * 2**20))
 

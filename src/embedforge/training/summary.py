@@ -62,7 +62,12 @@ def summarize(result: PhaseResult, memory: dict[str, int]) -> dict[str, Any]:
         "train_seconds": seconds,
         **{key: value for key, value in totals.percentages().items()},
         "peak_rss_mb": max((e.get("epoch.peak_rss_mb", 0.0) for e in epochs), default=0.0),
-        "peak_cuda_mb": max((e["epoch.peak_cuda_mb"] for e in epochs if "epoch.peak_cuda_mb" in e), default=None),
+        **{
+            f"peak_{device}_mb": max(
+                (e[f"epoch.peak_{device}_mb"] for e in epochs if f"epoch.peak_{device}_mb" in e), default=None
+            )
+            for device in ("cuda", "mps")
+        },
         "micro_batches": state.micro_batches,
         "memory_estimate_mb": memory["estimate_bytes"] / 2**20,
         "parameters": count_parameters(trainer.model),

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from embedforge import devices
 from embedforge.config import TrainParams
 from embedforge.errors import UserError
 from embedforge.memory import PeakMemory
@@ -63,18 +64,6 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError | OutOfMemoryElsewhere) or (
         isinstance(error, RuntimeError) and any(message in str(error) for message in OOM_MESSAGES)
     )
-
-
-def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
-    """The dtype of mixed precision, or None for fp32: bf16 on CUDA where supported, else fp16; fp32 on CPU."""
-    if precision == "fp32" or (precision == "auto" and device == "cpu"):
-        return None
-    if precision == "fp16":
-        return torch.float16
-    if device == "cuda" and not torch.cuda.is_bf16_supported():
-        log.warning("this GPU has no bf16: training in fp16 with a gradient scaler instead")
-        return torch.float16
-    return torch.bfloat16
 
 
 @dataclass
@@ -238,8 +227,9 @@ class Trainer:
         self.deadline = deadline  # the perf_counter time train.max_minutes ends at (it spans every phase)
         self.world = world
         self.measure_step = True  # wait for the device at each lap of this step (see PhaseTimes)
-        self.dtype = autocast_dtype(params.precision, device)
-        self.scaler = torch.amp.GradScaler(device, enabled=self.dtype == torch.float16 and device == "cuda")
+        self.dtype = devices.half_precision(params.precision, device)
+        scaled = self.dtype == torch.float16 and device in devices.ACCELERATORS
+        self.scaler = torch.amp.GradScaler(device, enabled=scaled)
         self.optimizer = self.build_optimizer()
         self.steps_per_epoch = len(batches)
         self.total_steps = min(params.epochs * self.steps_per_epoch, params.max_steps or math.inf)
@@ -330,7 +320,7 @@ class Trainer:
     ) -> StepRecord:
         """One optimizer step over one global batch (this rank's ``micro`` of it), retried with smaller
         micro-batches when memory runs out anywhere."""
-        self.measure_step = self.device != "cuda" or self.logs_step(state, ahead=1)
+        self.measure_step = self.device == "cpu" or self.logs_step(state, ahead=1)
         times.record("data", self.lap(), self.measure_step)
         lr = self.learning_rate(state)
         for group in self.optimizer.param_groups:
@@ -526,8 +516,7 @@ class Trainer:
     def back_off(self, state: TrainState, indices: list[int], error: BaseException) -> None:
         """Out of memory: halve the micro-batch and double the accumulation, so the step stays the same."""
         self.optimizer.zero_grad(set_to_none=True)
-        if self.device == "cuda":
-            torch.cuda.empty_cache()
+        devices.empty_cache(self.device)
         largest = math.ceil(len(indices) / self.world.size / state.micro_batches)
         if largest <= 1:
             raise UserError(
@@ -681,8 +670,8 @@ class Trainer:
 
     def lap(self) -> float:
         """Seconds since the previous lap, with the GPU's queued work included on measured steps."""
-        if self.device == "cuda" and self.measure_step:
-            torch.cuda.synchronize()  # sync point: on logging steps only, for a measured time breakdown
+        if self.measure_step:
+            devices.synchronize(self.device)  # sync point: on logging steps only (GPUs), for a measured breakdown
         now = time.perf_counter()
         elapsed = now - getattr(self, "_last_lap", now)
         self._last_lap = now
