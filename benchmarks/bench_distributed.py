@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,8 +34,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench_precompute import prepare_project
-from common import add_set_argument, pinned_params
+from common import add_set_argument, pinned_params, snli_infonce_settings, train_in_fresh_process
 
+from embedforge import devices
 from embedforge.config import MIRROR_ENV, Params
 from embedforge.models import teacher as teachers
 from embedforge.paths import EMBEDDINGS_DIR
@@ -66,7 +66,7 @@ def precompute_settings(mirror: str, sentences: int, overrides: list[str]) -> li
 def load_teacher_once(cfg: Params) -> None:
     """Load the teacher untimed, so that its ONNX export (made once per teacher) is in neither timing."""
     params = cfg.precompute
-    device = teachers.pick_device(params.device)
+    device = devices.pick(params.device, "precompute.device")
     backend = teachers.pick_backend(params.backend, device)
     teachers.load(teachers.resolve(params.teacher), device, params.precision, backend)
 
@@ -109,47 +109,20 @@ def precompute_figures(sentences: int, overrides: list[str] | None = None) -> di
     }
 
 
-def train_settings(mirror: str, pairs: int, steps: int, batch: int, overrides: list[str]) -> list[str]:
-    """InfoNCE needs token ids only: no teacher vectors to precompute first."""
-    return [
-        "preset=development",
-        "tracking.enabled=false",
-        "download.source=mirror",
-        f"download.mirror={mirror}",
-        f"download.limit={pairs}",
-        "train.datasets=[snli]",
-        "train.objectives={infonce: 1.0, distill: 0.0}",
-        f"train.batch_size={batch}",
-        f"train.max_steps={steps}",
-        "train.epochs=1",
-        "train.sts_validation=null",
-        "train.early_stopping.monitor=val_loss",
-        "train.checkpoint_every_steps=100000",
-        *overrides,
-    ]
-
-
-def timed_train(directory: Path, processes: int) -> tuple[dict[str, str], float]:
-    """``embedforge train`` in a fresh process on ``processes`` processes: what it printed, and its wall seconds."""
-    command = [sys.executable, "-c", "from embedforge.cli import app; app()", "train"]
-    command += ["--set", f"train.nproc_per_node={processes}"]
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=directory, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - started
-    if done.returncode:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return dict(line.split(": ", 1) for line in done.stdout.splitlines() if line.startswith("result.")), seconds
-
-
 def train_figures(pairs: int, steps: int, batch: int, overrides: list[str] | None = None) -> dict:
     """Samples per second of training in 1 process and in 2 at the same global batch, and their ratio."""
     mirror = os.environ[MIRROR_ENV] = str(Path(os.environ[MIRROR_ENV]).resolve())
     previous = Path.cwd()
     with tempfile.TemporaryDirectory() as scratch:
         try:
-            cfg = prepare_project(Path(scratch), train_settings(mirror, pairs, steps, batch, overrides or []))
+            cfg = prepare_project(
+                Path(scratch), snli_infonce_settings("development", mirror, pairs, steps, batch, overrides or [])
+            )
             tokenize.run(cfg)
-            runs = {processes: timed_train(Path(scratch), processes) for processes in (1, 2)}
+            runs = {
+                processes: train_in_fresh_process(Path(scratch), [f"train.nproc_per_node={processes}"])
+                for processes in (1, 2)
+            }
         finally:
             os.chdir(previous)
     figures = {

@@ -8,6 +8,9 @@ would otherwise inherit distillation and need an embedding cache).
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,3 +81,39 @@ def build_tiny_sentence_model(directory: Path, seed: int = 0, hidden_size: int =
     SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu").save(str(directory / "model"))
     shutil.rmtree(backbone)
     return directory / "model"
+
+
+def train_in_fresh_process(directory: Path, overrides: list[str]) -> tuple[dict[str, str], float]:
+    """``embedforge train --set ...`` in a fresh process in ``directory``: the ``result.*`` lines it printed, and its
+    wall seconds (start-up included)."""
+    command = [sys.executable, "-c", "from embedforge.cli import app; app()", "train"]
+    command += [item for override in overrides for item in ("--set", override)]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=directory, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return dict(line.split(": ", 1) for line in done.stdout.splitlines() if line.startswith("result.")), seconds
+
+
+def snli_infonce_settings(
+    preset: str, mirror: str, pairs: int, steps: int, batch: int, overrides: list[str]
+) -> list[str]:
+    """A preset's student trained with InfoNCE on the first ``pairs`` SNLI rows for ``steps`` steps of ``batch``:
+    token ids only, so nothing to precompute first, and no STS validation to wait for."""
+    return [
+        f"preset={preset}",
+        "tracking.enabled=false",
+        "download.source=mirror",
+        f"download.mirror={mirror}",
+        f"download.limit={pairs}",
+        "train.datasets=[snli]",
+        "train.objectives={infonce: 1.0, distill: 0.0}",
+        f"train.batch_size={batch}",
+        f"train.max_steps={steps}",
+        "train.epochs=1",
+        "train.sts_validation=null",
+        "train.early_stopping.monitor=val_loss",
+        "train.checkpoint_every_steps=100000",
+        *overrides,
+    ]
