@@ -20,9 +20,8 @@ from safetensors.torch import load_file
 
 from embedforge.errors import UserError
 from embedforge.stages import run_stage, train
-from embedforge.training.distributed import World, gather_rows
+from embedforge.training.distributed import World, gather_rows, gathered_candidates
 from embedforge.training.losses import InfoNCELoss
-from embedforge.training.trainer import gathered_candidates
 
 NO_DROPOUT = ["model.dropout=0", "train.early_stopping.patience=100"]
 EMBEDFORGE = str(Path(sys.executable).parent / "embedforge")

@@ -65,8 +65,9 @@ from embedforge.training.growth import DimensionGrowth
 from embedforge.training.losses import DistillLoss, InfoNCELoss, Objective, SparsityLoss
 from embedforge.training.memory_plan import available_memory, plan_micro_batches
 from embedforge.training.phases import Phase, training_phases
+from embedforge.training.records import PhaseTimes
 from embedforge.training.summary import CURVES, PhaseResult, merged_history, staged_summary, summarize
-from embedforge.training.trainer import PhaseTimes, Trainer
+from embedforge.training.trainer import Trainer
 from embedforge.training.validation import LanguageModelValidation, STSValidation, Validation
 
 log = logging.getLogger(__name__)

@@ -27,11 +27,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from embedforge.config import Params, TrainParams
 from embedforge.errors import UserError
+from embedforge.training.batches import LengthBucketedBatches, PairBatch
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +213,48 @@ def gather_rows(local: torch.Tensor, count: int) -> tuple[torch.Tensor, int]:
     gathered = all_gather_single(padded, gather_dim=0, group=dist.group.WORLD).split(widest)
     rank = dist.get_rank()
     return torch.cat([part[:size] for part, size in zip(gathered, sizes, strict=True)]), sum(sizes[:rank])
+
+
+def rank_share(indices: list[int], world: World) -> tuple[list[int], bool]:
+    """This rank's contiguous slice of a global batch, and whether it counts.
+
+    A rank left without examples (a global batch smaller than the world) trains on the
+    batch's first example with weight 0, so every rank still runs the same collectives.
+    """
+    if not world.distributed:
+        return indices, True
+    mine = np.array_split(np.asarray(indices), world.size)[world.rank]
+    return (mine.tolist(), True) if len(mine) else (indices[:1], False)
+
+
+def rank_micro_batches(
+    batches: LengthBucketedBatches, indices: list[int], micro_batches: int, world: World
+) -> list[PairBatch]:
+    """This rank's slice of a global batch as micro-batches; every rank gets the same number of them (at most
+    ``micro_batches``, and none empty), as their collectives pair up one micro-batch at a time."""
+    share, _ = rank_share(indices, world)
+    pieces = micro_batch_count(indices, micro_batches, world)
+    return [batches.build(part.tolist()) for part in np.array_split(np.asarray(share), pieces)]
+
+
+def micro_batch_count(indices: list[int], micro_batches: int, world: World) -> int:
+    return max(1, min(micro_batches, len(indices) // world.size))
+
+
+def gathered_candidates(
+    anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None, counts: bool
+) -> tuple[torch.Tensor, ...]:
+    """InfoNCE's inputs over the global batch: this rank's anchors, every rank's positives and hard negatives (with
+    gradients back to the rank that embedded them), and each anchor's own positive among them."""
+    mine = len(anchors) if counts else 0
+    all_positives, offset = gather_rows(positives, mine)
+    own_negatives = negatives if negatives is not None else positives[:0]
+    all_negatives, _ = gather_rows(own_negatives, len(own_negatives) if counts else 0)
+    if counts:
+        labels = offset + torch.arange(len(anchors), device=anchors.device)
+    else:  # weight 0: any valid target keeps the loss finite
+        labels = torch.zeros(len(anchors), dtype=torch.long, device=anchors.device)
+    return anchors, all_positives, all_negatives, labels
 
 
 def free_port() -> int:

@@ -26,7 +26,6 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +40,21 @@ from embedforge.memory import PeakMemory
 from embedforge.training import checkpoint
 from embedforge.training.batches import LengthBucketedBatches, PairBatch, TokenBatch
 from embedforge.training.checkpoint import TrainState
-from embedforge.training.distributed import ONE_PROCESS, World, gather_rows, sum_gradients
+from embedforge.training.distributed import (
+    ONE_PROCESS,
+    World,
+    gathered_candidates,
+    micro_batch_count,
+    rank_micro_batches,
+    rank_share,
+    sum_gradients,
+)
 from embedforge.training.losses import Objective
+from embedforge.training.records import PHASES, PhaseTimes, StepRecord
 from embedforge.training.schedule import resume_ramp, warmup_cosine
 
 log = logging.getLogger(__name__)
 
-PHASES = ("data", "forward", "loss", "backward", "optimizer")
 EVAL_BATCH_SIZE = 256
 OOM_MESSAGES = ("out of memory", "can't allocate memory")
 
@@ -66,57 +73,6 @@ def is_out_of_memory(error: BaseException) -> bool:
     )
 
 
-@dataclass
-class StepRecord:
-    """What ``on_step`` hooks and the loss curve see after every optimizer step.
-
-    The losses stay on the device: ``loss_value``/``part_values`` read them (a sync on CUDA), which the
-    loop does on logging steps only.
-    """
-
-    step: int
-    epoch: int
-    loss: torch.Tensor
-    parts: dict[str, torch.Tensor]
-    lr: float
-
-    @property
-    def loss_value(self) -> float:
-        return float(self.loss)
-
-    def part_values(self) -> dict[str, float]:
-        return {name: float(value) for name, value in self.parts.items()}
-
-
-@dataclass
-class PhaseTimes:
-    """Where the time went. ``seconds`` has every step's laps (their sum is the training time); ``measured``
-    only the laps of steps that waited for the device at each lap (every step on CPU, logging steps on CUDA,
-    where waiting costs throughput), so the breakdown is measured rather than attributed to the next wait."""
-
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
-    measured: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
-    examples: int = 0
-    tokens: int = 0
-
-    def record(self, phase: str, seconds: float, measured: bool) -> None:
-        self.seconds[phase] += seconds
-        if measured:
-            self.measured[phase] += seconds
-
-    def add(self, other: PhaseTimes) -> None:
-        for phase in PHASES:
-            self.seconds[phase] += other.seconds[phase]
-            self.measured[phase] += other.measured[phase]
-        self.examples += other.examples
-        self.tokens += other.tokens
-
-    def percentages(self) -> dict[str, float]:
-        shares = self.measured if any(self.measured.values()) else self.seconds
-        total = sum(shares.values()) or 1.0
-        return {f"time.{phase}_pct": 100.0 * value / total for phase, value in shares.items()}
-
-
 class EpochBatches(torch.utils.data.Dataset):
     """The remaining global batches of one epoch, each as (example indices, this rank's built micro-batches), for a
     DataLoader."""
@@ -132,48 +88,6 @@ class EpochBatches(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[list[int], list[PairBatch]]:
         indices = self.plan[index]
         return indices, rank_micro_batches(self.batches, indices, self.micro_batches, self.world)
-
-
-def rank_share(indices: list[int], world: World) -> tuple[list[int], bool]:
-    """This rank's contiguous slice of a global batch, and whether it counts.
-
-    A rank left without examples (a global batch smaller than the world) trains on the
-    batch's first example with weight 0, so every rank still runs the same collectives.
-    """
-    if not world.distributed:
-        return indices, True
-    mine = np.array_split(np.asarray(indices), world.size)[world.rank]
-    return (mine.tolist(), True) if len(mine) else (indices[:1], False)
-
-
-def rank_micro_batches(
-    batches: LengthBucketedBatches, indices: list[int], micro_batches: int, world: World
-) -> list[PairBatch]:
-    """This rank's slice of a global batch as micro-batches; every rank gets the same number of them (at most
-    ``micro_batches``, and none empty), as their collectives pair up one micro-batch at a time."""
-    share, _ = rank_share(indices, world)
-    pieces = micro_batch_count(indices, micro_batches, world)
-    return [batches.build(part.tolist()) for part in np.array_split(np.asarray(share), pieces)]
-
-
-def micro_batch_count(indices: list[int], micro_batches: int, world: World) -> int:
-    return max(1, min(micro_batches, len(indices) // world.size))
-
-
-def gathered_candidates(
-    anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None, counts: bool
-) -> tuple[torch.Tensor, ...]:
-    """InfoNCE's inputs over the global batch: this rank's anchors, every rank's positives and hard negatives (with
-    gradients back to the rank that embedded them), and each anchor's own positive among them."""
-    mine = len(anchors) if counts else 0
-    all_positives, offset = gather_rows(positives, mine)
-    own_negatives = negatives if negatives is not None else positives[:0]
-    all_negatives, _ = gather_rows(own_negatives, len(own_negatives) if counts else 0)
-    if counts:
-        labels = offset + torch.arange(len(anchors), device=anchors.device)
-    else:  # weight 0: any valid target keeps the loss finite
-        labels = torch.zeros(len(anchors), dtype=torch.long, device=anchors.device)
-    return anchors, all_positives, all_negatives, labels
 
 
 def unchanged(item: Any) -> Any:
