@@ -138,12 +138,6 @@ FAMILIES = {  # each run's --set overrides, written into params.yaml on top of t
     "lattice": ["model.kind=lattice", "model.lattice.mode=null", "model.lattice.size=[4, 4, 4]"],
     "dynamic": ["model.kind=dynamic", "model.dynamic.embedding_dim=64", "model.dynamic.max_dims=96"],
     "clm": ["model.kind=encoder", "train.objective=clm", "train.clm.max_new_tokens=4"],
-    "staged": [
-        "train.objective=embedding",
-        "train.schedule=staged",
-        "train.staged.foundation.epochs=2",
-        "train.staged.consolidation.epochs=1",
-    ],
 }
 
 
@@ -171,8 +165,6 @@ def test_every_model_family_trains_end_to_end_through_dvc_repro_with_set_overrid
         if family == "clm":
             assert summary["perplexity"] == pytest.approx(math.exp(summary["val_loss"]))
             assert "Causal LM continuations" in (repo / "reports/index.html").read_text()
-        if family == "staged":
-            assert list(summary["phases"]) == ["foundation", "consolidation", "mastery"]
 
 
 @pytest.mark.parametrize("stage", list(STAGES))
