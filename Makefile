@@ -12,7 +12,7 @@ $(BIN)/embedforge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install torch==2.13.0
-	$(BIN)/python -m pip install -e '.[test,bench]'
+	$(BIN)/python -m pip install -e '.[test,bench,s3,server]'
 	touch $@
 
 setup: $(BIN)/embedforge

@@ -8,8 +8,10 @@ its own source explicitly.
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,11 +19,12 @@ import pyarrow as pa
 import pytest
 from common import build_tiny_sentence_model
 
-from embedforge.config import MIRROR_ENV, Params, load_params
+from embedforge.config import MIRROR_ENV, Params, load_params, write_overrides
 from embedforge.data.schema import RAW_SCHEMA
 from embedforge.stages.download import SplitWriter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 SHARED_MIRROR = os.environ.pop(MIRROR_ENV, None) or os.environ.get("EMBEDFORGE_TEST_MIRROR")
 if SHARED_MIRROR:  # pytest-xdist's workers start from this process's environment, without MIRROR_ENV
     os.environ["EMBEDFORGE_TEST_MIRROR"] = SHARED_MIRROR
@@ -140,13 +143,6 @@ def mirror_params(project: Path, small_mirror: Path):
     return build
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on now, for a server a test starts."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def write_raw_split(frame: pd.DataFrame, path: Path, schema: pa.Schema = RAW_SCHEMA) -> None:
     """A raw split as download writes it, for tests that build their own data."""
     writer = SplitWriter(path, schema)
@@ -157,6 +153,52 @@ def write_raw_split(frame: pd.DataFrame, path: Path, schema: pa.Schema = RAW_SCH
 def leftovers(root: Path) -> list[Path]:
     """Temporary files or directories a failed stage must not leave behind."""
     return [path for path in root.rglob(".*") if path.name.endswith(".tmp")]
+
+
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "src", "data/external/README.md"]
+QUICK_EVALUATION = {"speed_sentences": 200, "speed_rounds": 1, "map_sentences": 100}
+
+
+def sh(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    """A command a user would type, which must succeed; its output is in the failure message."""
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def make_clone(repo: Path, mirror: Path, overrides: list[str] = ()) -> tuple[Path, dict]:
+    """A git + DVC repository laid out like a clone of this project, running its own copy of src/."""
+    repo.mkdir()
+    for name in PROJECT_FILES:
+        source = REPO_ROOT / name
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(source, repo / name)
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(repo / "src"),  # the clone's code is the code that runs, as in a user's clone
+        "EMBEDFORGE_MIRROR": str(mirror),
+        "MLFLOW_TRACKING_URI": "",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
+    params = (repo / "params.yaml").read_text()
+    for knob, quick in QUICK_EVALUATION.items():
+        params = re.sub(rf"^(  {knob}:) \S+", rf"\1 {quick}", params, count=1, flags=re.MULTILINE)
+    (repo / "params.yaml").write_text(params)
+    if overrides:
+        write_overrides(repo / "params.yaml", list(overrides))
+    sh("git", "init", "-q", cwd=repo, env=env)
+    sh("dvc", "init", "-q", cwd=repo, env=env)
+    sh("dvc", "config", "core.analytics", "false", cwd=repo, env=env)
+    sh("git", "add", "-A", cwd=repo, env=env)
+    sh("git", "commit", "-qm", "clone", cwd=repo, env=env)
+    return repo, env
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 
@@ -162,6 +163,25 @@ def test_bench_scale(small_mirror: Path, tmp_path: Path) -> None:
     assert {"dvc_status_seconds", "dvc_repro_noop_seconds", "flow_cache_keys_seconds"} <= report[
         "no_op_at_largest"
     ].keys()
+
+
+def test_bench_remote(small_mirror: Path, tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    report = run_benchmark(
+        REPO_ROOT / "benchmarks/bench_remote.py",
+        ["--sentences", "1500", "--status-gb", "0.004", "--workdir", str(workdir), *sets("precompute.shard_size=500")],
+        tmp_path,
+        small_mirror,
+    )
+    pushed, status = report["push_pull"], report["status"]
+    assert pushed["pulled_sha256_match"] and (pushed["sentences"], pushed["shards"], pushed["files"]) == (1500, 3, 4)
+    assert pushed["remote_bytes"] > pushed["bytes"]  # the shards and manifest, and DVC's listing of the folder
+    assert pushed["push_seconds"] > 0 and pushed["push_noop_seconds"] > 0 and pushed["pull_seconds"] > 0
+    assert status["shards"] > 3 and status["bytes"] == pytest.approx(0.004 * 2**30, rel=0.2)
+    assert len(status["status_unchanged_seconds"]) == 2 and status["status_after_rm_site_cache_seconds"] > 0
+    assert status["rm_dvc_tmp_started_a_new_hash_cache"]
+    assert report["cache"] == {"dtype": "float16", "dim": 384, "shard_size": 500, "bytes_per_sentence": ANY}
+    assert not workdir.exists()
 
 
 def test_bench_distributed(small_mirror: Path, tiny_teacher: Path, tmp_path: Path) -> None:

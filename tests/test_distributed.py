@@ -15,8 +15,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import QUICK_TRAINING, TINY_STUDENT, free_port
+from conftest import QUICK_TRAINING, TINY_STUDENT
 from safetensors.torch import load_file
+from team_stack import free_port
 
 from embedforge.errors import UserError
 from embedforge.stages import run_stage, train

@@ -2,66 +2,19 @@
 
 import json
 import math
-import os
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT
+from conftest import make_clone, sh
 from mlflow.tracking import MlflowClient
 
-from embedforge.config import write_overrides
 from embedforge.stages import STAGES
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "src", "data/external/README.md"]
-QUICK_EVALUATION = {"speed_sentences": 200, "speed_rounds": 1, "map_sentences": 100}
-
-
-def sh(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done
-
-
-def make_clone(repo: Path, mirror: Path, overrides: list[str] = ()) -> tuple[Path, dict]:
-    """A git + DVC repository laid out like a clone of this project, running its own copy of src/."""
-    repo.mkdir()
-    for name in PROJECT_FILES:
-        source = REPO_ROOT / name
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy(source, repo / name)
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(repo / "src"),  # the clone's code is the code that runs, as in a user's clone
-        "EMBEDFORGE_MIRROR": str(mirror),
-        "MLFLOW_TRACKING_URI": "",
-        "GIT_AUTHOR_NAME": "test",
-        "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "test",
-        "GIT_COMMITTER_EMAIL": "t@example.com",
-    }
-    params = (repo / "params.yaml").read_text()
-    for knob, quick in QUICK_EVALUATION.items():
-        params = re.sub(rf"^(  {knob}:) \S+", rf"\1 {quick}", params, count=1, flags=re.MULTILINE)
-    (repo / "params.yaml").write_text(params)
-    if overrides:
-        write_overrides(repo / "params.yaml", list(overrides))
-    sh("git", "init", "-q", cwd=repo, env=env)
-    sh("dvc", "init", "-q", cwd=repo, env=env)
-    sh("dvc", "config", "core.analytics", "false", cwd=repo, env=env)
-    sh("git", "add", "-A", cwd=repo, env=env)
-    sh("git", "commit", "-qm", "clone", cwd=repo, env=env)
-    return repo, env
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, free_port
+from conftest import REPO_ROOT
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -20,6 +20,7 @@ from prefect.client.schemas.filters import (
 from prefect.states import Failed
 from prefect.testing.utilities import prefect_test_harness
 from prefect_dask import DaskTaskRunner
+from team_stack import free_port
 
 from embedforge import tracking
 from embedforge.errors import UserError

@@ -353,7 +353,7 @@ def test_a_validation_sentence_repeated_in_train_is_leakage(project, mirror_para
 
 @pytest.mark.slow  # the whole pipeline through dvc repro
 def test_the_whole_pipeline_distils_on_a_corpus_and_scores_own_pairs(tmp_path, small_mirror, tiny):
-    from test_dvc_pipeline import make_clone, sh
+    from conftest import make_clone, sh
 
     own_stages = [
         *OWN,

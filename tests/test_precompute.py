@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import build_tiny_sentence_model, free_port, leftovers
+from conftest import build_tiny_sentence_model, leftovers
 from distributed import Client
 from sentence_transformers import SentenceTransformer
+from team_stack import free_port
 
 from embedforge import devices, embeddings
 from embedforge.config import flatten, load_params

@@ -13,8 +13,8 @@ from pathlib import Path
 import mlflow
 import pytest
 import requests
-from conftest import free_port
 from mlflow.tracking import MlflowClient
+from team_stack import free_port
 
 from embedforge import tracking
 from embedforge.stages import run_stage

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from typing import Annotated
 import typer
 import yaml
 
-from embedforge import dvcfile, tracking
+from embedforge import dvcfile, remote, tracking
 from embedforge.config import load_params, write_overrides
 from embedforge.errors import UserError
 from embedforge.stages import STAGES, Stage, run_stage
@@ -136,9 +135,7 @@ def run_pipeline(
         if overrides:
             write_overrides(params_path, overrides)
         scripts = str(Path(sys.executable).parent)
-        dvc = shutil.which("dvc", path=scripts) or shutil.which("dvc")
-        if dvc is None:
-            raise UserError("dvc is not installed in this environment; install embedforge with its dependencies")
+        dvc = remote.dvc_executable()
         if not Path("dvc.yaml").is_file():
             raise UserError(f"no dvc.yaml in {Path.cwd()}: run `embedforge run` from the project root")
         cfg = load_params(params_path)
@@ -248,6 +245,57 @@ def deploy(
         )
 
     _guarded(action)
+
+
+remote_app = typer.Typer(help="DVC remotes: where `embedforge push` and `pull` move the pipeline's outputs.")
+app.add_typer(remote_app, name="remote")
+
+
+@remote_app.command("add")
+def add_remote(
+    name: Annotated[str, typer.Argument(help="The remote's name, e.g. team.")],
+    url: Annotated[str, typer.Argument(help="s3://bucket/path, gs://..., azure://..., or a folder.")],
+    default: Annotated[bool, typer.Option(help="Make it the remote push and pull use.")] = True,
+    endpoint_url: Annotated[
+        str | None, typer.Option(help="An S3-compatible server (MinIO, Ceph, moto), e.g. http://10.0.0.5:9000.")
+    ] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="Only for this checkout: .dvc/config.local, which git ignores.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Replace a remote of the same name.")] = False,
+) -> None:
+    """Add a DVC remote (`dvc remote add`), checking that its storage plugin is installed."""
+    _guarded(lambda: remote.add(name, url, default=default, endpoint_url=endpoint_url, local=local, force=force))
+
+
+@remote_app.command("list")
+def list_remotes() -> None:
+    """The configured DVC remotes and their URLs."""
+
+    def action() -> None:
+        configured = remote.remotes()
+        typer.echo("\n".join(f"{name}\t{url}" for name, url in configured.items()) or "no DVC remotes")
+
+    _guarded(action)
+
+
+TransferTargets = Annotated[
+    list[str] | None, typer.Argument(help="Stages or outputs, e.g. precompute or data/embeddings [default: all].")
+]
+RemoteOption = Annotated[str | None, typer.Option("--remote", "-r", help="A remote's name [default: the default].")]
+JobsOption = Annotated[int | None, typer.Option("--jobs", "-j", help="Parallel transfers.", min=1)]
+
+
+@app.command("push")
+def push(targets: TransferTargets = None, to: RemoteOption = None, jobs: JobsOption = None) -> None:
+    """Upload the pipeline's cached outputs and DVC's run cache to the remote (`dvc push --run-cache`)."""
+    _guarded(lambda: remote.transfer("push", to, targets or [], jobs))
+
+
+@app.command("pull")
+def pull(targets: TransferTargets = None, source: RemoteOption = None, jobs: JobsOption = None) -> None:
+    """Download and check out what a colleague pushed: `dvc status` is clean after, and `dvc repro` a no-op."""
+    _guarded(lambda: remote.transfer("pull", source, targets or [], jobs))
 
 
 @app.command("runs")

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from embedforge.config import Params, flatten
 from embedforge.files import sha256_tree
@@ -35,6 +35,25 @@ MAX_PARAM_CHARS = 6000
 log = logging.getLogger(__name__)
 _current: ContextVar[StageRun | None] = ContextVar("embedforge_stage_run", default=None)
 _warned_offline = False
+
+
+class QuietWhenTrackingFails(logging.Filter):
+    """Drop what libraries repeat when the tracking server is gone (urllib3 at every retried MLflow request,
+    MLflow's system-metrics thread when it cannot reach the run): the one warning to read is ours."""
+
+    NOISE: ClassVar[dict[str, tuple[str, ...]]] = {
+        "urllib3.connectionpool": ("Retrying",),
+        "mlflow.system_metrics.system_metrics_monitor": ("Failed to get mlflow run", "Failed to log system metrics"),
+    }
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.name == "urllib3.connectionpool" and "/api/2.0/mlflow/" not in message:
+            return True  # someone else's request
+        return not message.startswith(self.NOISE.get(record.name, ()))
+
+
+QUIET_WHEN_TRACKING_FAILS = QuietWhenTrackingFails()
 
 
 def tracking_errors() -> tuple[type[BaseException], ...]:
@@ -152,6 +171,7 @@ class StageRun:
         self._mlflow = None
         self.offline = self.offline or OfflineLog(self._run_name)
         warn_offline_once(self._uri, error, self.offline)
+        stop_system_metrics(self.run_id)  # its thread would warn at every sample it cannot send
 
     def _record(self, kind: str, payload: dict[str, Any], call: Any, step: int | None = None) -> None:
         if self._mlflow is not None:
@@ -194,8 +214,11 @@ class StageRun:
 
         The requirements are the installed versions, given rather than inferred: inference
         re-imports the model in a subprocess, which takes longer than the logging itself.
+        Offline, the record names the saved directory's hash, to find the version to upload later.
         """
+        payload = {"name": name, "registered_model": registered_model, MODEL_HASH_TAG: model_hash}
         if not self._mlflow:
+            self._record("model", payload, None)
             return
         from importlib.metadata import version
 
@@ -214,11 +237,14 @@ class StageRun:
                     registered_model, info.registered_model_version, MODEL_HASH_TAG, model_hash
                 )
 
-        self._record("model", {"name": name, "registered_model": registered_model}, log)
+        self._record("model", payload, log)
 
     def tag_model_version(self, registered_model: str | None, model_hash: str, tags: dict[str, str]) -> None:
         """Put ``tags`` on the registered version whose saved directory had ``model_hash``, if there is one."""
-        if not (self._mlflow and registered_model):
+        if not registered_model:
+            return
+        if not self._mlflow:
+            self._record("model_version_tags", {MODEL_HASH_TAG: model_hash, **tags}, None)
             return
 
         def tag() -> None:
@@ -294,6 +320,8 @@ def start(cfg: Params, run_name: str, inputs: list[Path] = (), parent_run_id: st
     else:  # a server: bounded waits instead of MLflow's minutes of retries
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(cfg.tracking.timeout_s)))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        for noisy in QuietWhenTrackingFails.NOISE:
+            logging.getLogger(noisy).addFilter(QUIET_WHEN_TRACKING_FAILS)
     mlflow.set_tracking_uri(uri)
     tags = {"embedforge.stage": run_name, **lineage_tags()}
     tags.update({f"input.{path}": sha256_tree(path) for path in inputs if path.exists()})
@@ -337,14 +365,18 @@ def attach(cfg: Params, run_id: str | None) -> Iterator[StageRun]:
         _current.reset(token)
 
 
-def end_run(mlflow: Any, run: StageRun, status: str) -> None:
-    """End the MLflow run, stopping its system-metrics sampler first: ``mlflow.end_run`` stops it only after
-    telling the server, so a dead server would leave that thread polling for the rest of the process."""
+def stop_system_metrics(run_id: str | None) -> None:
+    """Stop a run's system-metrics sampler: ``mlflow.end_run`` stops it only after telling the server, so a
+    dead server would leave that thread polling for the rest of the process."""
     from mlflow.tracking.fluent import run_id_to_system_metrics_monitor
 
-    monitor = run_id_to_system_metrics_monitor.pop(run.run_id, None)
+    monitor = run_id_to_system_metrics_monitor.pop(run_id, None)
     if monitor is not None:
         monitor.finish()
+
+
+def end_run(mlflow: Any, run: StageRun, status: str) -> None:
+    stop_system_metrics(run.run_id)
     try:
         mlflow.end_run(status)
     except tracking_errors() as error:
