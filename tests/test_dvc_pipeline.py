@@ -11,7 +11,6 @@ import yaml
 from conftest import make_clone, sh
 from mlflow.tracking import MlflowClient
 
-from embedforge.stages import STAGES
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
@@ -120,9 +119,15 @@ def test_every_model_family_trains_end_to_end_through_dvc_repro_with_set_overrid
             assert "Causal LM continuations" in (repo / "reports/index.html").read_text()
 
 
-@pytest.mark.parametrize("stage", list(STAGES))
+@pytest.mark.parametrize("stage", ["download", "precompute", "tokenize"])
 def test_dvc_repro_of_one_stage_in_a_clean_clone_runs_what_it_needs(stage, tmp_path, small_mirror, tiny):
-    """`dvc repro <stage>` brings one stage up to date from nothing: every input it reads is declared."""
+    """`dvc repro <stage>` brings one stage up to date from nothing: every input it reads is declared.
+
+    Only these stages can read an undeclared output and still pass a whole run: precompute and tokenize
+    each have a stage that is neither before nor after it (the other), download reads only your files.
+    For validate, train, evaluate and report every possible producer runs first whatever they declare;
+    tests/test_dvc_deps.py checks their code deps.
+    """
     repo, env = make_clone(tmp_path / "repo", small_mirror, tiny)
     done = sh("dvc", "repro", stage, cwd=repo, env=env)
     assert f"Running stage '{stage}'" in done.stdout, done.stdout

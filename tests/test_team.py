@@ -26,20 +26,20 @@ pytestmark = [
     pytest.mark.skipif(
         postgres_bindir() is None, reason="no PostgreSQL server binaries: apt-get install postgresql-15"
     ),
-    pytest.mark.xdist_group("team"),  # one worker runs the module, so the stack and the pipeline run start once
+    pytest.mark.xdist_group("team"),  # one worker runs them all, so its session fixtures below start once
 ]
 STAGES = ("download", "validate", "precompute", "tokenize", "train", "evaluate", "report")
 SENTENCES = ["A man is playing a guitar.", "Two dogs run through the snow.", "The stock market fell today."]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack():
     team = TeamStack.up()
     yield team
     team.down()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def team_project(stack, small_mirror, tiny_teacher, tmp_path_factory):
     """A colleague's project: tracked on the team server, its outputs pushed to the team's S3 remote."""
     overrides = [
