@@ -1,5 +1,6 @@
 import io
 import json
+import logging
 import tarfile
 import time
 import zipfile
@@ -49,7 +50,9 @@ def test_limit_is_a_seeded_sample_that_repeats_exactly(project, mirror_params):
     assert (project / "data/raw/snli/train.parquet").read_bytes() != first
 
 
-def test_train_pairs_that_leak_into_validation_are_dropped(project, small_mirror, mirror_params, tmp_path):
+def test_train_pairs_that_leak_into_validation_are_dropped_and_counted(
+    project, small_mirror, mirror_params, tmp_path, caplog
+):
     leaky = tmp_path / "leaky"
     for dataset in ("snli", "stsb", "sick"):
         (leaky / dataset).mkdir(parents=True)
@@ -63,11 +66,19 @@ def test_train_pairs_that_leak_into_validation_are_dropped(project, small_mirror
     leaked = validation.head(4).assign(sentence1=lambda f: f["sentence1"].str.upper())
     pd.concat([train, leaked]).to_parquet(leaky / "stsb/train.parquet", index=False)
 
-    download.run(mirror_params(f"download.mirror={leaky}"))
+    with caplog.at_level(logging.INFO, logger="embedforge.stages.download"):
+        metrics = download.run(mirror_params(f"download.mirror={leaky}"))
 
-    manifest = json.loads((project / "data/raw/manifest.json").read_text())
-    assert manifest["datasets"]["stsb"]["train"]["dropped_eval_overlap"] == already_shared + 4
-    assert manifest["datasets"]["stsb"]["train"]["rows"] == len(train) - already_shared
+    record = json.loads((project / "data/raw/manifest.json").read_text())["datasets"]["stsb"]["train"]
+    assert record["dropped_eval_overlap"] == already_shared + 4
+    assert record["dropped_eval_overlap_by_split"] == {"validation": already_shared + 4}
+    assert record["rows"] == len(train) - already_shared
+    assert metrics["dropped_eval_overlap.stsb.validation"] == already_shared + 4  # run_stage logs it to MLflow
+    assert f"stsb/train: dropped {already_shared + 4} rows that also occur in an evaluation split" in caplog.text
+    assert f"({already_shared + 4} in stsb/validation)" in caplog.text
+    assert metrics["rows.total"] == sum(
+        value for key, value in metrics.items() if key.startswith("rows.") and key != "rows.total"
+    )
 
 
 def test_missing_mirror_directory(project, mirror_params):

@@ -199,3 +199,46 @@ def test_a_split_validated_in_batches_reports_as_one(tmp_path: Path, monkeypatch
     scores = next(s for s in batched["splits"] if (s["dataset"], s["split"]) == ("stsb", "validation"))
     between = next(e for e in scores["expectations"] if e["expectation"] == "expect_column_values_to_be_between")
     assert [row["row"] for row in between["failing_rows"]] == [2, 17]
+
+
+@pytest.mark.parametrize("batch_rows", [100_000, 6])
+def test_a_sentence_column_that_is_entirely_null_is_a_failed_expectation_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_rows: int
+) -> None:
+    """Null rows fail the not-null check only: they neither crash the row hashing nor count as repeats or leaks."""
+    monkeypatch.chdir(tmp_path)
+    for split in ("train", "validation"):
+        frame = clean_split("sick", split)
+        if split == "train":
+            frame["sentence1"] = None
+        write_raw_split(frame, raw_split_path("sick", split))
+    cfg = Params(validate=ValidateParams(data_docs=False, batch_rows=batch_rows))
+
+    with pytest.raises(ValidationFailed, match=r"sick/train .*not_be_null\(sentence1\) failed for 20 of 20 rows"):
+        validate.run(cfg)
+    results = json.loads(VALIDATION_RESULTS_PATH.read_text(encoding="utf-8"))
+    failed = [(s["split"], e["expectation"]) for s in results["splits"] for e in s["expectations"] if not e["success"]]
+    assert failed == [("train", "expect_column_values_to_not_be_null")]
+
+
+def test_an_empty_split_fails_validation_unless_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_raw_split(clean_split("sick", "train"), raw_split_path("sick", "train"))
+    write_raw_split(clean_split("sick", "validation").head(0), raw_split_path("sick", "validation"))
+    cfg = Params(validate=ValidateParams(data_docs=False, batch_rows=6))
+
+    with pytest.raises(ValidationFailed) as failure:
+        validate.run(cfg)
+    assert (
+        "sick/validation (data/raw/sick/validation.parquet): expect_table_row_count_to_be_between() failed "
+        "(observed 0) [Rows: a split has at least one (validate.allow_empty_splits: true allows 0)]"
+    ) in str(failure.value)
+    splits = json.loads(VALIDATION_RESULTS_PATH.read_text(encoding="utf-8"))["splits"]
+    counts = {
+        s["split"]: e for s in splits for e in s["expectations"] if e["expectation"].startswith("expect_table_row")
+    }
+    assert counts["train"]["success"] and counts["train"]["observed"]["observed_value"] == ROWS  # 4 batches, summed
+    assert not counts["validation"]["success"]
+
+    allowed = cfg.validate_.model_copy(update={"allow_empty_splits": True})
+    assert validate.run(cfg.model_copy(update={"validate_": allowed}))["validate.failed_expectations"] == 0

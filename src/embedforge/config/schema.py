@@ -93,6 +93,7 @@ class ValidateParams(Section):
     failed_rows_shown: int = Field(default=3, ge=1)
     data_docs: bool = True
     batch_rows: int = Field(default=100_000, ge=1)
+    allow_empty_splits: bool = False
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> ValidateParams:

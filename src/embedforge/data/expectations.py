@@ -49,6 +49,7 @@ NUMERIC_TYPES = ["float64", "float32", "int64", "int32"]
 DOCS_SITE = "embedforge"
 OBSERVED_KEYS = ("observed_value", "element_count", "unexpected_count", "unexpected_percent", "missing_count")
 SHOWN_TEXT_CHARS = 80
+ROW_COUNT = "expect_table_row_count_to_be_between"  # its batches' observed counts add up to the split's
 
 
 def text_columns(source: DatasetSource) -> list[str]:
@@ -58,14 +59,20 @@ def text_columns(source: DatasetSource) -> list[str]:
 def row_hashes(frame: pd.DataFrame, columns: list[str], exact: bool) -> np.ndarray:
     """A 64-bit hash of each row's texts: as written (``exact``), or as ``row_keys`` compares them.
 
-    Missing or non-text columns are the column expectations' to report, so they must not crash this:
-    texts are cast to strings and a missing column hashes as empty.
+    Missing columns, null texts and non-text values are the column expectations' to report, so they must
+    not crash this nor count as repeats or leaks: texts are cast to strings, and a row with a null text
+    (every row, when a column is missing) hashes as its position in the split, which no other row has.
     """
+    positions = frame.index.to_numpy(dtype=np.uint64)
     if any(column not in frame for column in columns):
-        return np.arange(len(frame), dtype=np.uint64)  # distinct: nothing repeats, nothing leaks
+        return positions
     texts = frame[columns].astype("str")
-    keys = texts.agg("\t".join, axis=1) if exact else row_keys(texts)
-    return pd.util.hash_pandas_object(keys.astype("str"), index=False).to_numpy(dtype=np.uint64)
+    null = texts.isna().any(axis=1).to_numpy()
+    filled = texts.fillna("")
+    keys = filled.agg("\t".join, axis=1) if exact else row_keys(filled)
+    hashes = pd.util.hash_pandas_object(keys.astype("str"), index=False).to_numpy(dtype=np.uint64, copy=True)
+    hashes[null] = positions[null]
+    return hashes
 
 
 def read_batches(path: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
@@ -103,6 +110,12 @@ def build_suite(name: str, source: DatasetSource, params: ValidateParams) -> gx.
     texts = text_columns(source)
     schema_columns = RAW_COLUMNS if source.is_pairs else SENTENCES_COLUMNS
     expectations: list[Any] = [expect.ExpectColumnToExist(column=column) for column in schema_columns]
+    if not params.allow_empty_splits:  # 0 rows satisfy every other expectation
+        expectations.append(
+            expect.ExpectTableRowCountToBeBetween(
+                min_value=1, description="Rows: a split has at least one (validate.allow_empty_splits: true allows 0)"
+            )
+        )
     for column in texts:
         expectations += [
             expect.ExpectColumnValuesToBeOfType(column=column, type_="str"),
@@ -284,7 +297,9 @@ def merge_outcomes(batches: list[dict[str, Any]], mostly: float | None, params: 
     if "unexpected_count" in observed:
         observed["unexpected_percent"] = 100 * observed["unexpected_count"] / counted if counted else 0.0
     failed = [batch for batch in batches if not batch["success"]]
-    if any("observed_value" in batch["observed"] for batch in batches):
+    if first["expectation"] == ROW_COUNT:
+        observed["observed_value"] = sum(batch["observed"]["observed_value"] for batch in batches)
+    elif any("observed_value" in batch["observed"] for batch in batches):
         observed["observed_value"] = (failed or batches)[0]["observed"].get("observed_value")
     if mostly is not None and "unexpected_count" in observed and not any(batch["error"] for batch in batches):
         success = not counted or (counted - observed["unexpected_count"]) / counted >= mostly

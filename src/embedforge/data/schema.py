@@ -54,8 +54,9 @@ def downloaded_split(spec: str, key: str) -> tuple[str, Path]:
 
 
 def comparable(column: pd.Series) -> pd.Series:
-    """Texts with case and whitespace differences removed."""
-    return column.str.casefold().str.split().str.join(" ")
+    """Texts with case and whitespace differences removed; a null stays null (also when every one is:
+    pandas' ``.str.join`` refuses the all-NaN float column that ``.str.split`` makes of it)."""
+    return column.str.casefold().str.split().map(" ".join, na_action="ignore").astype("str")
 
 
 def pair_keys(frame: pd.DataFrame) -> pd.Series:

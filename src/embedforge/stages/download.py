@@ -136,17 +136,21 @@ def stage_splits(
     return writers, records, skipped
 
 
-def finish_split(staged: SplitWriter, final: Path, limit: int | None, seed: int, held_out: set[str] | None) -> int:
-    """Turn a staged split into its final file: the seeded sample of ``limit`` rows, less rows in ``held_out``.
+def finish_split(
+    staged: SplitWriter, final: Path, limit: int | None, seed: int, held_out: dict[str, set[str]] | None = None
+) -> tuple[int, dict[str, int]]:
+    """Turn a staged split into its final file: the seeded sample of ``limit`` rows, less every row whose key is
+    in one of the ``held_out`` splits' keys.
 
-    Returns how many rows ``held_out`` removed.
+    Returns how many rows were removed, and how many for each held-out split (a row in two counts in both).
     """
+    held_out = {split: keys for split, keys in (held_out or {}).items() if keys}
     keep = sample_mask(staged.rows, limit, seed)
+    removed, by_split = 0, dict.fromkeys(held_out, 0)
     if keep is None and not held_out:
         os.replace(staged.path, final)
-        return 0
+        return removed, by_split
     result = SplitWriter(final, staged.schema)
-    removed = 0
     start = 0
     for batch in stream_parquet(staged.path).iter_batches(batch_size=BATCH_ROWS):
         frame = batch.to_pandas()
@@ -155,13 +159,18 @@ def finish_split(staged: SplitWriter, final: Path, limit: int | None, seed: int,
         if keep is not None:
             frame = frame[keep[rows]]
         if held_out:
-            leaked = row_keys(frame).isin(held_out).to_numpy()
+            keys = row_keys(frame)
+            leaked = np.zeros(len(frame), dtype=bool)
+            for split, split_keys in held_out.items():
+                in_split = keys.isin(split_keys).to_numpy()
+                by_split[split] += int(in_split.sum())
+                leaked |= in_split
             removed += int(leaked.sum())
             frame = frame[~leaked]
         result.write(frame.reset_index(drop=True))
     result.close()
     staged.path.unlink()
-    return removed
+    return removed, by_split
 
 
 def read_keys(path: Path) -> set[str]:
@@ -193,12 +202,15 @@ def run(cfg: Params) -> dict[str, float]:
             if TRAIN_SPLIT in writers:
                 held_out = None
                 if params.drop_eval_overlap_from_train:
-                    held_out = set().union(*(read_keys(raw_split_path(dataset, s, out)) for s in evaluation))
-                removed = finish_split(
+                    held_out = {split: read_keys(raw_split_path(dataset, split, out)) for split in evaluation}
+                removed, by_split = finish_split(
                     writers[TRAIN_SPLIT], raw_split_path(dataset, TRAIN_SPLIT, out), params.limit, cfg.seed, held_out
                 )
                 if params.drop_eval_overlap_from_train:
-                    records[TRAIN_SPLIT]["dropped_eval_overlap"] = removed
+                    by_split = {split: by_split.get(split, 0) for split in evaluation}
+                    records[TRAIN_SPLIT].update(dropped_eval_overlap=removed, dropped_eval_overlap_by_split=by_split)
+                    metrics.update({f"dropped_eval_overlap.{dataset}.{split}": n for split, n in by_split.items()})
+                    log_overlap(dataset, removed, by_split)
             for split in writers:
                 path = raw_split_path(dataset, split, out)
                 rows = pq.ParquetFile(path).metadata.num_rows
@@ -211,5 +223,18 @@ def run(cfg: Params) -> dict[str, float]:
             if skipped:
                 manifest["skipped"][dataset] = skipped
         write_json(out / "manifest.json", manifest)
-    metrics["rows.total"] = sum(metrics.values())
+    metrics["rows.total"] = sum(value for key, value in metrics.items() if key.startswith("rows."))
     return metrics
+
+
+def log_overlap(dataset: str, removed: int, by_split: dict[str, int]) -> None:
+    """Say what left train, so a user who counts rows is not left to guess (download.drop_eval_overlap_from_train)."""
+    if removed:
+        where = ", ".join(f"{count} in {dataset}/{split}" for split, count in by_split.items() if count)
+        log.info(
+            "%s/train: dropped %d rows that also occur in an evaluation split (%s); "
+            "download.drop_eval_overlap_from_train: false keeps them",
+            dataset,
+            removed,
+            where,
+        )
