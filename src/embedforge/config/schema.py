@@ -335,6 +335,7 @@ class TrainParams(Section):
     sts_validation: str | None = "stsb/validation"
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
     resume: bool = False
+    resume_from: Literal["last", "best"] = "last"
     resume_warmup: ResumeWarmupParams = ResumeWarmupParams()
     checkpoint_every_steps: int = Field(default=200, gt=0)
     log_every_steps: int = Field(default=10, gt=0)

@@ -316,7 +316,7 @@ def prepare_checkpoints(cfg: Params) -> None:
 
 
 def resume_point(cfg: Params) -> Path:
-    return CHECKPOINTS_DIR / "last" if cfg.train.schedule == "single" else CHECKPOINTS_DIR
+    return CHECKPOINTS_DIR / cfg.train.resume_from if cfg.train.schedule == "single" else CHECKPOINTS_DIR
 
 
 def resumable(cfg: Params) -> bool:
@@ -473,12 +473,12 @@ def train_phase(
 def starting_state(
     cfg: Params, trainer: Trainer, phase: Phase, memory: dict[str, int], done: list[PhaseResult]
 ) -> TrainState:
-    """Where the phase starts: its last checkpoint (train.resume), else fresh, from the previous phase's best
-    weights when a staged phase continues it."""
-    last = phase.checkpoints / "last"
-    if cfg.train.resume and last.is_dir():
-        match_dims(trainer, last)
-        return trainer.resume("last")
+    """Where the phase starts: its last (or best: train.resume_from) checkpoint when train.resume, else fresh,
+    from the previous phase's best weights when a staged phase continues it."""
+    source = phase.checkpoints / cfg.train.resume_from
+    if cfg.train.resume and source.is_dir():
+        match_dims(trainer, source)
+        return trainer.resume(cfg.train.resume_from)
     shutil.rmtree(phase.checkpoints, ignore_errors=True)
     state = TrainState(micro_batches=memory["micro_batches"])
     if phase.continues:

@@ -15,11 +15,15 @@ Loading never unpickles arbitrary objects: safetensors and ``torch.load(weights_
 from __future__ import annotations
 
 import json
+import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from embedforge import devices
@@ -83,11 +87,33 @@ def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return result
 
 
+class DamagedCheckpoint(UserError):
+    """A checkpoint file that cannot be read back (truncated, overwritten, or not ours)."""
+
+
+@contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Turn a failure to read ``path`` into a message naming it and the ways on, never a silent fresh start.
+
+    ``torch.load(weights_only=True)`` refuses a pickle that would run code with an UnpicklingError: caught here.
+    """
+    try:
+        yield
+    except (SafetensorError, pickle.UnpicklingError, json.JSONDecodeError, EOFError, OSError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        other = "best" if path.parent.name == "last" else "last"
+        raise DamagedCheckpoint(
+            f"{path}: cannot be read back as a checkpoint ({reason}). Resume from the other one with "
+            f"train.resume_from: {other}, or start over with train.resume: false"
+        ) from None
+
+
 def read_state(directory: Path) -> TrainState:
     path = directory / STATE_FILE
     if not path.is_file():
         raise UserError(f"{directory}: not a checkpoint ({STATE_FILE} missing); set train.resume: false to start over")
-    return TrainState(**json.loads(path.read_text(encoding="utf-8")))
+    with reading(path):
+        return TrainState(**json.loads(path.read_text(encoding="utf-8")))
 
 
 def refuse_other_architecture(directory: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
@@ -118,28 +144,28 @@ def load(
     """
     state = read_state(directory)
     refuse_other_architecture(directory, state.architecture, architecture)
-    tensors = load_file(str(directory / WEIGHTS_FILE))
-    model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
-    objective.load_state_dict(
-        {k.removeprefix("objective."): v for k, v in tensors.items() if k.startswith("objective.")}
-    )
-    optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, weights_only=True, map_location="cpu"))
-    rng = load_file(str(directory / RNG_FILE))
-    torch.set_rng_state(rng["cpu"])
+    load_weights(directory, model, objective)
+    with reading(directory / OPTIMIZER_FILE):
+        optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, weights_only=True, map_location="cpu"))
+    with reading(directory / RNG_FILE):
+        rng = load_file(str(directory / RNG_FILE))
+        torch.set_rng_state(rng["cpu"])
     cuda_states = [rng[key] for key in sorted(k for k in rng if k.startswith("cuda."))]
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states)
     if "mps" in rng and devices.mps_available():
         torch.mps.set_rng_state(rng["mps"])
-    return state, json.loads((directory / HISTORY_FILE).read_text(encoding="utf-8"))
+    with reading(directory / HISTORY_FILE):
+        return state, json.loads((directory / HISTORY_FILE).read_text(encoding="utf-8"))
 
 
 def load_weights(directory: Path, model: torch.nn.Module, objective: torch.nn.Module | None = None) -> None:
     """The student's (and the objective's) weights without the optimizer or the position in training: the best
     checkpoint's into the model about to be saved, or into the next phase of a staged run."""
-    tensors = load_file(str(directory / WEIGHTS_FILE))
-    model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
-    if objective is not None:
-        objective.load_state_dict(
-            {k.removeprefix("objective."): v for k, v in tensors.items() if k.startswith("objective.")}
-        )
+    with reading(directory / WEIGHTS_FILE):
+        tensors = load_file(str(directory / WEIGHTS_FILE))
+        model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+        if objective is not None:
+            objective.load_state_dict(
+                {k.removeprefix("objective."): v for k, v in tensors.items() if k.startswith("objective.")}
+            )
