@@ -205,7 +205,7 @@ class MlflowServer:
 
     @classmethod
     def start(
-        cls, backend_store_uri: str, artifacts_destination: str, s3_endpoint_url: str, log_dir: Path
+        cls, backend_store_uri: str, artifacts_destination: str, log_dir: Path, s3_endpoint_url: str | None = None
     ) -> MlflowServer:
         port = free_port()
         command = [
@@ -215,7 +215,11 @@ class MlflowServer:
             *("--backend-store-uri", backend_store_uri, "--artifacts-destination", artifacts_destination),
         ]
         log_path = log_dir / "mlflow.log"
-        env = {**os.environ, **S3_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint_url}
+        env = {
+            **os.environ,
+            **S3_CREDENTIALS,
+            **({"MLFLOW_S3_ENDPOINT_URL": s3_endpoint_url} if s3_endpoint_url else {}),
+        }
         process = _spawn(command, log_path, env)
         server = cls(port, process.pid, str(log_path))
         _started(process, lambda: _answers_http(f"{server.uri}/health"), "mlflow server", log_path)
@@ -246,7 +250,7 @@ class TeamStack:
             postgres.stop()
             raise
         try:
-            mlflow = MlflowServer.start(postgres.uri(), f"s3://{BUCKET}/mlflow", s3.endpoint_url, log_dir)
+            mlflow = MlflowServer.start(postgres.uri(), f"s3://{BUCKET}/mlflow", log_dir, s3.endpoint_url)
         except BaseException:
             s3.stop()
             postgres.stop()

@@ -4,7 +4,7 @@ A stage's code is every embedforge module its stage module imports, transitively
 a function (read from the source, so lazy imports count), plus the model families that ``MODEL_FAMILIES``
 loads by name. Plumbing that decides nothing about a stage's outputs is left out: the config package (its
 defaults reach DVC through the resolved params file, value by value), errors, files, paths, tracking,
-memory, dvcfile and the package roots.
+memory, dvcfile and the package roots, and what only they import.
 """
 
 import ast
@@ -64,7 +64,8 @@ def stage_code(stage: str) -> set[Path]:
         module = todo.pop()
         if module not in seen:
             seen.add(module)
-            todo += imports_of(module) - seen
+            if module not in PLUMBING:  # what only plumbing imports (tracking's redact) is plumbing too
+                todo += imports_of(module) - seen
     decisive = {m for m in seen if m not in PLUMBING and not m.startswith("embedforge.config")}
     return {module_file(m).relative_to(REPO_ROOT) for m in decisive if not is_docstring_only(module_file(m))}
 

@@ -138,7 +138,7 @@ def test_a_team_server_stopped_mid_training_leaves_the_run_finished_and_offline(
 ):
     """The server goes away after the first step: training finishes, the rest is kept in mlruns/offline."""
     server = MlflowServer.start(
-        stack.postgres.create_database("stopped_mid_run"), f"s3://{BUCKET}/stopped", stack.s3.endpoint_url, project
+        stack.postgres.create_database("stopped_mid_run"), f"s3://{BUCKET}/stopped", project, stack.s3.endpoint_url
     )
     request.addfinalizer(server.stop)  # when the test fails before the first step stops it
     cfg = ready("tracking.enabled=true", f"tracking.uri={server.uri}")

@@ -20,6 +20,7 @@ import yaml
 from embedforge import dvcfile, remote, tracking
 from embedforge.config import load_params, write_overrides
 from embedforge.errors import UserError
+from embedforge.redact import redact, redacted
 from embedforge.stages import STAGES, Stage, run_stage
 
 app = typer.Typer(
@@ -98,7 +99,7 @@ def show_params(
     params_path, all_overrides = _settings(ctx, params, overrides)
 
     def action() -> None:
-        resolved = yaml.safe_dump(load_params(params_path, all_overrides).to_dict(), sort_keys=False)
+        resolved = yaml.safe_dump(redacted(load_params(params_path, all_overrides).to_dict()), sort_keys=False)
         if out is None:
             typer.echo(resolved, nl=False)
             return
@@ -159,7 +160,7 @@ def where_to_look(cfg) -> str:
     """The closing lines of a pipeline run: the report, the metrics, and the MLflow UI for this store."""
     from embedforge.paths import REPORT_DIR
 
-    uri = tracking.tracking_uri(cfg)
+    uri = redact(tracking.tracking_uri(cfg))
     mlflow = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
     return "\n".join(
         [

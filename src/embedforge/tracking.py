@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from embedforge.config import Params, flatten
 from embedforge.files import sha256_tree
 from embedforge.memory import PeakMemory
+from embedforge.redact import redact, redacted
 
 PARENT_RUN_ENV = "EMBEDFORGE_PARENT_RUN_ID"
 OFFLINE_DIR = Path("mlruns/offline")
@@ -119,7 +120,7 @@ def run_link(run_id: str | None) -> str | None:
         return None
     import mlflow
 
-    uri = mlflow.get_tracking_uri()
+    uri = redact(mlflow.get_tracking_uri())
     try:
         run = mlflow.get_run(run_id)
     except tracking_errors():  # the server went away: the link can wait, the flow run must not fail on it
@@ -147,8 +148,8 @@ def warn_offline_once(uri: str, error: BaseException, offline: OfflineLog) -> No
     if not _warned_offline:
         log.warning(
             "MLflow tracking at %s is unreachable or failing (%s): the pipeline goes on and keeps its records in %s",
-            uri,
-            str(error).splitlines()[0][:200],
+            redact(uri),
+            redact(str(error).splitlines()[0])[:200],
             offline.path.parent,
         )
         _warned_offline = True
@@ -318,6 +319,8 @@ def start(cfg: Params, run_name: str, inputs: list[Path] = (), parent_run_id: st
     if uri.startswith(SQLITE_PREFIX):
         Path(uri.removeprefix(SQLITE_PREFIX)).parent.mkdir(parents=True, exist_ok=True)
     else:  # a server: bounded waits instead of MLflow's minutes of retries
+        if redact(uri) != uri:  # MLflow prints each run's URL, credentials and all
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(cfg.tracking.timeout_s)))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         for noisy in QuietWhenTrackingFails.NOISE:
@@ -327,7 +330,7 @@ def start(cfg: Params, run_name: str, inputs: list[Path] = (), parent_run_id: st
     tags.update({f"input.{path}": sha256_tree(path) for path in inputs if path.exists()})
     run = open_run(mlflow, cfg, run_name, uri, tags, parent_run_id)
     token = _current.set(run)
-    run.log_params(flatten(cfg.to_dict()))
+    run.log_params(flatten(redacted(cfg.to_dict())))
     memory = PeakMemory().start()
     started = time.perf_counter()
     status = "FINISHED"

@@ -21,8 +21,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise UserError(f"--set {item!r}: expected dotted.key=value")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise UserError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from None
+    except yaml.YAMLError as exc:  # a ReaderError (a control character) has no .problem
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"--set {item!r}: value is not valid YAML ({problem})") from None
     return key.strip().split("."), value
 
 

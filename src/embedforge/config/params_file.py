@@ -27,6 +27,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of sections at the top level")
     return data

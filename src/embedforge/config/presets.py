@@ -63,6 +63,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 def apply_preset(explicit: dict[str, Any], source: Path) -> dict[str, Any]:
     """``explicit`` laid over the knobs of the preset it names (or the default one); ``source`` names it in errors."""
     preset = explicit.get("preset", Params.model_fields["preset"].default)
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise UserError(f"{source}: preset: must be one of {', '.join(PRESETS)}, got {preset!r}")
     return deep_merge(PRESETS[preset], explicit)

@@ -37,6 +37,7 @@ from embedforge.paths import (
     TRAIN_PLOTS_DIR,
     VALIDATION_RESULTS_PATH,
 )
+from embedforge.redact import redacted
 from embedforge.report import figures, html
 
 PAGE_NAME = "index.html"
@@ -218,7 +219,7 @@ def run(cfg: Params) -> dict[str, float | str]:
         training=training,
         figures=drawn,
         missing_figures={"training_curves": f"no {TRAIN_PLOTS_DIR / 'steps.csv'} (run `{TRAIN}`)"},
-        params=flatten(cfg.to_dict()),
+        params=flatten(redacted(cfg.to_dict())),
         lineage=lineage(),
         map_examples=label_examples(plots["embedding_map"]),
         manifest=read_object(MANIFEST_PATH, "embedforge download") if MANIFEST_PATH.is_file() else None,
