@@ -24,11 +24,14 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{path}: params file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML: {exc}") from None
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
+    if not text.strip():  # an emptied file is more likely a mistake than a wish for every default
+        raise UserError(f"{path}: empty: give at least one section, e.g. `preset: development`")
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of sections at the top level")
     return data
