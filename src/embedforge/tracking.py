@@ -58,11 +58,13 @@ QUIET_WHEN_TRACKING_FAILS = QuietWhenTrackingFails()
 
 
 def tracking_errors() -> tuple[type[BaseException], ...]:
-    """What a tracking call raises when the store or server fails (imported only once tracking is on)."""
+    """What a tracking call raises when the store or server fails (imported only once tracking is on): a
+    corrupted or locked sqlite store raises SQLAlchemy's errors."""
     import requests
     from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
-    return (MlflowException, requests.RequestException, OSError)
+    return (MlflowException, requests.RequestException, OSError, SQLAlchemyError)
 
 
 def is_refused_input(error: BaseException) -> bool:
