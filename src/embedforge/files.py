@@ -7,6 +7,7 @@ killed or failed stage never leaves a half file that a later stage could read.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -19,6 +20,28 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+
+from embedforge.errors import UserError
+
+NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # a full disk, a quota, a read-only mount
+
+
+class WriteFailed(UserError):
+    """An output could not be written for want of room (or a writable disk); what was there is kept."""
+
+
+@contextmanager
+def no_room_named(destination: Path) -> Iterator[None]:
+    """A full disk as a message naming the output, not a traceback (pyarrow's errors may carry no errno)."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in NO_ROOM and "No space left on device" not in str(error):
+            raise
+        reason = error.strerror or str(error).strip().splitlines()[-1]
+        raise WriteFailed(
+            f"{destination}: cannot be written ({reason}); what was there is kept: free space and run the stage again"
+        ) from None
 
 
 def stream_parquet(path: Path) -> pq.ParquetFile:
@@ -41,9 +64,10 @@ def atomic_path(destination: Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        tmp.chmod(0o666 & ~_umask())
-        os.replace(tmp, destination)
+        with no_room_named(destination):
+            yield tmp
+            tmp.chmod(0o666 & ~_umask())
+            os.replace(tmp, destination)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -54,7 +78,8 @@ def atomic_dir(destination: Path) -> Iterator[Path]:
     destination.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent))
     try:
-        yield tmp
+        with no_room_named(destination):
+            yield tmp
         tmp.chmod(0o777 & ~_umask())
         if destination.exists():
             shutil.rmtree(destination)
