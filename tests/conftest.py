@@ -7,11 +7,13 @@ its own source explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -148,6 +150,36 @@ def write_raw_split(frame: pd.DataFrame, path: Path, schema: pa.Schema = RAW_SCH
     writer = SplitWriter(path, schema)
     writer.write(frame)
     writer.close()
+
+
+HOLD_THE_LOCK = """
+import time
+from embedforge.runlock import pipeline_lock
+with pipeline_lock("`embedforge run`"):
+    print("held", flush=True)
+    time.sleep(300)
+"""
+
+
+@contextlib.contextmanager
+def pipeline_running_elsewhere(project: Path) -> Iterator[subprocess.Popen]:
+    """Another process holding the project's pipeline lock (as a running `embedforge run` does) until the block ends."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            HOLD_THE_LOCK,
+        ],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
 
 
 def leftovers(root: Path) -> list[Path]:

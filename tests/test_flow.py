@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, pipeline_running_elsewhere
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -182,3 +182,12 @@ def test_the_flow_on_a_dask_cluster_runs_every_stage_there_and_trains_on_two_pro
     runs = client.search_runs([client.get_experiment_by_name("embedforge").experiment_id])
     parent = next(run.info.run_id for run in runs if run.info.run_name == "pipeline")
     assert {run.data.tags.get("mlflow.parentRunId") for run in runs if run.info.run_name in STAGES} == {parent}
+
+
+def test_a_flow_run_refuses_while_another_pipeline_run_holds_the_project(harness, project, tiny):
+    params_before = (project / "params.yaml").read_bytes()
+    with pipeline_running_elsewhere(project) as holder:
+        state = pipeline(overrides=tiny, return_state=True)
+    assert state.is_failed(), state
+    assert f"`embedforge run` (pid {holder.pid}" in state.message and "is running the pipeline" in state.message
+    assert not (project / "data").exists() and (project / "params.yaml").read_bytes() == params_before

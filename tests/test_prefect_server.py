@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import REPO_ROOT
 from mlflow.tracking import MlflowClient
@@ -116,6 +117,17 @@ def test_the_flow_completes_its_first_run_in_a_fresh_process(project, tiny):
     assert (project / "reports/index.html").is_file() and len(pipeline_runs(project)) == 1
 
 
+def listening_addresses(pid: int) -> set[tuple[str, int]]:
+    """Every (host, port) a process and its children listen on."""
+    tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    return {
+        (connection.laddr.ip, connection.laddr.port)
+        for process in tree
+        for connection in process.net_connections(kind="inet")
+        if connection.status == psutil.CONN_LISTEN
+    }
+
+
 def test_a_served_schedule_runs_the_flow_on_its_interval_until_stopped(project, tiny):
     """No PREFECT_API_URL, as a user first tries it: the ephemeral API would never fire the schedule.
 
@@ -130,10 +142,12 @@ def test_a_served_schedule_runs_the_flow_on_its_interval_until_stopped(project, 
         try:
             with temporary_settings({PREFECT_API_URL: server_url_in(log_path, served)}):
                 deployment, run = wait_for_deployment_run("embedforge-pipeline/every-45s", served, log_path, 600)
+            listening = listening_addresses(served.pid)
         finally:
             stop_with_ctrl_c(served, log_path)
     print(f"first scheduled run completed {time.monotonic() - started:.0f} s after `embedforge schedule` started")
     assert run.state.is_completed(), run.state.message
+    assert listening and {host for host, _ in listening} == {"127.0.0.1"}, listening  # the server is not exposed
     assert [schedule.schedule.interval.total_seconds() for schedule in deployment.schedules] == [45]
     assert deployment.parameters == {"params": "params.yaml", "overrides": tiny}
     assert (project / "reports/index.html").is_file()

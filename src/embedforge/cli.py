@@ -21,6 +21,7 @@ from embedforge import dvcfile, remote, tracking
 from embedforge.config import load_params, write_overrides
 from embedforge.errors import UserError
 from embedforge.redact import redact, redacted
+from embedforge.runlock import pipeline_lock
 from embedforge.stages import STAGES, Stage, run_stage
 
 app = typer.Typer(
@@ -133,27 +134,33 @@ def run_pipeline(
     def action() -> None:
         if global_overrides:
             raise UserError("run: give --set after `run` (it writes params.yaml, which dvc repro reads)")
-        if overrides:
-            write_overrides(params_path, overrides)
-        scripts = str(Path(sys.executable).parent)
-        dvc = remote.dvc_executable()
         if not Path("dvc.yaml").is_file():
             raise UserError(f"no dvc.yaml in {Path.cwd()}: run `embedforge run` from the project root")
-        cfg = load_params(params_path)
-        with tracking.start(cfg, "pipeline") as parent:
-            env = {**os.environ, "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")])}
-            if parent.run_id:
-                env[tracking.PARENT_RUN_ENV] = parent.run_id
-            command = [dvc, "repro", *(["--force"] if force else []), *(targets or [])]
-            done = subprocess.run(command, env=env, check=False)
-            if done.returncode:
-                error = UserError(f"dvc repro failed with exit code {done.returncode}")
-                error.exit_code = done.returncode
-                raise error
-            parent.set_tags(dvcfile.lock_tags())
-        typer.echo(where_to_look(cfg))
+        with pipeline_lock("`embedforge run`"):  # before --set edits the params.yaml another run may be reading
+            reproduce(params_path, overrides, targets, force)
 
     _guarded(action)
+
+
+def reproduce(params_path: Path, overrides: list[str] | None, targets: list[str] | None, force: bool) -> None:
+    """Write the overrides into params.yaml, then dvc repro inside one MLflow parent run."""
+    if overrides:
+        write_overrides(params_path, overrides)
+    scripts = str(Path(sys.executable).parent)
+    dvc = remote.dvc_executable()
+    cfg = load_params(params_path)
+    with tracking.start(cfg, "pipeline") as parent:
+        env = {**os.environ, "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")])}
+        if parent.run_id:
+            env[tracking.PARENT_RUN_ENV] = parent.run_id
+        command = [dvc, "repro", *(["--force"] if force else []), *(targets or [])]
+        done = subprocess.run(command, env=env, check=False)
+        if done.returncode:
+            error = UserError(f"dvc repro failed with exit code {done.returncode}")
+            error.exit_code = done.returncode
+            raise error
+        parent.set_tags(dvcfile.lock_tags())
+    typer.echo(where_to_look(cfg))
 
 
 def where_to_look(cfg) -> str:

@@ -46,6 +46,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import TaskRunContext, get_run_context
+from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 from prefect.tasks import exponential_backoff
@@ -56,6 +57,7 @@ from embedforge.config import load_params
 from embedforge.errors import UserError
 from embedforge.paths import EVAL_METRICS_PATH
 from embedforge.report.markdown import evaluation_summary
+from embedforge.runlock import pipeline_lock
 from embedforge.stages import run_stage
 
 FLOW_NAME = "embedforge-pipeline"
@@ -156,7 +158,11 @@ def pipeline(
     settings = [*([f"preset={preset}"] if preset else []), *(overrides or [])]
     cfg = load_params(params, settings)
     results: dict[str, dict[str, float | str]] = {}
-    with tracking.start(cfg, "pipeline") as parent, stage_runner(dask_address, parent.run_id) as runner:
+    with (
+        pipeline_lock(f"Prefect flow run {flow_run.get_id()}"),
+        tracking.start(cfg, "pipeline") as parent,
+        stage_runner(dask_address, parent.run_id) as runner,
+    ):
         results["download"] = submit(
             runner,
             "download",
