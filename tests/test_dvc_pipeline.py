@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_clone, sh
+from conftest import make_clone, sh, tiny_pipeline
 from mlflow.tracking import MlflowClient
-
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
@@ -20,6 +19,12 @@ pytestmark = pytest.mark.slow
 def clone(tmp_path: Path, small_mirror: Path) -> tuple[Path, dict]:
     """The real teacher and preset, on less data and one epoch (the development preset trains for minutes)."""
     return make_clone(tmp_path / "repo", small_mirror, ["download.limit=1000", "train.epochs=1"])
+
+
+@pytest.fixture
+def tiny_clone(tmp_path: Path, small_mirror: Path, tiny_teacher: Path) -> tuple[Path, dict]:
+    """The tiny teacher and student, for the tests that run the pipeline several times."""
+    return make_clone(tmp_path / "repo", small_mirror, tiny_pipeline(tiny_teacher))
 
 
 def test_embedforge_run_reproduces_then_skips_and_nests_mlflow_runs(clone):
@@ -56,8 +61,8 @@ def test_embedforge_run_reproduces_then_skips_and_nests_mlflow_runs(clone):
     assert parents[1].data.tags["dvc.train.data/tokens"] == tokens["md5"]
 
 
-def test_changing_a_param_reruns_only_the_stages_that_read_it(clone):
-    repo, env = clone
+def test_changing_a_param_reruns_only_the_stages_that_read_it(tiny_clone):
+    repo, env = tiny_clone
     sh("dvc", "repro", cwd=repo, env=env)
     params = (repo / "params.yaml").read_text().replace("max_chars: 1000", "max_chars: 900")
     (repo / "params.yaml").write_text(params)
@@ -93,10 +98,10 @@ FAMILIES = {  # each run's --set overrides, written into params.yaml on top of t
 }
 
 
-def test_every_model_family_trains_end_to_end_through_dvc_repro_with_set_overrides(clone):
+def test_every_model_family_trains_end_to_end_through_dvc_repro_with_set_overrides(tiny_clone):
     from embedforge.api import load_sentence_transformer
 
-    repo, env = clone
+    repo, env = tiny_clone
     for index, (family, overrides) in enumerate(FAMILIES.items()):
         done = sh("embedforge", "run", *(f"--set={item}" for item in overrides), cwd=repo, env=env)
         params = yaml.safe_load((repo / "params.yaml").read_text())

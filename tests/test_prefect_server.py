@@ -172,8 +172,10 @@ def test_a_process_worker_runs_a_deployment_from_a_prefect_server(project, tiny)
         with log_path.open("w") as log:
             worker = start_with_ctrl_c_deliverable(["prefect", "worker", "start", "--pool", "local"], project, env, log)
             try:
-                _, run = wait_for_deployment_run("embedforge-pipeline/once", worker, log_path, 600)
+                deployment, run = wait_for_deployment_run("embedforge-pipeline/once", worker, log_path, 600)
             finally:
                 stop_with_ctrl_c(worker, log_path)
     assert run.state.is_completed(), f"{run.state.message}\n{log_path.read_text()[-5000:]}"
+    assert deployment.global_concurrency_limit.limit == 1  # a second run waits for the first (see runlock)
+    assert deployment.concurrency_options.collision_strategy == "ENQUEUE"
     assert (project / "reports/index.html").is_file() and len(pipeline_runs(project)) == 1

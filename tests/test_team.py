@@ -12,7 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import TINY_STUDENT, make_clone, sh
+from conftest import make_clone, sh, tiny_pipeline
 from mlflow.tracking import MlflowClient
 from team_stack import BUCKET, S3_CREDENTIALS, MlflowServer, TeamStack, postgres_bindir
 
@@ -42,16 +42,7 @@ def stack():
 @pytest.fixture(scope="session")
 def team_project(stack, small_mirror, tiny_teacher, tmp_path_factory):
     """A colleague's project: tracked on the team server, its outputs pushed to the team's S3 remote."""
-    overrides = [
-        "download.limit=60",
-        f"precompute.teacher={tiny_teacher}",
-        "precompute.backend=torch",
-        *TINY_STUDENT,
-        "train.batch_size=8",
-        "train.epochs=1",
-        "train.log_every_steps=1",
-        f"tracking.uri={stack.mlflow.uri}",
-    ]
+    overrides = [*tiny_pipeline(tiny_teacher), "train.log_every_steps=1", f"tracking.uri={stack.mlflow.uri}"]
     repo, env = make_clone(tmp_path_factory.mktemp("team") / "repo", small_mirror, overrides)
     env = {**env, **S3_CREDENTIALS, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
     first = sh("embedforge", "run", cwd=repo, env=env)

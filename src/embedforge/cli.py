@@ -220,7 +220,8 @@ def schedule(
         from embedforge.flow import api_server, pipeline
 
         with api_server():
-            pipeline.serve(name=name, cron=cron, interval=interval, parameters=parameters)
+            # limit=1: a run still going when the next is due makes that one wait, as the project lock would refuse it
+            pipeline.serve(name=name, cron=cron, interval=interval, parameters=parameters, limit=1)
 
     _guarded(action)
 

@@ -45,6 +45,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.context import TaskRunContext, get_run_context
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -199,6 +200,8 @@ def deploy(name: str, pool: str, parameters: dict[str, Any], cron: str | None, i
         cron=cron,
         interval=interval,
         job_variables={"working_dir": str(Path.cwd())},
+        # one run at a time, the next one queued: two in one project directory would refuse (runlock)
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
         entrypoint_type=EntrypointType.MODULE_PATH,
         build=False,
         push=False,
