@@ -134,6 +134,8 @@ def run_pipeline(
     def action() -> None:
         if global_overrides:
             raise UserError("run: give --set after `run` (it writes params.yaml, which dvc repro reads)")
+        if overrides:
+            load_params(params_path, overrides)  # a bad --set is the first thing to hear about, naming its key
         if not Path("dvc.yaml").is_file():
             raise UserError(f"no dvc.yaml in {Path.cwd()}: run `embedforge run` from the project root")
         with pipeline_lock("`embedforge run`"):  # before --set edits the params.yaml another run may be reading
