@@ -1,16 +1,13 @@
-import io
 import json
 import logging
-import tarfile
 import time
-import zipfile
-from pathlib import Path
 
 import datasets
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from conftest import SLICE_ROWS, leftovers
+from official_archives import archive_overrides, official_archives, stsb_tar
 
 from embedforge.data.schema import RAW_COLUMNS, RAW_SCHEMA, pair_keys
 from embedforge.errors import DataError, UserError
@@ -27,6 +24,7 @@ def test_mirror_download_normalises_every_split_and_writes_a_manifest(project, m
         assert table.num_rows <= 50
     stsb = pd.read_parquet(project / "data/raw/stsb/validation.parquet")
     assert stsb["label"].isna().all() and stsb["score"].between(0, 5).all()
+    assert stsb["pair_id"].is_unique and stsb["pair_id"].str.fullmatch(r"[\w.-]+-\w+-\d+").all(), stsb["pair_id"]
     sick = pd.read_parquet(project / "data/raw/sick/train.parquet")
     assert set(sick["label"]) <= {"entailment", "neutral", "contradiction"}
 
@@ -111,58 +109,9 @@ def test_failed_download_keeps_the_previous_raw_data(project, mirror_params):
     assert leftovers(project) == []
 
 
-# --- official archives, rebuilt from the mirror slice in their published formats ---
-
-
-def snli_zip(path: Path, mirror: Path) -> Path:
-    with zipfile.ZipFile(path, "w") as archive:
-        for split, official in [("train", "train"), ("validation", "dev"), ("test", "test")]:
-            frame = pd.read_parquet(mirror / "snli" / f"{split}.parquet")
-            lines = [
-                json.dumps(
-                    {"gold_label": r.label, "sentence1": r.premise, "sentence2": r.hypothesis, "pairID": f"p{i}"}
-                )
-                for i, r in enumerate(frame.itertuples())
-            ]
-            lines.append(json.dumps({"gold_label": "-", "sentence1": "a", "sentence2": "b", "pairID": "x"}))
-            archive.writestr(f"snli_1.0/snli_1.0_{official}.jsonl", "\n".join(lines) + "\n")
-    return path
-
-
-def stsb_tar(path: Path, mirror: Path, corrupt_line: int | None = None) -> Path:
-    with tarfile.open(path, "w:gz") as archive:
-        for split, official in [("train", "train"), ("validation", "dev")]:
-            frame = pd.read_parquet(mirror / "stsb" / f"{split}.parquet")
-            lines = [
-                "\t".join([r.genre, r.source, r.year, r.pair_id, f"{r.score:.3f}", r.sentence1, r.sentence2]).encode()
-                for r in frame.itertuples()
-            ]
-            if corrupt_line is not None and split == "validation":
-                lines[corrupt_line - 1] = lines[corrupt_line - 1].replace(b"A ", b"\xff\xfe ", 1) + b" caf\xe9"
-            payload = b"\n".join(lines) + b"\n"
-            member = tarfile.TarInfo(f"stsbenchmark/sts-{official}.csv")
-            member.size = len(payload)
-            archive.addfile(member, io.BytesIO(payload))
-    return path
-
-
-def sick_txt(path: Path, mirror: Path) -> Path:
-    frames = [pd.read_parquet(mirror / "sick" / f"{split}.parquet") for split in ("train", "validation")]
-    pd.concat(frames).to_csv(path, sep="\t", index=False)
-    return path
-
-
 @pytest.fixture
 def archives(small_mirror, tmp_path):
-    return {
-        "snli": snli_zip(tmp_path / "snli_1.0.zip", small_mirror),
-        "stsb": stsb_tar(tmp_path / "Stsbenchmark.tar.gz", small_mirror),
-        "sick": sick_txt(tmp_path / "SICK.txt", small_mirror),
-    }
-
-
-def archive_overrides(archives: dict[str, Path]) -> list[str]:
-    return ["download.source=archive"] + [f"download.datasets.{name}.archive={path}" for name, path in archives.items()]
+    return official_archives(tmp_path, small_mirror)
 
 
 def test_archives_give_the_same_rows_as_the_mirror(project, mirror_params, archives):
@@ -175,6 +124,7 @@ def test_archives_give_the_same_rows_as_the_mirror(project, mirror_params, archi
         assert manifest["datasets"][dataset][split]["rows"] == SLICE_ROWS
     stsb = pd.read_parquet(project / "data/raw/stsb/train.parquet")
     assert stsb["score"].notna().all() and stsb["genre"].notna().all()
+    assert stsb["pair_id"].is_unique  # numbered per source file and year in the archive: the file and year join it
     sick = pd.read_parquet(project / "data/raw/sick/validation.parquet")
     assert set(sick["label"]) <= {"entailment", "neutral", "contradiction"}
 

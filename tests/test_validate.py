@@ -83,6 +83,10 @@ def duplicated_pairs(frames: dict[tuple[str, str], pd.DataFrame]) -> None:
     train.loc[[6, 7], ["sentence1", "sentence2"]] = train.loc[0, ["sentence1", "sentence2"]].to_list()
 
 
+def repeated_ids(frames: dict[tuple[str, str], pd.DataFrame]) -> None:
+    frames["snli", "validation"].loc[[2, 9], "pair_id"] = "snli-validation-0"
+
+
 @pytest.mark.parametrize(
     ("corrupt", "where", "fragments"),
     [
@@ -107,8 +111,13 @@ def duplicated_pairs(frames: dict[tuple[str, str], pd.DataFrame]) -> None:
             "sick/train",
             ["expect_column_values_to_be_in_set(row_repeated)", "Duplicates", "3 of 20 rows", "row 6: "],
         ),
+        (
+            repeated_ids,
+            "snli/validation",
+            ["expect_column_values_to_be_in_set(id_repeated)", "3 of 20 rows", "row 0: pair_id='snli-validation-0'"],
+        ),
     ],
-    ids=["empty-sentence", "score-7.5", "unknown-label", "train-leak", "duplicates"],
+    ids=["empty-sentence", "score-7.5", "unknown-label", "train-leak", "duplicates", "repeated-ids"],
 )
 def test_broken_contract_fails_naming_split_expectation_and_row(
     tmp_path: Path,

@@ -145,13 +145,22 @@ class OfflineLog:
             handle.write(json.dumps(record, default=str) + "\n")
 
 
+def first_cause(error: BaseException) -> str:
+    """The first line of the innermost error behind ``error``: the database's or the socket's own words (MLflow
+    wraps SQLAlchemy's errors in messages whose first line may be SQLAlchemy's note on autoflush)."""
+    while error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__):
+        error = error.__cause__ or error.__context__
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def warn_offline_once(uri: str, error: BaseException, offline: OfflineLog) -> None:
     global _warned_offline
     if not _warned_offline:
         log.warning(
             "MLflow tracking at %s is unreachable or failing (%s): the pipeline goes on and keeps its records in %s",
             redact(uri),
-            redact(str(error).splitlines()[0])[:200],
+            redact(first_cause(error))[:200],
             offline.path.parent,
         )
         _warned_offline = True

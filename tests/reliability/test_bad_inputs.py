@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT
+from official_archives import official_archives
 from typer.testing import CliRunner
 
 from embedforge.cli import app
@@ -78,6 +80,29 @@ def drop_params(mirror: Path, project: Path) -> None:
     (project / "params.yaml").unlink()
 
 
+def truncated_archive(dataset: str) -> Corrupt:
+    """The official archives in ``project/archives``, ``dataset``'s cut to half its bytes, as a broken download;
+    the project's params.yaml, whose datasets the archive overrides extend."""
+
+    def corrupt(mirror: Path, project: Path) -> None:
+        shutil.copy(REPO_ROOT / "params.yaml", project / "params.yaml")
+        (project / "archives").mkdir()
+        archive = official_archives(project / "archives", mirror)[dataset]
+        archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+
+    return corrupt
+
+
+ARCHIVES = (
+    "download.limit=40",
+    "tracking.enabled=false",
+    "download.source=archive",
+    "download.datasets.snli.archive=archives/snli_1.0.zip",
+    "download.datasets.stsb.archive=archives/Stsbenchmark.tar.gz",
+    "download.datasets.sick.archive=archives/SICK.txt",
+)
+
+
 def no_change(mirror: Path, project: Path) -> None:
     """The input is bad through the overrides alone."""
 
@@ -107,6 +132,8 @@ CASES = [
     BadInput("empty-file", replace_file("stsb", "train", lambda b: b""), "download", "stsb"),
     BadInput("missing-dataset-folder", remove("stsb"), "download", "stsb"),
     BadInput("missing-split-file", remove("snli/validation.parquet"), "download", "snli"),
+    BadInput("truncated-zip", truncated_archive("snli"), "download", "snli_1.0.zip: ", ARCHIVES),
+    BadInput("truncated-tar", truncated_archive("stsb"), "download", "Stsbenchmark.tar.gz: ", ARCHIVES),
     BadInput(
         "score-as-text",
         edit("stsb", "train", lambda f: f.assign(score=f["score"].astype(str) + " points")),
@@ -139,6 +166,12 @@ CASES = [
         ("download.drop_eval_overlap_from_train=false",),
     ),
     BadInput("duplicated-pairs", edit("stsb", "train", duplicate_train_pairs), "validate", "Duplicates"),
+    BadInput(
+        "duplicated-pair-ids",
+        edit("sick", "train", set_cell("pair_ID", 42, slice(None))),
+        "validate",
+        "Ids: every pair_id occurs once in its split",
+    ),
     BadInput("empty-split", edit("sick", "validation", lambda f: f.head(0)), "validate", "(observed 0)"),
     # the params
     BadInput("unknown-key", no_change, "download", "download.limti: unknown key", ("download.limti=5",)),

@@ -45,6 +45,7 @@ PAIR_COLUMNS = ["sentence1", "sentence2"]
 ID_COLUMNS = ["pair_id", "text_id"]  # shown with every failing row: the source's own row id, e.g. train-17
 LEAK_COLUMN = "row_in_train"
 REPEATED_COLUMN = "row_repeated"
+ID_REPEATED_COLUMN = "id_repeated"
 NUMERIC_TYPES = ["float64", "float32", "int64", "int32"]
 DOCS_SITE = "embedforge"
 OBSERVED_KEYS = ("observed_value", "element_count", "unexpected_count", "unexpected_percent", "missing_count")
@@ -96,6 +97,16 @@ def split_hashes(path: Path, columns: list[str], exact: bool, batch_rows: int) -
     """``row_hashes`` of every row of a raw split, streamed."""
     parts = [row_hashes(frame, columns, exact) for frame in read_batches(path, batch_rows)]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+
+
+def repeats_in_split(path: Path, columns: list[str], batch_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """For every row of a raw split, streamed once: does its texts' exact ``row_hashes`` occur again, and
+    does its id (``pair_id`` or ``text_id``, whichever it has)?"""
+    texts, ids = [], []
+    for frame in read_batches(path, batch_rows):
+        texts.append(row_hashes(frame, columns, exact=True))
+        ids.append(row_hashes(frame, [next((c for c in ID_COLUMNS if c in frame), ID_COLUMNS[0])], exact=True))
+    return repeated_rows(np.concatenate(texts)), repeated_rows(np.concatenate(ids))
 
 
 def repeated_rows(hashes: np.ndarray) -> np.ndarray:
@@ -170,6 +181,12 @@ def build_suite(name: str, source: DatasetSource, params: ValidateParams) -> gx.
             ),
             meta={"check": "leakage", "shown_columns": texts},
         ),
+        expect.ExpectColumnValuesToBeInSet(
+            column=ID_REPEATED_COLUMN,
+            value_set=[False],
+            description=f"Ids: every {'pair_id' if source.is_pairs else 'text_id'} occurs once in its split",
+            meta={"check": "ids", "shown_columns": texts},
+        ),
     ]
     return gx.ExpectationSuite(name=name, expectations=expectations)
 
@@ -237,7 +254,7 @@ class SplitValidator:
         """
         suite = self.suite(dataset)
         columns = text_columns(self.datasets[dataset])
-        repeated = repeated_rows(split_hashes(path, columns, exact=True, batch_rows=self.params.batch_rows))
+        repeated, repeated_ids = repeats_in_split(path, columns, self.params.batch_rows)
         # "/" is not allowed in GX store keys, which Data Docs build from the asset name.
         asset = self.datasource.add_dataframe_asset(f"{dataset}.{split}")
         batch_definition = asset.add_batch_definition_whole_dataframe("whole")
@@ -247,8 +264,13 @@ class SplitValidator:
             leaked = np.zeros(len(frame), dtype=bool)
             if train is not None and len(train):
                 leaked = np.isin(row_hashes(frame, columns, exact=False), train)
+            rows_here = frame.index.to_numpy()
             flagged = frame.assign(
-                **{LEAK_COLUMN: leaked, REPEATED_COLUMN: repeated[frame.index.to_numpy()] if len(frame) else False}
+                **{
+                    LEAK_COLUMN: leaked,
+                    REPEATED_COLUMN: repeated[rows_here] if len(frame) else False,
+                    ID_REPEATED_COLUMN: repeated_ids[rows_here] if len(frame) else False,
+                }
             )
             name = f"{dataset}.{split}" if index == 0 else f"{dataset}.{split}.{index}"
             definition = self.context.validation_definitions.add(

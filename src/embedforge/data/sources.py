@@ -74,6 +74,10 @@ NATIVE_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 
+# A built-in whose ids repeat across its source files: STS-B numbers its pairs per file and year (1,244 distinct
+# ids in 5,749 train rows), so its pair_id is these columns and the id, joined with "-" (e.g. MSRpar-2012train-0012).
+ID_SCOPES: dict[str, tuple[str, ...]] = {"stsb": ("source", "year")}
+
 UNLABELLED = {"-", "", "none", "-1"}
 
 
@@ -137,6 +141,11 @@ def normalise(dataset: str, split: str, batch: RawBatch, source: DatasetSource) 
 
     out = pd.DataFrame(index=frame.index)
     out["pair_id"] = frame[picked["pair_id"]].astype("string") if picked["pair_id"] else ids
+    scope = [column for column in ID_SCOPES.get(dataset, ()) if column in frame.columns]
+    if picked["pair_id"] and scope and not source.columns:
+        out["pair_id"] = frame[scope].astype("string").fillna("").agg("-".join, axis=1).astype("string") + (
+            "-" + out["pair_id"]
+        )
     for text_column in ("sentence1", "sentence2"):
         out[text_column] = frame[picked[text_column]].astype("string")
     labels = map_labels(frame[picked["label"]], source) if picked["label"] else None
@@ -355,11 +364,19 @@ class ArchiveSource:
             fields = line.split("\t")
             if len(fields) < 7:
                 raise DataError(f"{member} line {number}: expected at least 7 tab-separated fields, got {len(fields)}")
-            genre, _file, _year, pair_id, score, sentence1, sentence2 = fields[:7]
+            genre, file, year, pair_id, score, sentence1, sentence2 = fields[:7]
             rows.append(
-                {"pair_id": pair_id, "genre": genre, "score": score, "sentence1": sentence1, "sentence2": sentence2}
+                {
+                    "pair_id": pair_id,
+                    "source": file,
+                    "year": year,
+                    "genre": genre,
+                    "score": score,
+                    "sentence1": sentence1,
+                    "sentence2": sentence2,
+                }
             )
-        return pd.DataFrame(rows, columns=["pair_id", "genre", "score", "sentence1", "sentence2"])
+        return pd.DataFrame(rows, columns=["pair_id", "source", "year", "genre", "score", "sentence1", "sentence2"])
 
     def _sick(self, path: Path, split: str) -> pd.DataFrame:
         member, lines = self._member_lines(path, "SICK.txt")
