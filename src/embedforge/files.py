@@ -3,15 +3,20 @@
 A stage's outputs appear whole or not at all: everything is written under a
 temporary name beside its destination and renamed into place on success, so a
 killed or failed stage never leaves a half file that a later stage could read.
+A temporary's name carries its writer's host and pid (``.NAME.HOST-PID.XXXX.tmp``),
+so the next write of the same output removes what a killed writer left.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
@@ -24,6 +29,7 @@ import pyarrow.parquet as pq
 from embedforge.errors import UserError
 
 NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # a full disk, a quota, a read-only mount
+AT_FDCWD, RENAME_EXCHANGE = -100, 2  # Linux's renameat2(2)
 
 
 class WriteFailed(UserError):
@@ -56,11 +62,54 @@ def _umask() -> int:
     return current
 
 
+def _temporary_prefix(destination: Path) -> str:
+    return f".{destination.name}.{socket.gethostname()}-{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(destination: Path) -> None:
+    """Remove the temporaries of ``destination`` that a writer on this host, now dead, left behind (a kill
+    allows no clean-up); another host's, on a shared disk, are left alone, as are a living writer's."""
+    stale = re.compile(rf"\.{re.escape(destination.name)}\.{re.escape(socket.gethostname())}-(\d+)\..*\.tmp")
+    with os.scandir(destination.parent) as entries:
+        for entry in entries:
+            match = stale.fullmatch(entry.name)
+            if match and not _alive(int(match.group(1))):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    Path(entry.path).unlink(missing_ok=True)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one atomic step (Linux's renameat2 RENAME_EXCHANGE); False where the OS or the file
+    system cannot."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
 @contextmanager
 def atomic_path(destination: Path) -> Iterator[Path]:
     """Yield a temporary file path that becomes ``destination`` only if the block succeeds."""
     destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    remove_stale_temporaries(destination)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temporary_prefix(destination), suffix=".tmp", dir=destination.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -74,16 +123,25 @@ def atomic_path(destination: Path) -> Iterator[Path]:
 
 @contextmanager
 def atomic_dir(destination: Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``destination`` only if the block succeeds."""
+    """Yield a temporary directory that replaces ``destination`` only if the block succeeds.
+
+    An existing ``destination`` is swapped with the new tree in one step, so a reader (or a kill) never finds
+    it missing; where the OS cannot swap, the old tree is renamed aside first, a window of two renames.
+    """
     destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent))
+    remove_stale_temporaries(destination)
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(destination), suffix=".tmp", dir=destination.parent))
     try:
         with no_room_named(destination):
             yield tmp
         tmp.chmod(0o777 & ~_umask())
-        if destination.exists():
-            shutil.rmtree(destination)
-        os.replace(tmp, destination)
+        if not destination.exists():
+            os.replace(tmp, destination)
+        elif not _exchange(tmp, destination):  # after a swap, tmp holds the old tree, removed below
+            aside = tmp.with_name(f"{tmp.name}.old.tmp")
+            os.replace(destination, aside)
+            os.replace(tmp, destination)
+            shutil.rmtree(aside)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

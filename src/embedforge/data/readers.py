@@ -41,6 +41,7 @@ class RawBatch:
     frame: pd.DataFrame
     origin: str
     first_row: int = 0  # the source's row number (0-based, blank lines not counted) of the frame's first row
+    earlier_rows: int = 0  # the rows of the split's files before this one, so generated ids run on across files
 
 
 def file_format(path: Path, declared: str, key: str) -> str:

@@ -128,7 +128,8 @@ def normalise(dataset: str, split: str, batch: RawBatch, source: DatasetSource) 
     """
     picked = pick_columns(dataset, split, source, batch)
     frame = batch.frame
-    ids = pd.Series([f"{split}-{batch.first_row + row}" for row in frame.index], index=frame.index, dtype="string")
+    first = batch.earlier_rows + batch.first_row
+    ids = pd.Series([f"{split}-{first + row}" for row in frame.index], index=frame.index, dtype="string")
     if source.kind == "sentences":
         out = pd.DataFrame(
             {
@@ -460,8 +461,12 @@ class FileSource:
 
     def _batches(self, split: str, paths: list[Path], formats: list[str]) -> Iterator[RawBatch]:
         column = self.spec.split_column
+        earlier_rows = 0
         for path, fmt in zip(paths, formats, strict=True):
+            rows_in_file = 0
             for batch in read_batches(path, fmt):
+                rows_in_file = batch.first_row + len(batch.frame)
+                batch.earlier_rows = earlier_rows
                 if column is None:
                     yield batch
                     continue
@@ -472,7 +477,8 @@ class FileSource:
                     )
                 wanted = self.spec.split_sources()[split]
                 rows = batch.frame[column].astype("string") == wanted
-                yield RawBatch(batch.frame[rows.fillna(False)], batch.origin, batch.first_row)
+                yield RawBatch(batch.frame[rows.fillna(False)], batch.origin, batch.first_row, earlier_rows)
+            earlier_rows += rows_in_file
 
 
 def make_sources(params: DownloadParams) -> dict[str, Source]:
