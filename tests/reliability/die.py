@@ -1,6 +1,9 @@
 """Run one stage in this process and SIGKILL it at a chosen moment, as ``kill -9`` or the OOM killer would.
 
-    python die.py MOMENT [--set dotted.key=value ...]     (in the project directory)
+    python die.py STAGE:MOMENT[@N] [--set dotted.key=value ...]     (in the project directory)
+
+N picks which occurrence of the moment (a step, a checkpoint file write, a validation); the tests draw it
+from a seeded generator.
 
 Nothing is cleaned up and no ``finally`` runs: the process is gone at once, mid-write where the moment says.
 """
@@ -36,21 +39,23 @@ def on_call(count: int, original: Callable[..., Any], before: bool = False) -> C
     return wrapper
 
 
-def train(moment: str, cfg: Any) -> None:
+def train(moment: str, occurrence: int, cfg: Any) -> None:
     from embedforge.stages import train as stage
     from embedforge.training import checkpoint, validation
 
     hooks: dict[str, Any] = {}
-    if moment == "mid-step":  # inside step 5, between its micro-batches' forward passes
-        hooks["before_micro_batch"] = lambda trainer, state, index: die() if state.step == 4 and index == 1 else None
-    elif moment == "checkpoint-write":  # the weights of the second checkpoint written, the rest not yet
-        checkpoint.save_file = on_call(3, checkpoint.save_file)
-    elif moment == "validation":  # inside the first epoch's validation
-        validation.STSValidation.__call__ = on_call(2, validation.STSValidation.__call__, before=True)
+    if moment == "mid-step":  # inside step N + 1, between its micro-batches' forward passes
+        hooks["before_micro_batch"] = lambda trainer, state, index: (
+            die() if state.step == occurrence and index == 1 else None
+        )
+    elif moment == "checkpoint-write":  # the N-th safetensors file of the checkpoints written, the rest not yet
+        checkpoint.save_file = on_call(occurrence, checkpoint.save_file)
+    elif moment == "validation":  # as the N-th validation starts
+        validation.STSValidation.__call__ = on_call(occurrence, validation.STSValidation.__call__, before=True)
     stage.run(cfg, **hooks)
 
 
-def precompute(moment: str, cfg: Any) -> None:
+def precompute(moment: str, occurrence: int, cfg: Any) -> None:
     from embedforge.stages import precompute as stage
 
     if moment == "mid-shard":
@@ -61,14 +66,14 @@ def precompute(moment: str, cfg: Any) -> None:
     stage.run(cfg)
 
 
-def download(moment: str, cfg: Any) -> None:
+def download(moment: str, occurrence: int, cfg: Any) -> None:
     from embedforge.stages import download as stage
 
     stage.SplitWriter.write = on_call(4, stage.SplitWriter.write)
     stage.run(cfg)
 
 
-def validate(moment: str, cfg: Any) -> None:
+def validate(moment: str, occurrence: int, cfg: Any) -> None:
     from embedforge.data import expectations
     from embedforge.stages import validate as stage
 
@@ -82,8 +87,10 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     stage, _, moment = args.moment.partition(":")
+    moment, _, occurrence = moment.partition("@")
     cfg = load_params("params.yaml", args.overrides)
-    {"train": train, "precompute": precompute, "download": download, "validate": validate}[stage](moment, cfg)
+    run = {"train": train, "precompute": precompute, "download": download, "validate": validate}[stage]
+    run(moment, int(occurrence or 0), cfg)
     raise SystemExit(f"{args.moment}: the stage finished before the moment came")
 
 

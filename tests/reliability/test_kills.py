@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from embedforge.stages import precompute, train
 DIE = Path(__file__).with_name("die.py")
 EMBEDFORGE = Path(sys.executable).with_name("embedforge")
 pytestmark = pytest.mark.slow  # real processes, each loading torch
+KILL_SEED = 18
 
 
 def sets(overrides: list[str]) -> list[str]:
@@ -59,10 +61,21 @@ def training(ready, project, tiny_teacher) -> list[str]:
     ]
 
 
+def seeded_moments(seed: int) -> list[str]:
+    """Where to kill the training run below (24 steps, 32 checkpoint files, 3 validations), drawn from ``seed``:
+    after the first checkpoint, so that there is one to resume from."""
+    draw = random.Random(seed)
+    return [
+        f"train:mid-step@{draw.randint(2, 21)}",
+        f"train:checkpoint-write@{draw.randint(3, 30)}",
+        f"train:validation@{draw.randint(2, 3)}",
+    ]
+
+
 def test_train_killed_mid_step_in_a_checkpoint_write_or_in_validation_resumes_to_the_same_weights(training, project):
     train.run(load_params(project / "params.yaml", training))
     uninterrupted = final_weights(project)
-    for moment in ("train:mid-step", "train:checkpoint-write", "train:validation"):
+    for moment in seeded_moments(KILL_SEED):
         for output in ("checkpoints", "models"):
             subprocess.run(["rm", "-rf", str(project / output)], check=True)
         killed(moment, training, project)
