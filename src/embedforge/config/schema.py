@@ -220,8 +220,16 @@ class DynamicParams(Section):
         return self
 
 
+class StaticParams(Section):
+    """The static family: a token-vector table of ``dim`` columns, optionally mapped to ``projection_dim``."""
+
+    dim: int = Field(default=256, gt=0)
+    projection_dim: int | None = Field(default=None, gt=0)
+    sif_coefficient: float | None = Field(default=1e-4, gt=0)
+
+
 class ModelParams(Section):
-    kind: Literal["encoder", "lattice", "dynamic"] = "encoder"
+    kind: Literal["encoder", "lattice", "dynamic", "static"] = "encoder"
     hidden_size: int = Field(default=384, gt=0)
     num_layers: int = Field(default=6, gt=0)
     num_heads: int = Field(default=12, gt=0)
@@ -232,10 +240,24 @@ class ModelParams(Section):
         default="sdpa",
         description="The attention kernel: torch's scaled_dot_product_attention, or the plain matmul-softmax one.",
     )
-    init: Literal["scratch", "teacher_layers"] = "teacher_layers"
+    init: Literal["scratch", "teacher_layers", "teacher_tokens"] = "teacher_layers"
     teacher_layers: list[Annotated[int, Field(ge=0)]] = [0, 1, 2, 3, 4, 5]
     lattice: LatticeParams = LatticeParams()
     dynamic: DynamicParams = DynamicParams()
+    static: StaticParams = StaticParams()
+
+    @model_validator(mode="after")
+    def _init_fits_kind(self) -> ModelParams:
+        """teacher_tokens makes a token table, which only the static family has; the static family has no
+        layers to copy."""
+        if (self.kind == "static") != (self.init == "teacher_tokens") and self.init != "scratch":
+            raise ValueError(
+                "model.init: a static student starts from teacher_tokens or scratch"
+                if self.kind == "static"
+                else f"model.init: teacher_tokens builds a static student's table (model.kind: static), "
+                f"not the {self.kind} family; use teacher_layers or scratch"
+            )
+        return self
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelParams:

@@ -38,7 +38,7 @@ from embedforge.data.sentences import split_files
 from embedforge.embeddings import EmbeddingCache
 from embedforge.errors import DataError, UserError
 from embedforge.files import atomic_dir, atomic_path, sha256_tree, write_json
-from embedforge.models import MODEL_FAMILIES
+from embedforge.models import MODEL_FAMILIES, padding_id, vocabulary_size
 from embedforge.models import teacher as teachers
 from embedforge.models.causal_lm import CausalLMLoss, LMHead, make_causal
 from embedforge.models.encoder import count_parameters
@@ -72,6 +72,7 @@ from embedforge.training.validation import LanguageModelValidation, STSValidatio
 
 log = logging.getLogger(__name__)
 
+PROJECTION_FIT_ROWS = 20_000  # sentences the static family's distill projection is fitted on before training
 ARCHITECTURE_EXCLUDES = ("init", "teacher_layers", "dropout", "attention")  # how it starts or computes, not its shape
 FINISHED_FILE = "finished.json"  # a staged phase's final state and history, so train.resume can skip it
 
@@ -162,12 +163,35 @@ def build_objective(cfg: Params, model: torch.nn.Module, teacher_dim: int | None
         weights: dict[str, float] = dict(params.objectives)
         losses: dict[str, torch.nn.Module] = {"infonce": InfoNCELoss(params.temperature)}
         if teacher_dim is not None:
-            # a dynamic embedding changes size, so it always reads the teacher's space through a projection
-            losses["distill"] = DistillLoss(student_dim, teacher_dim, params.distill_loss, force_projection=dynamic)
+            # a dynamic embedding changes size, and a static table starts in the PCA axes of the teacher's token
+            # vectors: both read the teacher's space through a learned projection
+            projected = dynamic or cfg.model.kind == "static"
+            losses["distill"] = DistillLoss(student_dim, teacher_dim, params.distill_loss, force_projection=projected)
         if dynamic:
             weights["sparsity"] = cfg.model.dynamic.sparsity_weight
             losses["sparsity"] = SparsityLoss()
         return Objective(weights, losses)
+
+
+def fit_distill_projection(distill: DistillLoss, model: torch.nn.Module, data: TrainingData, seed: int) -> None:
+    """Start the distill projection at the least-squares map from the untrained student's vectors onto the
+    teacher's, over a seeded sample of the training sentences. A static table starts in its own axes (the PCA
+    of the teacher's token vectors): from a random map, the first steps would bend every row they touch
+    towards that map, away from the rows they do not touch; from the fitted one, they refine."""
+    rows = np.unique(data.all_batches.anchor_rows)
+    rows = np.random.default_rng(seed).permutation(rows)[:PROJECTION_FIT_ROWS]
+    inputs = MODEL_FAMILIES["static"].model_inputs(model)
+    with torch.no_grad():
+        vectors = torch.cat(
+            [
+                model(inputs(*data.store.padded(chunk, data.pad_id)))["sentence_embedding"]
+                for chunk in np.array_split(rows, max(1, len(rows) // 4096))
+            ]
+        )
+        student = torch.cat([vectors, torch.ones(len(rows), 1)], dim=1).double()
+        solution = torch.linalg.lstsq(student, data.teacher_vectors[torch.from_numpy(rows)].double().cpu()).solution
+        distill.projection.weight.copy_(solution[:-1].T)
+        distill.projection.bias.copy_(solution[-1])
 
 
 def write_curves(history: dict[str, list[dict[str, Any]]]) -> None:
@@ -223,6 +247,8 @@ def run(cfg: Params, **hooks: Any) -> dict[str, Any]:
         world.barrier()
         data = load_training_data(cfg, model, teacher)
         objective = build_objective(cfg, model, data.teacher_dim)
+        if cfg.model.kind == "static" and "distill" in objective.losses:
+            fit_distill_projection(objective.losses["distill"], model, data, cfg.seed)
         memory = plan_memory(cfg, model, data, device)
         results = run_phases(cfg, TrainerParts(model, objective, data, device, hooks, world), memory)
         return finalize(cfg, results, memory, device, world) if world.is_main else {}
@@ -240,7 +266,7 @@ def load_training_data(cfg: Params, model: torch.nn.Module, teacher: teachers.Te
     ]
     sts_file = STSValidation.path_of(params.sts_validation) if params.sts_validation else None
     store = TokenStore.load(TOKENS_DIR, train_files + validation_files + ([sts_file] if sts_file else []))
-    pad_id = model.tokenizer.pad_token_id
+    pad_id = padding_id(model)
     phases = training_phases(params, examples_of(cfg, TRAIN_SPLIT, train_files), cfg.seed, CHECKPOINTS_DIR)
     everything = (
         phases[-1].examples if params.schedule == "single" else in_order(e for phase in phases for e in phase.examples)
@@ -347,7 +373,7 @@ def architecture_of(cfg: Params, model: torch.nn.Module, teacher_dim: int | None
     }
     architecture.update(
         {
-            "vocab_size": len(model.tokenizer),
+            "vocab_size": vocabulary_size(model),
             "student_dim": model.get_embedding_dimension(),
             "teacher_dim": teacher_dim,
             "train.objective": cfg.train.objective,
@@ -400,6 +426,7 @@ class TrainerParts:
             on_epoch_end=growth,
             deadline=deadline,
             world=self.world,
+            model_inputs=MODEL_FAMILIES[cfg.model.kind].model_inputs(self.model),
             **self.hooks,
         )
         if growth is not None:

@@ -56,10 +56,14 @@ def plan_micro_batches(cfg: Params, model: torch.nn.Module, parts: int, longest:
             break
         micro_batches *= 2
     if needed > available:
+        smaller = (
+            "a smaller model.static.dim (the token table is vocabulary x dim, with its gradient and AdamW's two moments)"
+            if cfg.model.kind == "static"
+            else "a smaller model or tokenize.max_length"
+        )
         raise UserError(
             f"train: one example needs about {needed / 2**20:.0f} MB to train ({cfg.model.kind} model) but "
-            f"{available / 2**20:.0f} MB is available (train.memory_limit_mb or free memory): use a smaller model "
-            f"or tokenize.max_length"
+            f"{available / 2**20:.0f} MB is available (train.memory_limit_mb or free memory): use {smaller}"
         )
     if micro_batches != params.grad_accum_steps:
         fits = max(

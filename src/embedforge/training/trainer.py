@@ -37,6 +37,7 @@ from embedforge import devices
 from embedforge.config import TrainParams
 from embedforge.errors import UserError
 from embedforge.memory import PeakMemory
+from embedforge.models import padded_inputs
 from embedforge.training import checkpoint
 from embedforge.training.batches import LengthBucketedBatches, PairBatch, TokenBatch
 from embedforge.training.checkpoint import TrainState
@@ -123,8 +124,10 @@ class Trainer:
         on_epoch_end: Callable[[Trainer, TrainState], dict[str, float]] | None = None,
         deadline: float | None = None,
         world: World = ONE_PROCESS,
+        model_inputs: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]] = padded_inputs,
     ):
         self.model = model.to(device)
+        self.model_inputs = model_inputs
         self.objective = objective.to(device)
         self.batches = batches
         self.params = params
@@ -370,10 +373,9 @@ class Trainer:
 
     def features(self, part: TokenBatch) -> dict[str, torch.Tensor]:
         """Everything the model computes for ``part``: its inputs, ``token_embeddings``, ``sentence_embedding``."""
-        features = {  # host-to-device copies: from pageable memory they wait for the device's queue
-            "input_ids": part.input_ids.to(self.device, non_blocking=True),
-            "attention_mask": part.attention_mask.to(self.device, non_blocking=True),
-        }
+        features = self.model_inputs(  # host-to-device copies: from pageable memory they wait for the device's queue
+            part.input_ids.to(self.device, non_blocking=True), part.attention_mask.to(self.device, non_blocking=True)
+        )
         return self.model(features)
 
     def embed(self, part: TokenBatch) -> torch.Tensor:
