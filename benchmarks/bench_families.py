@@ -55,6 +55,7 @@ FAMILIES = {
     "encoder": [],
     "lattice": ["model.kind=lattice", "train.lr=1e-3"],  # its rules start random: a faster rate than fine-tuning
     "dynamic": ["model.kind=dynamic"],
+    "static": ["model.kind=static", "model.init=teacher_tokens", "train.lr=0.02"],  # a table: a lookup's learning rate
     "encoder_staged": [
         "train.schedule=staged",
         "train.staged.foundation={data_fraction: 0.1, epochs: 6, balanced: false}",

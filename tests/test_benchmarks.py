@@ -132,6 +132,7 @@ def test_bench_families(small_mirror: Path, tiny_teacher: Path, tmp_path: Path) 
         "precompute.backend=torch",
         *TINY_STUDENT,
         "model.teacher_layers=[1, 0]",
+        "model.static.dim=32",
         "train.batch_size=8",
     ]
     report = run_benchmark(
@@ -140,10 +141,28 @@ def test_bench_families(small_mirror: Path, tiny_teacher: Path, tmp_path: Path) 
         tmp_path,
         small_mirror,
     )
-    families = ["encoder", "lattice", "dynamic", "encoder_staged", "encoder_clm"]
+    families = ["encoder", "lattice", "dynamic", "static", "encoder_staged", "encoder_clm"]
     assert {"training_minutes", "sts_split", "teacher", *families} <= report.keys()
     promised = {"sts_spearman", "speed_ratio_vs_teacher", "steps", "train_seconds", "epoch_log"}
     assert all(promised <= report[family].keys() for family in families)
+
+
+def test_bench_static(small_mirror: Path, tiny_teacher: Path, tmp_path: Path) -> None:
+    report = run_benchmark(
+        REPO_ROOT / "benchmarks/bench_static.py",
+        [
+            *("--dim", "32", "--epochs", "1", "--limit", "60", "--rounds", "1", "--skip-model2vec"),
+            *("--workdir", str(tmp_path / "work")),
+            *sets(f"precompute.teacher={tiny_teacher}", "precompute.backend=torch", "train.batch_size=16"),
+        ],
+        tmp_path,
+        small_mirror,
+    )
+    for name in ("teacher", "static_init", "static_trained"):
+        assert {"stsb/validation.spearman", "sick/validation.spearman", "speed_ratio_vs_teacher"} <= report[name].keys()
+        assert report[name]["bytes_on_disk"] > 0
+    assert report["static_trained"]["embedding_dim"] == 32 and report["model2vec_distill_seconds"] is None
+    assert "trained_minus_static_init.stsb/validation" in report
 
 
 def test_bench_scale(small_mirror: Path, tmp_path: Path) -> None:
