@@ -312,3 +312,42 @@ def ready(project: Path, train_ready_data: Path, tiny_teacher: Path):
         )
 
     return params
+
+
+def log_evaluation(
+    uri: str,
+    kind: str,
+    spearman: float | None,
+    speed_ratio: float | None,
+    started_s: int,
+    teacher: float | None = None,
+    in_pipeline: bool = True,
+) -> str:
+    """A hand-made evaluate run holding the given numbers on stsb/validation (None: not logged) and ``model.kind``,
+    nested in a `pipeline` run as `embedforge run` leaves it (or alone, as `embedforge evaluate` does), started
+    ``started_s`` seconds into the store's history. Returns the id of the pipeline run, or of the lone evaluate run.
+    """
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name("embedforge")
+    experiment_id = found.experiment_id if found else client.create_experiment("embedforge")
+    started_ms = 1_700_000_000_000 + started_s * 1000
+    kind_param = [Param("model.kind", kind)]
+    tags = {}
+    if in_pipeline:
+        parent = client.create_run(experiment_id, start_time=started_ms, run_name="pipeline").info.run_id
+        client.log_batch(parent, params=kind_param)
+        tags["mlflow.parentRunId"] = parent
+    child = client.create_run(experiment_id, start_time=started_ms + 1, tags=tags, run_name="evaluate").info.run_id
+    numbers = {
+        "eval.student.sts.stsb/validation.spearman": spearman,
+        "eval.speed_ratio": speed_ratio,
+        "eval.teacher.sts.stsb/validation.spearman": teacher,
+    }
+    metrics = [Metric(key, value, started_ms, 0) for key, value in numbers.items() if value is not None]
+    client.log_batch(child, metrics=metrics, params=kind_param)
+    for run_id in (child, *tags.values()):
+        client.set_terminated(run_id)
+    return tags.get("mlflow.parentRunId", child)

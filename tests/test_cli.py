@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from conftest import log_evaluation
 from typer.testing import CliRunner
 
 from embedforge.cli import app
@@ -94,10 +95,55 @@ def test_runs_without_any_pipeline_run_is_a_user_error(project):
     assert_user_error(done, "no MLflow experiment 'embedforge'", "run the pipeline first")
 
 
+def test_runs_frontier_lists_every_point_by_speed_and_marks_the_pareto_optimal(project):
+    uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    encoder = log_evaluation(uri, "encoder", 0.858, 2.83, started_s=0, teacher=0.867)
+    beaten = log_evaluation(uri, "encoder", 0.84, 2.5, started_s=10, teacher=0.867)
+    static = log_evaluation(uri, "static", 0.71, 14.0, started_s=20, teacher=0.867)
+    tied = log_evaluation(uri, "dynamic", 0.71, 9.0, started_s=30, teacher=0.867)  # static's quality, slower
+    no_speed = log_evaluation(uri, "lattice", 0.90, None, started_s=40, teacher=0.867)
+
+    done = embedforge("runs", "--frontier", cwd=project)
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("STS Spearman on stsb/validation against speed") and lines[1].split() == [
+        "run",
+        "family",
+        "sts_spearman",
+        "speed_ratio",
+        "pareto",
+    ]
+    rows = [line.split() for line in lines[2:-1]]
+    assert [(row[0], row[1], row[-1]) for row in rows] == [
+        ("teacher", "teacher", "yes"),
+        (beaten[:8], "encoder", "no"),
+        (encoder[:8], "encoder", "yes"),
+        (tied[:8], "dynamic", "no"),
+        (static[:8], "static", "yes"),
+    ]
+    assert lines[-1] == f"1 left out for want of an STS Spearman on stsb/validation or a speed ratio: {no_speed[:8]}"
+
+
+def test_runs_frontier_without_an_evaluated_run_or_beside_diff_is_a_user_error(project):
+    uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    no_speed = log_evaluation(uri, "encoder", 0.85, None, started_s=0, teacher=0.867)
+    done = embedforge("runs", "--frontier", cwd=project)
+    assert_user_error(
+        done,
+        "no evaluate run in MLflow experiment 'embedforge' has both an STS Spearman on stsb/validation and a speed",
+        f"left out for want of an STS Spearman on stsb/validation or a speed ratio: {no_speed[:8]}",
+        "run the pipeline through evaluate first (`embedforge run`)",
+    )
+    result = CliRunner().invoke(app, ["runs", "--frontier", "--diff", no_speed[:8], no_speed[:8]])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert "error: runs: --frontier and --diff are two different views; give one of them" in result.stderr
+
+
 def test_run_set_writes_params_yaml_keeping_comments_and_refuses_bad_values_untouched(project):
     before = (project / "params.yaml").read_text()
     done = embedforge("run", "--set", "model.kind=cube", cwd=project)
-    assert_user_error(done, "model.kind: input should be 'encoder', 'lattice' or 'dynamic'")
+    assert_user_error(done, "model.kind: input should be 'encoder', 'lattice', 'dynamic' or 'static'")
     assert (project / "params.yaml").read_text() == before
 
     from embedforge.config import write_overrides

@@ -1,4 +1,5 @@
 import base64
+import html
 import json
 import re
 import shutil
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import leftovers
+from conftest import leftovers, log_evaluation
 from mlflow.tracking import MlflowClient
 
 from embedforge import tracking
@@ -176,6 +177,18 @@ def verdict_of(page: str) -> str:
     return re.search(r'<p class="verdict [^"]*">(.*?)</p>', page, re.DOTALL).group(0)
 
 
+def frontier_sentences(page: str) -> list[str]:
+    """The sentences under the quality/speed figure: where this run sits, and beside what."""
+    section = page.split('<section id="frontier">')[1].split("</section>")[0]
+    return [html.unescape(text) for text in re.findall(r"<p>([^<]*)</p>", section)]
+
+
+ON_THE_FRONTIER = (
+    "This run (encoder: STS Spearman 0.850 at 2.80× the teacher's speed) is on the frontier: no other point is at "
+    "least as good on both and better on one."
+)
+
+
 def test_report_is_one_self_contained_page_embedding_every_figure(project):
     write_inputs(project)
     results = report.run(params(project))
@@ -183,7 +196,7 @@ def test_report_is_one_self_contained_page_embedding_every_figure(project):
     page = page_of(project)
     written = sorted((project / "reports" / "figures").glob("*.png"))
     sources = re.findall(r'<img [^>]*src="([^"]*)"', page)
-    assert results["report.figures"] == len(written) == len(sources) == 4
+    assert results["report.figures"] == len(written) == len(sources) == 5
     assert results["report.bytes"] == (project / "reports" / "index.html").stat().st_size
     assert results["report.path"] == "reports/index.html"
     embedded = sorted(base64.b64decode(src.removeprefix("data:image/png;base64,")) for src in sources)
@@ -192,7 +205,51 @@ def test_report_is_one_self_contained_page_embedding_every_figure(project):
     assert all(png.startswith(PNG_MAGIC) for png in embedded)
     assert 'src="http' not in page and "<script" not in page and "<link" not in page
     assert "embedforge report" in page and "PASS" in verdict_of(page) and "2.80×" in page
+    assert frontier_sentences(page) == [
+        ON_THE_FRONTIER,
+        "MLflow tracking is off (tracking.enabled: false), so no other run is shown.",
+    ]
     assert leftovers(project) == []
+
+
+def test_the_frontier_places_this_run_among_the_students_mlflow_holds(project):
+    uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    better = log_evaluation(uri, "lattice", 0.86, 3.5, started_s=0, teacher=0.87)
+    log_evaluation(uri, "static", 0.70, 12.0, started_s=10, teacher=0.87)
+    no_speed = log_evaluation(uri, "dynamic", 0.80, None, started_s=20, teacher=0.87)
+    this_run = log_evaluation(uri, "encoder", 0.85, 2.8, started_s=30, teacher=0.87)  # metrics/eval.json's numbers
+    write_inputs(project)
+    report.run(params(project, "tracking.enabled=true"))
+    page = page_of(project)
+    assert frontier_sentences(page) == [
+        (
+            f"This run (encoder, {this_run[:8]}: STS Spearman 0.850 at 2.80× the teacher's speed) is dominated, at "
+            f"least matched on both and beaten on one, by lattice, {better[:8]}: STS Spearman 0.860 at 3.50× the "
+            "teacher's speed."
+        ),
+        "Beside it: 2 other evaluated student(s) from MLflow, and the teacher.",
+        f"1 left out for want of an STS Spearman on stsb/validation or a speed ratio: {no_speed[:8]}.",
+    ]
+    assert (project / "reports/figures/frontier.png").read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.parametrize(
+    "store, sentence",
+    [
+        ("empty", "MLflow holds no other evaluated student yet, so the figure shows this run and the teacher."),
+        ("corrupted", "could not be read (file is not a database), so no other run is shown."),
+        ("unreachable", "The MLflow store at http://127.0.0.1:9 could not be read ("),
+    ],
+)
+def test_the_frontier_shows_this_run_and_the_teacher_when_mlflow_adds_nothing(project, store, sentence):
+    write_inputs(project)
+    if store == "corrupted":
+        (project / "mlruns/mlflow.db").write_bytes(b"\x13not a database" * 1000)
+    overrides = ["tracking.uri=http://127.0.0.1:9"] if store == "unreachable" else []
+    results = report.run(params(project, "tracking.enabled=true", *overrides))
+    placed, said = frontier_sentences(page_of(project))
+    assert placed == ON_THE_FRONTIER and sentence in said
+    assert results["report.figures"] == 5 and (project / "reports/figures/frontier.png").exists()
 
 
 @pytest.mark.parametrize("passed", [True, False])
@@ -266,7 +323,7 @@ def test_optional_inputs_may_be_missing(project):
     shutil.rmtree(project / "data" / "validation")
     results = report.run(params(project))
     page = page_of(project)
-    assert results["report.figures"] == 3
+    assert results["report.figures"] == 4
     assert not (project / "reports/figures/training_curves.png").exists()
     missing = re.findall(r'<p class="missing">Not available: ([^<]*)', page)
     assert [text.split()[1] for text in missing] == [
@@ -312,7 +369,7 @@ def test_lineage_names_the_runs_commit_and_dvc_hashes_and_the_report_is_logged(p
     assert "<td>train</td><td><code>models/student</code></td>" in page and "9f8e7d.dir" in page
     logged = {artifact.path for artifact in client.list_artifacts(run_id, "report")}
     assert logged == {"report/index.html", "report/figures"}
-    assert runs[0].data.metrics["report.figures"] == 4 and runs[0].data.tags["report.path"] == "reports/index.html"
+    assert runs[0].data.metrics["report.figures"] == 5 and runs[0].data.tags["report.path"] == "reports/index.html"
 
 
 def test_page_renders_in_headless_chromium(project, tmp_path):
@@ -347,7 +404,7 @@ def test_a_one_step_run_says_so_instead_of_drawing_empty_curves(project):
     assert notes_of(page) == [
         "Training logged 1 step: too short for a loss or learning-rate curve (loss 2.500, learning rate 1.25e-05)."
     ]
-    assert results["report.figures"] == len(images_of(page)) == 3
+    assert results["report.figures"] == len(images_of(page)) == 4
     assert not any(alt.startswith("Training loss") for alt in images_of(page))
     assert not (project / "reports/figures/training_curves.png").exists()
     assert "Not available" not in page.split('<section id="training">')[1].split("</section>")[0]
@@ -361,7 +418,7 @@ def test_empty_training_logs_as_train_writes_them_are_said_in_words(project):
     results = report.run(params(project))
     page = page_of(project)
     assert notes_of(page) == ["Training logged no steps: no loss or learning-rate curve to draw."]
-    assert results["report.figures"] == 3 and not (project / "reports/figures/training_curves.png").exists()
+    assert results["report.figures"] == 4 and not (project / "reports/figures/training_curves.png").exists()
 
 
 def test_a_constant_learning_rate_and_no_epoch_leave_only_the_loss_curve(project):
@@ -374,7 +431,7 @@ def test_a_constant_learning_rate_and_no_epoch_leave_only_the_loss_curve(project
         "No epoch was logged: no validation loss to mark on the loss curve.",
         "The learning rate stayed at 3.00e-04 for all 40 steps: no curve to draw.",
     ]
-    assert results["report.figures"] == 4 and (project / "reports/figures/training_curves.png").exists()
+    assert results["report.figures"] == 5 and (project / "reports/figures/training_curves.png").exists()
 
 
 def test_the_old_step_column_names_are_refused_naming_the_new_ones(project):
@@ -405,7 +462,7 @@ def test_evaluation_plots_without_usable_rows_are_said_in_words(project):
         f"No pair of {STS_SPLITS[1]} has both a gold score and a predicted cosine: no scatter to draw for it.",
         "No sentence of the embedding map has coordinates: no map to draw.",
     ]
-    assert results["report.figures"] == 3 and not (project / "reports/figures/embedding_map.png").exists()
+    assert results["report.figures"] == 4 and not (project / "reports/figures/embedding_map.png").exists()
     assert "main-news" in page  # the example sentences per label still show what the map would hold
 
 

@@ -316,22 +316,51 @@ def show_runs(
     diff: Annotated[
         tuple[str, str] | None, typer.Option(help="Two pipeline run ids (or unique prefixes) to compare.")
     ] = None,
+    frontier: Annotated[
+        bool,
+        typer.Option(
+            "--frontier",
+            help="Every evaluated student and the teacher, STS Spearman against speed ratio, the Pareto-optimal "
+            "ones marked.",
+        ),
+    ] = False,
     params: ParamsOption = None,
 ) -> None:
-    """The last pipeline runs from MLflow: key params, STS Spearman, separation, retrieval, speed, memory, time."""
+    """The last pipeline runs from MLflow: key params, STS Spearman, separation, retrieval, speed, memory, time.
+
+    --diff compares two runs; --frontier puts every evaluated student beside the teacher on quality and speed.
+    """
     params_path, overrides = _settings(ctx, params, None)
 
     def action() -> None:
-        import pandas as pd
-
         from embedforge import runs
 
+        if frontier and diff:
+            raise UserError("runs: --frontier and --diff are two different views; give one of them")
         cfg = load_params(params_path, overrides)
         log = runs.RunLog(tracking.tracking_uri(cfg), cfg.tracking.experiment)
+        if frontier:
+            show_frontier(log, cfg.evaluate.sts_splits[0])
+            return
         frame = runs.diff(log, *diff) if diff else runs.table(log, last)
-        with pd.option_context(
-            "display.width", 250, "display.max_columns", None, "display.float_format", "{:.4g}".format
-        ):
-            typer.echo(frame.to_string(index=False) if not frame.empty else "no pipeline runs yet")
+        typer.echo(table_text(frame) if not frame.empty else "no pipeline runs yet")
 
     _guarded(action)
+
+
+def show_frontier(log, split: str) -> None:
+    from embedforge import runs
+
+    found = runs.logged_frontier(log, split)
+    typer.echo(runs.frontier_heading(split))
+    typer.echo(table_text(runs.frontier_table(found)))
+    if found.left_out:
+        typer.echo(runs.missing_numbers(found.left_out, split))
+
+
+def table_text(frame) -> str:
+    """A table as the runs views print it: every column, numbers to four significant digits."""
+    import pandas as pd
+
+    with pd.option_context("display.width", 250, "display.max_columns", None, "display.float_format", "{:.4g}".format):
+        return frame.to_string(index=False)

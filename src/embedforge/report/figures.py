@@ -19,6 +19,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 DPI = 110
 WIDTH_INCHES = 10.0
@@ -30,6 +31,11 @@ LOSS_PART_PREFIX = "step.loss."
 VAL_LOSS = "val.val_loss"  # plots/train/epochs.csv
 MIN_CURVE_POINTS = 2  # a line through one point draws nothing
 LEGEND_HEADROOM = 1.5  # y-axis stretch that keeps a top legend off the bars
+FRONTIER_COLOUR = "#2a6f97"
+DOMINATED_COLOUR = "#9aa5b1"
+THIS_RUN_COLOUR = "#e76f51"
+FRONTIER_MARGIN = 0.12
+SPEED_TICKS = (1.0, 2.0, 3.0, 5.0)  # per power of ten: a speed ratio reads as "3×", not "10^0.5"
 
 
 @dataclass(frozen=True)
@@ -209,4 +215,64 @@ def embedding_map(points: pd.DataFrame) -> Drawing:
         )
     axes.set(title="Student embeddings, t-SNE", xticks=[], yticks=[])
     axes.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", title="label")
+    return Drawing(png(figure), ())
+
+
+def frontier(points: pd.DataFrame, split: str) -> Drawing:
+    """STS Spearman against speed ratio (log scale: twice as fast is one step wherever it starts) of every run and
+    the teacher; the Pareto-optimal ones joined by the frontier line and labelled, this run a star.
+
+    ``points`` has one row a point, slowest first: ``speed_ratio``, ``sts_spearman``, ``pareto`` and
+    ``this_run`` (booleans) and ``label``. One point alone has no frontier to show, so is said in words.
+    """
+    if len(points) < MIN_CURVE_POINTS:
+        return Drawing(
+            None, (f"Fewer than two models have an STS Spearman on {split} and a speed: no frontier to draw.",)
+        )
+    figure = Figure(figsize=(WIDTH_INCHES, 5.0), dpi=DPI, layout="constrained")
+    axes = figure.subplots()
+    optimal, dominated = points[points["pareto"]], points[~points["pareto"]]
+    if not dominated.empty:
+        axes.scatter(
+            dominated["speed_ratio"],
+            dominated["sts_spearman"],
+            s=36,
+            color=DOMINATED_COLOUR,
+            label=f"dominated ({len(dominated)})",
+        )
+    axes.plot(
+        optimal["speed_ratio"],
+        optimal["sts_spearman"],
+        "o--",
+        color=FRONTIER_COLOUR,
+        label=f"Pareto frontier ({len(optimal)})",
+    )
+    for row in optimal.itertuples():
+        axes.annotate(
+            row.label, (row.speed_ratio, row.sts_spearman), xytext=(6, 6), textcoords="offset points", fontsize="small"
+        )
+    this = points[points["this_run"]]
+    if not this.empty:
+        axes.scatter(
+            this["speed_ratio"],
+            this["sts_spearman"],
+            s=260,
+            marker="*",
+            color=THIS_RUN_COLOUR,
+            edgecolors="black",
+            zorder=3,
+            label="this run",
+        )
+    axes.set_xscale("log")
+    axes.margins(FRONTIER_MARGIN)  # room for the labels of the points at the edges
+    axes.xaxis.set_major_locator(LogLocator(subs=SPEED_TICKS))
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda ratio, _: f"{ratio:g}×"))
+    axes.xaxis.set_minor_formatter(NullFormatter())
+    axes.set(
+        title=f"Quality against speed: STS Spearman on {split}",
+        xlabel="speed: sentences per second ÷ the teacher's (log scale)",
+        ylabel="STS Spearman",
+    )
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small", loc="best")
     return Drawing(png(figure), ())

@@ -88,6 +88,7 @@ class Page:
 
     ``notes`` holds, by figure name (or "generations"), the sentences that stand for what the data was too
     thin to show; a figure without PNG or notes is "not available" for the reason in ``missing_figures``.
+    ``frontier`` holds the sentences under the quality/speed figure: where this run sits among the others.
     """
 
     title: str
@@ -103,6 +104,7 @@ class Page:
     validation: dict[str, Any] | None
     generations: list[tuple[int, str, str]] = ()
     notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    frontier: tuple[str, ...] = ()
 
 
 def number(value: Any, digits: int = 3) -> str:
@@ -286,6 +288,7 @@ def render(page: Page) -> str:
         figures={name: base64.b64encode(png).decode("ascii") for name, png in page.figures.items()},
         missing_figures=page.missing_figures,
         notes=page.notes,
+        frontier=page.frontier,
         training=[(name, number(value)) for name, value in flatten(page.training).items()],
         generations=page.generations,
         map_examples=page.map_examples,

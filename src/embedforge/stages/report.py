@@ -11,6 +11,10 @@ all at once:
 - ``reports/figures/<name>.png``: the same figures as files;
 
 then logs ``reports/`` to the stage's MLflow run.
+
+The quality/speed figure puts this run's student (from ``metrics/eval.json``) among every student evaluated
+before it in the MLflow experiment. Those earlier runs only add context: with tracking off, or a store that
+cannot be read, the figure shows this run and the teacher, and says why.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from embedforge import tracking
+from embedforge import runs, tracking
 from embedforge.config import Params, flatten
 from embedforge.dvcfile import DVC_LOCK
 from embedforge.errors import DataError
@@ -37,7 +41,7 @@ from embedforge.paths import (
     TRAIN_PLOTS_DIR,
     VALIDATION_RESULTS_PATH,
 )
-from embedforge.redact import redacted
+from embedforge.redact import redact, redacted
 from embedforge.report import figures, html
 
 PAGE_NAME = "index.html"
@@ -53,6 +57,8 @@ EVAL_KEYS = (  # what the summary reads
 GENERATION_COLUMNS = ("epoch", "prompt", "continuation")
 EXAMPLES_PER_LABEL = 2
 EXAMPLE_CHARS = 160
+THIS_RUN = "this run"  # this run's point where MLflow does not hold its evaluation
+CAUSE_CHARS = 200
 
 
 def read_json(path: Path, command: str) -> Any:
@@ -148,14 +154,14 @@ def label_examples(points: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def draw(
-    evaluation: dict[str, Any], plots: dict[str, pd.DataFrame | None]
+    evaluation: dict[str, Any], plots: dict[str, pd.DataFrame | None], frontier: figures.Drawing
 ) -> tuple[dict[str, bytes], dict[str, tuple[str, ...]]]:
     """Every figure the inputs allow, by name, and the sentences standing for what they were too thin to show.
 
     The training curves need plots/train/steps.csv.
     """
     targets = evaluation["targets"]
-    drawings: dict[str, figures.Drawing] = {}
+    drawings: dict[str, figures.Drawing] = {"frontier": frontier}
     if plots["steps"] is not None:
         drawings["training_curves"] = figures.training_curves(plots["steps"], plots["epochs"])
     drawings["cosine_histograms"] = figures.cosine_histograms(
@@ -166,6 +172,92 @@ def draw(
     pngs = {name: drawing.png for name, drawing in drawings.items() if drawing.png is not None}
     notes = {name: drawing.notes for name, drawing in drawings.items() if drawing.notes}
     return pngs, notes
+
+
+def logged_students(uri: str, experiment: str, split: str) -> list[runs.Point]:
+    try:
+        log = runs.RunLog(uri, experiment)
+    except runs.NoExperiment:
+        return []
+    return [point for point in runs.logged_points(log, split) if not runs.is_teacher(point)]
+
+
+def earlier_students(cfg: Params, split: str) -> tuple[list[runs.Point], str | None]:
+    """The students the MLflow experiment holds, or none and the sentence saying why (tracking off, a store that
+    cannot be read): the report is about this run, so it never fails for want of the others."""
+    if not cfg.tracking.enabled:
+        return [], "MLflow tracking is off (tracking.enabled: false), so no other run is shown."
+    uri = tracking.tracking_uri(cfg)
+    error = tracking.server_unreachable(uri, cfg.tracking.timeout_s)
+    if error is None:
+        try:
+            return logged_students(uri, cfg.tracking.experiment, split), None
+        except tracking.tracking_errors() as failure:
+            error = failure
+    cause = redact(tracking.first_cause(error))[:CAUSE_CHARS]
+    return [], f"The MLflow store at {redact(uri)} could not be read ({cause}), so no other run is shown."
+
+
+def place_this_run(this: runs.Point, students: list[runs.Point]) -> tuple[list[runs.Point], runs.Point]:
+    """The students with this run among them, and this run's point. The logged evaluation with this run's very
+    numbers is this run's own (evaluate logged them), so it stands for it, named by its pipeline run."""
+    numbers = (this.sts_spearman, this.speed_ratio)
+    logged = next((point for point in students if (point.sts_spearman, point.speed_ratio) == numbers), None)
+    return (students, logged) if logged else ([*students, this], this)
+
+
+def point_label(point: runs.Point) -> str:
+    if runs.is_teacher(point):
+        return "the teacher"
+    return point.family if point.run == THIS_RUN else f"{point.family}, {point.run}"
+
+
+def coordinates(point: runs.Point) -> str:
+    return f"STS Spearman {point.sts_spearman:.3f} at {point.speed_ratio:.2f}× the teacher's speed"
+
+
+def placement(found: runs.Frontier, this: runs.Point, split: str) -> str:
+    """Where this run sits: on the frontier, or which points beat it."""
+    if not this.measured:
+        return f"This run's STS Spearman on {split} is undefined, so it has no place on the frontier."
+    beaten_by = found.dominating(this)
+    where = f"This run ({point_label(this)}: {coordinates(this)})"
+    if not beaten_by:
+        return f"{where} is on the frontier: no other point is at least as good on both and better on one."
+    others = "; ".join(f"{point_label(point)}: {coordinates(point)}" for point in beaten_by)
+    return f"{where} is dominated, at least matched on both and beaten on one, by {others}."
+
+
+def company(others: int, unavailable: str | None) -> str:
+    if unavailable:
+        return unavailable
+    if not others:
+        return "MLflow holds no other evaluated student yet, so the figure shows this run and the teacher."
+    return f"Beside it: {others} other evaluated student(s) from MLflow, and the teacher."
+
+
+def frontier_view(cfg: Params, evaluation: dict[str, Any]) -> tuple[figures.Drawing, tuple[str, ...]]:
+    """The quality/speed figure and the sentences under it: where this run sits, beside what, and what was left
+    out for a missing number."""
+    split = next(iter(evaluation["student"]["sts"]), None)
+    if split is None:
+        return figures.Drawing(None, (f"{EVAL_METRICS_PATH} has no STS split: no quality to place runs by.",)), ()
+    students, unavailable = earlier_students(cfg, split)
+    this = runs.Point(
+        THIS_RUN, cfg.model.kind, evaluation["student"]["sts"][split].get("spearman"), evaluation["speed_ratio"]
+    )
+    points, this = place_this_run(this, students)
+    teacher = evaluation["teacher"]["sts"].get(split, {}).get("spearman")
+    found = runs.frontier([*points, runs.Point(runs.TEACHER, runs.TEACHER, teacher, 1.0)])
+    plotted = found.table().assign(
+        label=[point_label(point) for point in found.points], this_run=[point == this for point in found.points]
+    )
+    others = [point for point in found.points if point != this and not runs.is_teacher(point)]
+    sentences = [placement(found, this, split), company(len(others), unavailable)]
+    left_out = [point for point in found.left_out if point != this]
+    if left_out:
+        sentences.append(runs.missing_numbers(left_out, split) + ".")
+    return figures.frontier(plotted, split), tuple(sentences)
 
 
 def read_plots() -> dict[str, pd.DataFrame | None]:
@@ -210,7 +302,8 @@ def run(cfg: Params) -> dict[str, float | str]:
     evaluation = read_object(EVAL_METRICS_PATH, EVALUATE, EVAL_KEYS)
     training = read_object(TRAIN_METRICS_PATH, TRAIN)
     plots = read_plots()
-    drawn, notes = draw(evaluation, plots)
+    frontier, frontier_sentences = frontier_view(cfg, evaluation)
+    drawn, notes = draw(evaluation, plots, frontier)
     generations = generation_rows(plots["generations"])
     page = html.Page(
         title=cfg.report.title,
@@ -228,6 +321,7 @@ def run(cfg: Params) -> dict[str, float | str]:
         ),
         generations=generations,
         notes={**notes, **generation_notes(cfg, generations)},
+        frontier=frontier_sentences,
     )
     text = html.render(page).encode("utf-8")
     with atomic_dir(REPORT_DIR) as out:
