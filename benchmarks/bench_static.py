@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 import venv
 from pathlib import Path
@@ -63,11 +64,19 @@ def bytes_on_disk(directory: Path) -> int:
 
 
 def model2vec_python(workdir: Path, wheels: Path | None) -> Path:
-    """A virtual environment seeing this one's packages, with model2vec and skeletoken added without their pins."""
+    """A virtual environment seeing this one's packages (a .pth file naming this environment's site-packages,
+    after its own), with model2vec and skeletoken added to it alone, without their pins."""
     environment = workdir / "model2vec-venv"
     python = environment / "bin" / "python"
     if not python.exists():
-        venv.create(environment, system_site_packages=True, with_pip=True)
+        venv.create(environment, with_pip=True)
+        own = subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        Path(own, "embedforge-environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
         source = ["--no-index", "--find-links", str(wheels)] if wheels else []
         subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", *source, *MODEL2VEC], check=True)
     return python
