@@ -168,17 +168,17 @@ def test_bench_static(small_mirror: Path, tiny_teacher: Path, tmp_path: Path) ->
 def test_bench_scale(small_mirror: Path, tmp_path: Path) -> None:
     report = run_benchmark(
         REPO_ROOT / "benchmarks/bench_scale.py",
-        ["--sizes", "500,1500", "--minilm-max-n", "500", "--workdir", str(tmp_path / "work")],
+        ["--sizes", "1000,3000", "--minilm-max-n", "1000", "--workdir", str(tmp_path / "work")],
         tmp_path,
         small_mirror,
     )
-    assert report["sizes"] == [500, 1500] and [point["sentences"] for point in report["points"]] == [500, 1500]
+    assert report["sizes"] == [1000, 3000] and [point["sentences"] for point in report["points"]] == [1000, 3000]
     for stage in ("download", "validate", "precompute", "tokenize", "train", "retrieval"):
         for point in report["points"]:
             assert point[stage]["seconds"] > 0 and point[stage]["peak_rss_mb"] > 50, (stage, point[stage])
         assert report["ratios"][stage]["peak_rss_largest_vs_100k"] > 0
-    assert report["points"][1]["rows"] == 1800  # a fifth of the sentences repeated
-    assert report["minilm_precompute"]["500"]["model_share"] > 0
+    assert report["points"][1]["rows"] == 3600  # a fifth of the sentences repeated
+    assert report["minilm_precompute"]["1000"]["model_share"] > 0
     assert {"dvc_status_seconds", "dvc_repro_noop_seconds", "flow_cache_keys_seconds"} <= report[
         "no_op_at_largest"
     ].keys()

@@ -95,6 +95,10 @@ FAMILIES = {  # each run's --set overrides, written into params.yaml on top of t
     "lattice": ["model.kind=lattice", "model.lattice.mode=null", "model.lattice.size=[4, 4, 4]"],
     "dynamic": ["model.kind=dynamic", "model.dynamic.embedding_dim=64", "model.dynamic.max_dims=96"],
     "clm": ["model.kind=encoder", "train.objective=clm", "train.clm.max_new_tokens=4"],
+    "static": [
+        *("model.kind=static", "model.init=teacher_tokens", "model.static.dim=32"),
+        *("train.objective=embedding", "train.objectives={infonce: 0.0, distill: 1.0}"),
+    ],
 }
 
 
@@ -119,6 +123,8 @@ def test_every_model_family_trains_end_to_end_through_dvc_repro_with_set_overrid
             assert params["model"]["lattice"]["size"] == [4, 4, 4] and summary["similarity_best"] is not None
         if family == "dynamic":
             assert summary["embedding_dim"] in (64, 96)
+        if family == "static":
+            assert type(model[0]).__name__ == "StaticEmbedding" and summary["embedding_dim"] == 32
         if family == "clm":
             assert summary["perplexity"] == pytest.approx(math.exp(summary["val_loss"]))
             assert "Causal LM continuations" in (repo / "reports/index.html").read_text()

@@ -93,8 +93,13 @@ def test_dynamic_resume_restores_the_grown_dimensions(project, ready):
 
 
 @pytest.mark.slow  # multi-epoch training
-def test_causal_lm_logs_perplexity_accuracy_and_generations_per_epoch(project, ready):
-    results = train.run(ready("train.objective=clm", "train.clm.prompts=[A man is, Two dogs]"))
+def test_causal_lm_logs_perplexity_accuracy_and_generations_per_epoch_to_files_and_mlflow(project, ready):
+    from mlflow.tracking import MlflowClient
+
+    from embedforge.stages import run_stage
+
+    prompts = ["train.objective=clm", "train.clm.prompts=[A man is, Two dogs]", "tracking.enabled=true"]
+    results = run_stage("train", ready(*prompts))
 
     epochs = pd.read_csv(project / "plots/train/epochs.csv")
     assert epochs["val.perplexity"].tolist() == pytest.approx([math.exp(v) for v in epochs["val.val_loss"]])
@@ -110,6 +115,14 @@ def test_causal_lm_logs_perplexity_accuracy_and_generations_per_epoch(project, r
     config = json.loads((project / "models/student/config.json").read_text())
     assert config["is_decoder"] is True  # the saved student keeps its causal attention
     assert load_sentence_transformer(project / "models/student").encode(["A dog runs."]).shape == (1, 64)
+
+    client = MlflowClient(f"sqlite:///{project / 'mlruns/mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("embedforge").experiment_id])[0]
+    logged = sorted(item.path for item in client.list_artifacts(run.info.run_id, "generations"))
+    assert logged == ["generations/epoch_001.txt", "generations/epoch_002.txt"]
+    text = Path(client.download_artifacts(run.info.run_id, "generations/epoch_002.txt")).read_text()
+    assert text.startswith("A man is -> ") and "\nTwo dogs -> " in text
+    assert "val.perplexity" in run.data.metrics and "val.token_accuracy" in run.data.metrics
 
 
 def test_embedding_objectives_write_an_empty_generations_table(project, ready):
@@ -224,18 +237,3 @@ def test_staged_resume_skips_finished_phases_and_resumes_the_current_one(project
     assert summary["phases"]["foundation"]["train_seconds"] > 0
     assert resumed[0].step == 3  # the kill came before step 3 was checkpointed: consolidation redoes it
     assert results["result.steps"] == sum(phase["steps"] for phase in summary["phases"].values())
-
-
-def test_causal_lm_generations_are_logged_to_mlflow_each_epoch(project, ready):
-    from mlflow.tracking import MlflowClient
-
-    from embedforge.stages import run_stage
-
-    run_stage("train", ready("train.objective=clm", "train.clm.prompts=[A man is]", "tracking.enabled=true"))
-    client = MlflowClient(f"sqlite:///{project / 'mlruns/mlflow.db'}")
-    run = client.search_runs([client.get_experiment_by_name("embedforge").experiment_id])[0]
-    logged = sorted(item.path for item in client.list_artifacts(run.info.run_id, "generations"))
-    assert logged == ["generations/epoch_001.txt", "generations/epoch_002.txt"]
-    text = Path(client.download_artifacts(run.info.run_id, "generations/epoch_002.txt")).read_text()
-    assert text.startswith("A man is -> ")
-    assert "val.perplexity" in run.data.metrics and "val.token_accuracy" in run.data.metrics

@@ -8,6 +8,7 @@ import json
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO_ROOT
 from scipy.stats import spearmanr
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, StaticEmbedding
@@ -29,9 +30,16 @@ def table(model: SentenceTransformer) -> torch.Tensor:
     return model[0].embedding.weight.detach()
 
 
-def test_teacher_tokens_builds_the_same_table_every_time_from_the_teacher_alone(ready, tiny_teacher):
+@pytest.fixture(scope="module")
+def initial(train_ready_data, tiny_teacher) -> SentenceTransformer:
+    """The static student after teacher_tokens alone (seed 1), built once for the tests that only read it."""
+    cfg = load_params(REPO_ROOT / "params.yaml", STATIC)
+    return build_student(cfg.model, train_ready_data / "tokens/tokenizer", 128, tiny_teacher, seed=1)
+
+
+def test_teacher_tokens_builds_the_same_table_every_time_from_the_teacher_alone(initial, ready, tiny_teacher):
     cfg = ready(*STATIC)
-    first = build_student(cfg.model, TOKENS_DIR / "tokenizer", 128, tiny_teacher, seed=1)
+    first = initial
     second = build_student(cfg.model, TOKENS_DIR / "tokenizer", 128, tiny_teacher, seed=2)
     assert torch.equal(table(first), table(second)), "the init depends on the seed or on chance"
     vocabulary = load_vocabulary(TOKENS_DIR / "tokenizer").get_vocab_size()
@@ -43,9 +51,10 @@ def test_teacher_tokens_builds_the_same_table_every_time_from_the_teacher_alone(
     assert not torch.allclose(table(scratch)[:, :48], table(first))
 
 
-def test_a_padded_batch_becomes_the_bags_the_models_own_tokenizer_makes(ready, tiny_teacher):
-    model = build_student(ready(*STATIC).model, TOKENS_DIR / "tokenizer", 128, tiny_teacher, seed=1)
+def test_a_padded_batch_becomes_the_bags_the_models_own_tokenizer_makes(initial, ready):
     from transformers import AutoTokenizer
+
+    model = initial
 
     padded = AutoTokenizer.from_pretrained(str(TOKENS_DIR / "tokenizer"))(SENTENCES, padding=True, return_tensors="pt")
     ours = model(bag_inputs(model)(padded["input_ids"], padded["attention_mask"]))["sentence_embedding"]
@@ -53,10 +62,9 @@ def test_a_padded_batch_becomes_the_bags_the_models_own_tokenizer_makes(ready, t
     assert torch.allclose(ours, theirs, atol=1e-6)
 
 
-def test_distillation_improves_the_init_and_saves_a_plain_sentence_transformer(ready, project, tiny_teacher):
-    cfg = ready(*STATIC, *DISTILL_ONLY)
-    init = build_student(cfg.model, TOKENS_DIR / "tokenizer", 128, tiny_teacher, seed=cfg.seed)
-    train.run(cfg)
+def test_distillation_improves_the_init_and_saves_a_plain_sentence_transformer(initial, ready, project, tiny_teacher):
+    init = initial  # the same table the train stage starts from: teacher_tokens does not depend on the seed
+    train.run(ready(*STATIC, *DISTILL_ONLY))
 
     modules = json.loads((project / STUDENT_DIR / "modules.json").read_text())
     assert all(module["type"].startswith("sentence_transformers.") for module in modules), modules
@@ -77,9 +85,8 @@ def agreement(model: SentenceTransformer, teacher: SentenceTransformer, texts: l
     return float(spearmanr(mine.numpy(), target.numpy()).statistic)
 
 
-def test_the_memory_estimate_counts_the_table_and_refuses_before_work(ready, tiny_teacher):
-    cfg = ready(*STATIC)
-    model = build_student(cfg.model, TOKENS_DIR / "tokenizer", 128, tiny_teacher, seed=1)
+def test_the_memory_estimate_counts_the_table_and_refuses_before_work(initial, ready):
+    cfg, model = ready(*STATIC), initial
     estimate = MODEL_FAMILIES["static"].estimate_memory(model, 32, 128)
     table_bytes = table(model).numel() * 4
     assert estimate["weights"] == estimate["gradients"] == table_bytes and estimate["optimizer"] == 2 * table_bytes

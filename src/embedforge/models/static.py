@@ -105,14 +105,13 @@ def teacher_token_table(params: ModelParams, tokenizer: Tokenizer, teacher_path:
             f"model.init: teacher_tokens reads the teacher's vector of every token, so the student needs the "
             f"teacher's vocabulary (tokenize.tokenizer: teacher); the tokenize stage's differs from {teacher_path}'s"
         )
-    vectors = teacher_token_vectors(teacher, tokenizer)
-    dim = params.static.dim
-    if dim > vectors.shape[1]:
+    dim, teacher_dim = params.static.dim, teacher.get_embedding_dimension()
+    if dim > teacher_dim:
         raise UserError(
-            f"model.static.dim ({dim}) must be at most the teacher's dimension ({vectors.shape[1]}) with "
+            f"model.static.dim ({dim}) must be at most the teacher's dimension ({teacher_dim}) with "
             f"model.init: teacher_tokens, whose PCA cannot add dimensions"
         )
-    table = principal_components(vectors, dim)
+    table = principal_components(teacher_token_vectors(teacher, tokenizer), dim)
     if params.static.sif_coefficient is not None:
         table *= sif_weights(len(table), params.static.sif_coefficient)[:, None]
     return torch.from_numpy(table.astype(np.float32))
