@@ -52,9 +52,12 @@ def test_distill_is_zero_on_the_teacher_and_positive_elsewhere(kind):
 def test_narrow_student_is_projected_into_the_teacher_space():
     loss = DistillLoss(4, 6)
     assert isinstance(loss.projection, torch.nn.Linear)
-    value = loss(torch.randn(3, 4), torch.randn(3, 6))
+    student, teacher = torch.randn(3, 4), torch.randn(3, 6)
+    value = loss(student, teacher)
+    mapped = student @ loss.projection.weight.T + loss.projection.bias
+    assert value.item() == pytest.approx(((mapped - teacher) ** 2).mean().item(), rel=1e-6)
     value.backward()
-    assert loss.projection.weight.grad is not None
+    assert loss.projection.weight.grad is not None and loss.projection.weight.grad.abs().sum() > 0
 
 
 def test_objective_weights_and_reports_each_part():
