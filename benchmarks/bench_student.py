@@ -34,7 +34,7 @@ def main() -> None:
     from embedforge.evaluation.speed import encode_speed
     from embedforge.evaluation.sts import STSEvaluator
     from embedforge.models import teacher as teachers
-    from embedforge.models.encoder import count_parameters
+    from embedforge.models import count_parameters
 
     models = {
         "teacher": load_sentence_transformer(teachers.resolve(args.teacher, "--teacher").path),

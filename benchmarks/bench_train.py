@@ -57,7 +57,7 @@ def training_flops_per_token(model: torch.nn.Module, mean_length: float) -> floa
 
 
 def pair_texts(examples, raw_path: Path) -> tuple[list[str], list[str]]:
-    from embedforge.training.batches import text_ids
+    from embedforge.training.examples import text_ids
 
     frame = pd.read_parquet(raw_path, columns=["sentence1", "sentence2"])
     texts = dict(zip(text_ids(frame["sentence1"]), frame["sentence1"], strict=True))
@@ -126,7 +126,7 @@ def main() -> None:
     from embedforge.models.encoder import build_encoder
     from embedforge.paths import RAW_DIR
     from embedforge.stages import download, tokenize, train, validate
-    from embedforge.training.batches import pair_examples
+    from embedforge.training.examples import pair_examples
 
     layers = [int(i) for i in args.teacher_layers.split(",")]
     mirror = Path(mirror).resolve()

@@ -12,8 +12,9 @@ from transformers import AutoTokenizer
 from embedforge.data.sentences import normalize_text, sentence_id
 from embedforge.errors import DataError
 from embedforge.stages import tokenize
-from embedforge.training.batches import Example, LengthBucketedBatches, TokenStore, in_order, pair_examples
-from embedforge.training.trainer import EpochBatches
+from embedforge.training.batches import LengthBucketedBatches, TokenStore
+from embedforge.training.examples import Example, in_order, pair_examples
+from embedforge.training.loader import EpochBatches
 
 PAD = 0
 

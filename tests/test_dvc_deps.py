@@ -1,10 +1,10 @@
 """dvc.yaml declares what each stage really depends on: the code it imports and the params it reads.
 
 A stage's code is every embedforge module its stage module imports, transitively, at module level or inside
-a function (read from the source, so lazy imports count), plus the model families that ``MODEL_FAMILIES``
-loads by name. Plumbing that decides nothing about a stage's outputs is left out: the config package (its
-defaults reach DVC through the resolved params file, value by value), errors, files, paths, tracking,
-memory, dvcfile and the package roots, and what only they import.
+a function (read from the source, so lazy imports count): the family registry imports every model family,
+and each family its models inside its hooks. Plumbing that decides nothing about a stage's outputs is left
+out: the config package (its defaults reach DVC through the resolved params file, value by value), errors,
+files, paths, tracking, memory, dvcfile and the package roots, and what only they import.
 """
 
 import ast
@@ -14,7 +14,6 @@ import pytest
 import yaml
 from conftest import REPO_ROOT
 
-from embedforge.models import MODEL_FAMILIES
 from embedforge.paths import RESOLVED_PARAMS_PATH, VALIDATION_RESULTS_PATH
 from embedforge.stages import STAGES
 
@@ -52,8 +51,6 @@ def imports_of(name: str) -> set[str]:
             for alias in node.names:
                 if module_file(f"{node.module}.{alias.name}"):
                     found.add(f"{node.module}.{alias.name}")
-                if alias.name == "MODEL_FAMILIES":
-                    found |= {family.module for family in MODEL_FAMILIES.values()}
     parents = {".".join(module.split(".")[:depth]) for module in found for depth in range(1, module.count(".") + 1)}
     return found | parents
 

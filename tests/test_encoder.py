@@ -11,9 +11,10 @@ from transformers import AutoTokenizer
 
 from embedforge.config import PRESETS, ModelParams, load_params
 from embedforge.errors import UserError
-from embedforge.models import MODEL_FAMILIES
+from embedforge.families import FAMILIES
 from embedforge.models import teacher as teachers
-from embedforge.models.encoder import build_encoder, count_parameters, estimate_memory_bytes
+from embedforge.models import count_parameters
+from embedforge.models.encoder import build_encoder, estimate_memory_bytes
 
 SENTENCES = ["A man is playing a guitar.", "Two dogs run across a snowy field after a red ball.", "Hello"]
 MAX_LENGTH = 32

@@ -19,7 +19,7 @@ from embedforge.api import load_sentence_transformer
 from embedforge.config import PhaseParams
 from embedforge.errors import UserError
 from embedforge.stages import train
-from embedforge.training.batches import Example
+from embedforge.training.examples import Example
 from embedforge.training.phases import phase_examples
 from embedforge.training.schedule import resume_ramp, warmup_cosine
 

@@ -7,7 +7,7 @@ from sentence_transformers import SentenceTransformer
 from transformers import AutoTokenizer
 
 from embedforge.errors import UserError
-from embedforge.models.encoder import count_parameters
+from embedforge.models import count_parameters
 from embedforge.models.lattice import (
     LATTICE_MODES,
     Lattice,

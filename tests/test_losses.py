@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from embedforge.training.losses import DistillLoss, InfoNCELoss, Objective
+from embedforge.training.losses import DistillLoss, InfoNCELoss, Objective, StepOutputs
 
 
 def test_infonce_matches_a_hand_computed_cross_entropy():
@@ -64,10 +64,14 @@ def test_objective_weights_and_reports_each_part():
     anchors, positives = torch.randn(3, 4), torch.randn(3, 4)
     teacher = torch.randn(3, 4)
     objective = Objective({"infonce": 1.0, "distill": 0.5}, {"infonce": InfoNCELoss(), "distill": DistillLoss(4, 4)})
-    total, parts = objective({"infonce": (anchors, positives), "distill": (anchors, teacher)})
+    step = StepOutputs([{"sentence_embedding": anchors}, {"sentence_embedding": positives}], teacher=teacher.repeat(2, 1))
+    total, parts = objective(step)
     assert total.item() == pytest.approx((parts["infonce"] + 0.5 * parts["distill"]).item(), rel=1e-6)
+    assert parts["infonce"].item() == pytest.approx(InfoNCELoss()(anchors, positives).item(), rel=1e-6)
+    both = torch.cat([anchors, positives])  # distillation reads every part's sentences, each with its teacher vector
+    assert parts["distill"].item() == pytest.approx(DistillLoss(4, 4)(both, teacher.repeat(2, 1)).item(), rel=1e-6)
 
     only_infonce = Objective({"infonce": 1.0, "distill": 0.0}, {"infonce": InfoNCELoss()})
-    assert set(only_infonce({"infonce": (anchors, positives)})[1]) == {"infonce"}
+    assert set(only_infonce(step)[1]) == {"infonce"}
     with pytest.raises(ValueError, match="no loss for objective"):
         Objective({"distill": 1.0}, {"infonce": InfoNCELoss()})

@@ -19,6 +19,7 @@ from embedforge.data.schema import RAW_COLUMNS, SENTENCES_COLUMNS, row_keys
 from embedforge.errors import DataError, UserError, ValidationFailed
 from embedforge.stages import download, train, validate
 from embedforge.stages.evaluate import retrieval_task
+from embedforge.training import data as training_data
 
 TICKETS = (
     'download.datasets.tickets={kind: sentences, files: "data/external/tickets/*.jsonl", '
@@ -197,7 +198,7 @@ def test_scored_pairs_train_infonce_above_their_own_threshold(own_files, mirror_
     cfg = mirror_params(*OWN, "download.datasets.my_pairs.similar_min_score=0.8", "train.datasets=[my_pairs]")
     download.run(cfg)
     path = own_files / "data/raw/my_pairs/validation.parquet"
-    examples = train.examples_of(cfg, "validation", [path])["my_pairs"]
+    examples = training_data.examples_of(cfg, "validation", [path])["my_pairs"]
     pairs = pd.read_parquet(path)
     assert len(examples) == (pairs["score"] >= 0.8).sum() > 0
 

@@ -15,11 +15,10 @@ from sentence_transformers.sentence_transformer.modules import Normalize, Static
 
 from embedforge.config import load_params
 from embedforge.errors import UserError
-from embedforge.models import MODEL_FAMILIES
+from embedforge.families import FAMILIES
 from embedforge.models.static import bag_inputs, build_student, load_vocabulary
 from embedforge.paths import STUDENT_DIR, TOKENS_DIR
 from embedforge.stages import train
-from embedforge.training import memory_plan
 
 STATIC = ["model.kind=static", "model.init=teacher_tokens", "model.static.dim=48"]
 DISTILL_ONLY = ["train.objectives={distill: 1.0}", "train.distill_loss=cosine", "train.lr=0.01", "train.epochs=3"]
@@ -87,12 +86,12 @@ def agreement(model: SentenceTransformer, teacher: SentenceTransformer, texts: l
 
 def test_the_memory_estimate_counts_the_table_and_refuses_before_work(initial, ready):
     cfg, model = ready(*STATIC), initial
-    estimate = MODEL_FAMILIES["static"].estimate_memory(model, 32, 128)
+    estimate = FAMILIES["static"].estimate_memory(model, 32, 128)
     table_bytes = table(model).numel() * 4
     assert estimate["weights"] == estimate["gradients"] == table_bytes and estimate["optimizer"] == 2 * table_bytes
     assert 4 * table_bytes < estimate["total"] < 5 * table_bytes
     with pytest.raises(UserError, match=r"use a smaller model.static.dim \(the token table is vocabulary x dim"):
-        memory_plan.plan_micro_batches(cfg, model, parts=2, longest=40, available=4 * table_bytes)
+        train.plan_micro_batches(cfg, model, parts=2, longest=40, available=4 * table_bytes)
 
 
 def test_teacher_tokens_refuses_a_dim_above_the_teachers(ready, tiny_teacher):

@@ -13,8 +13,8 @@ from embedforge.errors import UserError
 from embedforge.files import sha256_file
 from embedforge.models.encoder import build_encoder
 from embedforge.stages import train
-from embedforge.training import memory_plan
-from embedforge.training.trainer import TrainingDiverged
+from embedforge.training import data as training_data
+from embedforge.training.divergence import TrainingDiverged
 
 
 class Killed(Exception):
@@ -162,12 +162,12 @@ def test_out_of_memory_halves_the_micro_batch_and_finishes(ready):
 def test_memory_estimate_splits_batches_that_would_not_fit(ready):
     cfg = ready()
     student = build_encoder(ready("model.init=scratch").model, Path("data/tokens/tokenizer"), 128, None, seed=0)
-    roomy = memory_plan.plan_micro_batches(cfg, student, parts=3, longest=40, available=2**40)
-    tight = memory_plan.plan_micro_batches(cfg, student, parts=3, longest=40, available=roomy["estimate_bytes"] - 1)
+    roomy = train.plan_micro_batches(cfg, student, parts=3, longest=40, available=2**40)
+    tight = train.plan_micro_batches(cfg, student, parts=3, longest=40, available=roomy["estimate_bytes"] - 1)
     assert roomy["micro_batches"] == 1 and tight["micro_batches"] == 2
     assert tight["estimate_bytes"] < roomy["estimate_bytes"]
     with pytest.raises(UserError, match="one example needs about"):
-        memory_plan.plan_micro_batches(cfg, student, parts=3, longest=40, available=2**20)
+        train.plan_micro_batches(cfg, student, parts=3, longest=40, available=2**20)
 
 
 def test_nan_loss_stops_naming_step_and_batch_and_leaves_best_intact(ready):
@@ -262,8 +262,8 @@ def test_hard_negatives_can_be_left_out(ready):
     )
     frame.to_parquet("data/raw/snli/train.parquet", index=False)
     files = [Path("data/raw/snli/train.parquet")]
-    with_negatives = train.examples_of(ready("train.datasets=[snli]"), "train", files)["snli"]
-    without = train.examples_of(ready("train.datasets=[snli]", "train.hard_negatives=false"), "train", files)["snli"]
+    with_negatives = training_data.examples_of(ready("train.datasets=[snli]"), "train", files)["snli"]
+    without = training_data.examples_of(ready("train.datasets=[snli]", "train.hard_negatives=false"), "train", files)["snli"]
     assert [e.negative is not None for e in with_negatives] == [True]
     assert [e.negative for e in without] == [None]
     assert with_negatives[0].positive == without[0].positive
@@ -281,15 +281,15 @@ def test_teacher_vectors_beyond_the_memory_budget_are_memory_mapped(ready, caplo
     from embedforge.models import teacher as teachers
     from embedforge.training.batches import TokenStore
 
-    caplog.set_level("INFO", logger="embedforge.stages.train")
+    caplog.set_level("INFO", logger="embedforge.training.data")
     cfg = ready()
     store = TokenStore.load(Path("data/tokens"), [Path("data/raw/snli/train.parquet")])
     cache = EmbeddingCache(Path("data/embeddings") / teachers.resolve(cfg.precompute.teacher).name)
     needed = torch.arange(len(store)).numpy()
 
-    in_memory = train.teacher_matrix(cache, store, needed, budget=2**40)
+    in_memory = training_data.teacher_matrix(cache, store, needed, budget=2**40)
     assert "memory-mapped" not in caplog.text
-    mapped = train.teacher_matrix(cache, store, needed, budget=1024)
+    mapped = training_data.teacher_matrix(cache, store, needed, budget=1024)
     assert "memory-mapped (budget 0 MB)" in caplog.text
     assert torch.equal(mapped, in_memory) and mapped.dtype == torch.float16
     assert list(Path("checkpoints").iterdir()) == []  # the backing file was unlinked when it was made

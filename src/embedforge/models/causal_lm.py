@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +118,11 @@ class CausalLMLoss(nn.Module):
     def __init__(self, head: LMHead):
         super().__init__()
         self.head = head
+
+    def select(self, step: Any) -> tuple[torch.Tensor, ...]:
+        """What it reads of one training step's outputs: the anchors' token states, ids and mask."""
+        first = step.outputs[0]
+        return first["token_embeddings"], first["input_ids"], first["attention_mask"]
 
     def forward(
         self, token_embeddings: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from embedforge.config import max_length_problem
 from embedforge.errors import UserError
+from embedforge.models import count_parameters
 
 if TYPE_CHECKING:
     import torch
@@ -186,11 +187,6 @@ def as_sentence_transformer(
         transformer = Transformer(directory, max_seq_length=max_length, model_kwargs={"attn_implementation": attention})
     pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
     return SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    """Every number the model holds, each shared tensor once."""
-    return sum(parameter.numel() for parameter in model.parameters())
 
 
 def estimate_memory_bytes(model: SentenceTransformer, batch_size: int, max_length: int) -> dict[str, int]:

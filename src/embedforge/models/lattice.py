@@ -20,12 +20,12 @@ from torch.utils.checkpoint import checkpoint
 
 from embedforge.config import max_length_problem
 from embedforge.errors import UserError
+from embedforge.models import count_parameters
 from embedforge.models.encoder import (
     ADAMW_STATES,
     FP32_BYTES,
     as_sentence_transformer,
     copy_teacher_layers,
-    count_parameters,
     embedding_problems,
     load_teacher,
 )

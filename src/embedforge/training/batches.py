@@ -1,6 +1,6 @@
 """Training pairs as token batches: built from the pre-tokenized sentences, never tokenized on the fly.
 
-An example is (anchor, positive, optional hard negative), all sentence ids. Batches
+An example (``training.examples``) is (anchor, positive, optional hard negative), all sentence ids. Batches
 are cut from length-sorted buckets so they barely pad, and never hold one sentence
 twice: with in-batch negatives, a repeated sentence would be a false negative.
 Every epoch's batches are a pure function of (seed, epoch), so a resumed run can
@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from embedforge.data.sentences import normalize_text, search_sorted, sentence_id
+from embedforge.data.sentences import search_sorted
 from embedforge.errors import DataError
-from embedforge.files import stream_parquet
+from embedforge.training.examples import Example
+from embedforge.training.token_files import ID_DTYPE, fixed_ids, token_batches
 
-ID_DTYPE = "S32"  # a sentence id is 32 hex characters
 # Anchors and positives are padded separately, so buckets sort by anchor length in bins of this
 # many tokens, then by positive length: on SNLI pairs 18.5% of the tokens are padding, against
 # 29% when sorting by the pair's total length and 56% without sorting.
@@ -93,103 +92,6 @@ class TokenStore:
 
     def __len__(self) -> int:
         return len(self.sorted_ids)
-
-
-def token_batches(token_file: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    """The first chunk of every sentence of a token file, a row group at a time: memory holds one group."""
-    for batch in stream_parquet(token_file).iter_batches(columns=[*columns, "chunk"]):
-        yield batch.filter(pc.equal(batch["chunk"], 0))
-
-
-def fixed_ids(column: pa.Array) -> np.ndarray:
-    """Sentence ids as ``ID_DTYPE`` bytes, straight from Arrow's buffers, without a Python string each."""
-    fixed = column.cast(pa.binary(32))
-    return np.frombuffer(fixed.buffers()[1], dtype=ID_DTYPE, count=len(fixed), offset=32 * fixed.offset).copy()
-
-
-def id_strings(ids: np.ndarray) -> list[str]:
-    """``ID_DTYPE`` ids as Python strings, made straight from their bytes."""
-    text = ids.tobytes().decode("ascii")
-    return [text[start : start + 32] for start in range(0, len(text), 32)]
-
-
-@dataclass(frozen=True, slots=True)
-class Example:
-    """One training pair by sentence id; ``negative`` is a hard negative of the anchor, when the data has one.
-
-    A lone sentence (``positive`` None) is an example for distillation, which needs no pairs.
-    """
-
-    anchor: str
-    positive: str | None
-    negative: str | None
-
-    def sort_key(self) -> tuple[str, str, str]:
-        """The order examples are kept in: by ids, so it never depends on the files' row order."""
-        return self.anchor, self.positive or "", self.negative or ""
-
-
-def in_order(examples: Iterable[Example]) -> list[Example]:
-    """Distinct examples, sorted by ``Example.sort_key``."""
-    return sorted(set(examples), key=Example.sort_key)
-
-
-def text_ids(texts: pd.Series) -> pd.Series:
-    """The sentence id of every text, hashing each distinct text once (SNLI premises repeat)."""
-    return texts.map({text: sentence_id(normalize_text(text)) for text in texts.unique()})
-
-
-def nli_examples(frame: pd.DataFrame) -> list[Example]:
-    """Entailment pairs, each with a contradiction of the same premise as its hard negative.
-
-    A premise's entailments take its contradictions in turn (both sorted by id), so
-    several contradictions all get used and the choice is deterministic.
-    """
-    pairs = frame[["label"]].assign(anchor=text_ids(frame["sentence1"]), positive=text_ids(frame["sentence2"]))
-    pairs = pairs[pairs["anchor"] != pairs["positive"]].drop_duplicates()
-    contradictions = (
-        pairs[pairs["label"] == "contradiction"].sort_values("positive").groupby("anchor")["positive"].agg(list)
-    )
-    entailments = pairs[pairs["label"] == "entailment"].sort_values(["anchor", "positive"])
-    examples = []
-    for turn, anchor, positive in zip(
-        entailments.groupby("anchor").cumcount(), entailments["anchor"], entailments["positive"], strict=True
-    ):
-        negatives = [n for n in contradictions.get(anchor, []) if n != positive]
-        examples.append(Example(anchor, positive, negatives[turn % len(negatives)] if negatives else None))
-    return examples
-
-
-def score_examples(frame: pd.DataFrame, min_score: float) -> list[Example]:
-    """Pairs scored at least ``min_score``, as positives without a hard negative."""
-    similar = frame[frame["score"] >= min_score]
-    return [
-        Example(anchor, positive, None)
-        for anchor, positive in zip(text_ids(similar["sentence1"]), text_ids(similar["sentence2"]), strict=True)
-        if anchor != positive
-    ]
-
-
-def pair_examples(path: Path, labelled: bool, min_score: float) -> list[Example]:
-    """The training examples of one raw pairs split: entailment pairs when it is labelled, else pairs scoring at
-    least ``min_score``. Duplicates are kept once; the order is sorted, so it does not depend on the file's row order.
-    """
-    if not path.is_file():
-        raise DataError(f"{path}: missing; run `embedforge download` first")
-    frame = pd.read_parquet(path, columns=["sentence1", "sentence2", "label", "score"])
-    return in_order(nli_examples(frame) if labelled else score_examples(frame, min_score))
-
-
-def sentence_examples(tokens_dir: Path, files: list[Path]) -> list[Example]:
-    """Every distinct sentence of the splits named by ``files``, alone: what distillation trains on."""
-    ids = []
-    for path in files:
-        token_file = tokens_dir / path.parent.name / path.name
-        if not token_file.is_file():
-            raise DataError(f"{token_file}: no token ids for this split; run `embedforge tokenize` first")
-        ids += [fixed_ids(batch["sentence_id"]) for batch in token_batches(token_file, ["sentence_id"])]
-    distinct = np.unique(np.concatenate(ids)) if ids else np.zeros(0, dtype=ID_DTYPE)
-    return [Example(identifier, None, None) for identifier in id_strings(distinct)]
 
 
 @dataclass

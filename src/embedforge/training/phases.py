@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from embedforge.config import PhaseParams, TrainParams
-from embedforge.training.batches import Example, in_order
+from embedforge.training.examples import Example, in_order
 
 STAGED_PHASES = ("foundation", "consolidation", "mastery")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from embedforge.models.encoder import count_parameters
+from embedforge.models import count_parameters
 from embedforge.training.checkpoint import TrainState
+from embedforge.training.hooks import Loop
 from embedforge.training.phases import Phase
-from embedforge.training.trainer import Trainer
 
 CURVES = {"steps": ["step"], "epochs": ["epoch"], "generations": ["epoch", "prompt", "continuation"]}
 
@@ -16,7 +16,7 @@ CURVES = {"steps": ["step"], "epochs": ["epoch"], "generations": ["epoch", "prom
 @dataclass
 class PhaseResult:
     phase: Phase
-    trainer: Trainer
+    trainer: Loop
     state: TrainState
 
 

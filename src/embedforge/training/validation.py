@@ -1,5 +1,5 @@
-"""What each epoch is judged by: STS Spearman, the objective's validation loss, the seed's "similarity",
-and for the causal LM its token accuracy, perplexity and a few generated continuations.
+"""What each epoch is judged by: STS Spearman, the objective's validation loss and the seed's "similarity" (the
+causal LM objective adds its own figures: ``objectives.causal_lm``).
 
 Every validator reads pre-tokenized sentences (``TokenStore`` rows), never raw text,
 and returns plain numbers keyed by name; the trainer logs them as ``val.<name>``.
@@ -15,11 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from embedforge.data.schema import downloaded_split
-from embedforge.errors import DataError
+from embedforge.config import TrainParams
+from embedforge.errors import DataError, UserError
 from embedforge.evaluation.sts import cosine_scores, sts_correlation
-from embedforge.models.causal_lm import LMScore, generate
-from embedforge.training.batches import LengthBucketedBatches, TokenStore, text_ids
-from embedforge.training.trainer import Trainer
+from embedforge.training.batches import LengthBucketedBatches, TokenStore
+from embedforge.training.examples import text_ids
+from embedforge.training.hooks import Loop
+from embedforge.training.inference import embed_rows, mean_loss
 
 SIMILARITY_SENTENCES = 2000  # validation sentences the epoch's "similarity" is averaged over
 
@@ -42,27 +44,28 @@ class STSValidation:
         """The raw file of ``train.sts_validation``, which must be downloaded."""
         return downloaded_split(split, "train.sts_validation")[1]
 
-    def __call__(self, trainer: Trainer) -> float | None:
-        vectors = trainer.embed_rows(np.concatenate([self.first, self.second]))
+    def __call__(self, loop: Loop) -> float | None:
+        vectors = embed_rows(loop, np.concatenate([self.first, self.second]))
         half = len(self.first)
         return sts_correlation(cosine_scores(vectors[:half], vectors[half:]), self.gold, self.name).spearman
 
 
-def similarity(trainer: Trainer, batches: LengthBucketedBatches) -> float:
+def similarity(loop: Loop, batches: LengthBucketedBatches) -> float:
     """The seed's headline metric: mean cosine between the model's output and its target on validation sentences.
 
-    The target is the teacher's vector when distilling (through the distillation
-    projection, as the loss sees it), else the anchor's positive.
+    The target is the teacher's vector when distilling (through the map into the teacher's
+    space, as the loss sees it), else the anchor's positive.
     """
     rows = batches.anchor_rows[:SIMILARITY_SENTENCES]
-    outputs = torch.from_numpy(trainer.embed_rows(rows)).to(trainer.device)
-    if trainer.teacher_vectors is not None and "distill" in trainer.objective.weights:
+    outputs = torch.from_numpy(embed_rows(loop, rows)).to(loop.device)
+    projection = loop.objective.teacher_projection()
+    if loop.teacher_vectors is not None and projection is not None:
         with torch.no_grad():
-            outputs = trainer.objective.losses["distill"].projection(outputs)
-        targets = trainer.teacher_vectors[torch.from_numpy(rows).to(trainer.device)].float()
+            outputs = projection(outputs)
+        targets = loop.teacher_vectors[torch.from_numpy(rows).to(loop.device)].float()
     else:
         positives = batches.positive_rows[:SIMILARITY_SENTENCES]
-        targets = torch.from_numpy(trainer.embed_rows(positives)).to(trainer.device)
+        targets = torch.from_numpy(embed_rows(loop, positives)).to(loop.device)
     return float(F.cosine_similarity(outputs, targets, dim=-1).mean())
 
 
@@ -73,51 +76,23 @@ class Validation:
     def __init__(self, sts: STSValidation | None, batches: LengthBucketedBatches | None):
         self.sts, self.batches = sts, batches
 
-    def __call__(self, trainer: Trainer) -> dict[str, float | None]:
+    def __call__(self, loop: Loop) -> dict[str, float | None]:
         scores: dict[str, float | None] = {}
         if self.sts is not None:
-            scores["sts_spearman"] = self.sts(trainer)
+            scores["sts_spearman"] = self.sts(loop)
         if self.batches is not None:
-            scores["val_loss"] = trainer.mean_loss(self.batches)
-            scores["similarity"] = similarity(trainer, self.batches)
+            scores["val_loss"] = mean_loss(loop, self.batches)
+            scores["similarity"] = similarity(loop, self.batches)
         return scores
 
 
-class LanguageModelValidation:
-    """The causal LM's epoch: token-weighted loss (``val_loss``), token accuracy, perplexity = exp(val_loss),
-    STS Spearman of its mean-pooled states, and greedy continuations of fixed prompts kept in the history."""
-
-    def __init__(
-        self, sts: STSValidation | None, batches: LengthBucketedBatches, prompts: list[str], max_new_tokens: int
-    ):
-        self.sts, self.batches = sts, batches
-        self.prompts, self.max_new_tokens = prompts, max_new_tokens
-
-    @torch.no_grad()
-    def __call__(self, trainer: Trainer) -> dict[str, float | None]:
-        head = trainer.objective.losses["clm"]
-        was_training = trainer.model.training
-        trainer.model.eval()
-        score = LMScore()
-        for batch in self.batches.epoch(0):
-            with trainer.autocast():
-                features = trainer.features(batch.anchors)
-                score.add(head.score(features["token_embeddings"], features["input_ids"], features["attention_mask"]))
-        trainer.model.train(was_training)
-        epoch = len(trainer.history["epochs"]) + 1
-        generations = [
-            {
-                "epoch": epoch,
-                "prompt": prompt,
-                "continuation": generate(trainer.model, head.head, prompt, self.max_new_tokens),
-            }
-            for prompt in self.prompts
-        ]
-        trainer.history.setdefault("generations", []).extend(generations)
-        trainer.log_text(
-            "\n".join(f"{row['prompt']} -> {row['continuation']}" for row in generations) + "\n",
-            f"generations/epoch_{epoch:03d}.txt",
+def check_monitor(params: TrainParams, batches: LengthBucketedBatches | None) -> None:
+    """Refuse an early-stopping monitor that nothing would measure."""
+    monitor = params.early_stopping.monitor
+    if monitor == "val_loss" and batches is None:
+        raise UserError(
+            f"train.early_stopping.monitor is val_loss but no {params.validation_split!r} split of "
+            f"{', '.join(params.datasets)} was downloaded (train.validation_split)"
         )
-        scores: dict[str, float | None] = {"sts_spearman": self.sts(trainer)} if self.sts is not None else {}
-        scores.update({"val_loss": score.loss, "token_accuracy": score.token_accuracy, "perplexity": score.perplexity})
-        return scores
+    if monitor == "sts_spearman" and not params.sts_validation:
+        raise UserError("train.early_stopping.monitor is sts_spearman but train.sts_validation is null")

@@ -1,0 +1,154 @@
+"""Everything the phases of a training run train and validate on, read once: token rows, the phases' examples
+and their batches, the validation batches, and the teacher's vectors of every row a batch uses."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from embedforge.config import TRAIN_SPLIT, Params, threshold
+from embedforge.data.schema import raw_split_path
+from embedforge.data.sentences import split_files
+from embedforge.embeddings import EmbeddingCache
+from embedforge.errors import DataError
+from embedforge.paths import CHECKPOINTS_DIR, EMBEDDINGS_DIR, TOKENS_DIR
+from embedforge.training.batches import LengthBucketedBatches, TokenStore
+from embedforge.training.examples import Example, in_order, pair_examples, sentence_examples
+from embedforge.training.memory_plan import available_memory
+from embedforge.training.phases import Phase, training_phases
+from embedforge.training.validation import STSValidation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    """The token rows, the phases and their examples, the batches and the teacher's vectors of a run."""
+
+    store: TokenStore
+    phases: list[Phase]
+    everything: list[Example]
+    all_batches: LengthBucketedBatches
+    validation_batches: LengthBucketedBatches | None
+    teacher_vectors: torch.Tensor | None
+    teacher_dim: int | None
+    pad_id: int
+    batch_size: int
+    seed: int
+    bucket_batches: int
+
+    def batches_of(self, examples: list[Example], batch_size: int | None = None) -> LengthBucketedBatches:
+        """Batches of ``examples``: the ones already built when they are every example at the usual size."""
+        size = batch_size or self.batch_size
+        if examples is self.everything and size == self.batch_size:
+            return self.all_batches
+        return LengthBucketedBatches(examples, self.store, size, self.pad_id, self.seed, self.bucket_batches)
+
+
+def load_training_data(cfg: Params, pad_id: int, teacher_name: str) -> TrainingData:
+    """The token rows of every split training reads, the phases' examples and their batches, and the teacher's
+    vectors (of ``teacher_name``'s cache) of every row a batch uses (distillation only)."""
+    params = cfg.train
+    train_files = split_files(params.datasets, [TRAIN_SPLIT])
+    validation_files = [
+        path for path in (raw_split_path(d, params.validation_split) for d in params.datasets) if path.is_file()
+    ]
+    sts_file = STSValidation.path_of(params.sts_validation) if params.sts_validation else None
+    store = TokenStore.load(TOKENS_DIR, train_files + validation_files + ([sts_file] if sts_file else []))
+    phases = training_phases(params, examples_of(cfg, TRAIN_SPLIT, train_files), cfg.seed, CHECKPOINTS_DIR)
+    everything = (
+        phases[-1].examples if params.schedule == "single" else in_order(e for phase in phases for e in phase.examples)
+    )
+    all_batches = LengthBucketedBatches(everything, store, params.batch_size, pad_id, cfg.seed, params.bucket_batches)
+    validation_batches = None
+    if validation_files:
+        examples = examples_of(cfg, params.validation_split, validation_files)
+        pooled = [e for chosen in examples.values() for e in chosen]
+        validation_batches = LengthBucketedBatches(pooled, store, params.batch_size, pad_id, cfg.seed)
+    teacher_vectors, teacher_dim = None, None
+    if params.distills:
+        cache = EmbeddingCache(EMBEDDINGS_DIR / teacher_name)
+        needed = used_rows(all_batches, validation_batches)
+        teacher_vectors = teacher_matrix(cache, store, needed, available_memory(params, "cpu"))
+        teacher_dim = cache.dim
+    return TrainingData(
+        store=store,
+        phases=phases,
+        everything=everything,
+        all_batches=all_batches,
+        validation_batches=validation_batches,
+        teacher_vectors=teacher_vectors,
+        teacher_dim=teacher_dim,
+        pad_id=pad_id,
+        batch_size=params.batch_size,
+        seed=cfg.seed,
+        bucket_batches=params.bucket_batches,
+    )
+
+
+def examples_of(cfg: Params, split: str, files: list[Path]) -> dict[str, list[Example]]:
+    """Each dataset's examples: pairs (with hard negatives unless train.hard_negatives is off) when InfoNCE is on,
+    else every distinct sentence: distillation and the causal LM need no pairs.
+
+    Labelled pairs give their entailments; scored pairs those at or above the dataset's similar_min_score
+    (else train.stsb_min_score).
+    """
+    params = cfg.train
+    by_dataset = {}
+    for path in files:
+        dataset = path.parent.name
+        if not params.uses_pairs:
+            by_dataset[dataset] = sentence_examples(TOKENS_DIR, [path])
+            continue
+        source = cfg.download.datasets[dataset]
+        min_score = threshold(source, "similar_min_score", params.stsb_min_score)
+        examples = pair_examples(path, source.has_labels, min_score)
+        if not params.hard_negatives:
+            examples = in_order(Example(e.anchor, e.positive, None) for e in examples)
+        by_dataset[dataset] = examples
+    return by_dataset
+
+
+def used_rows(*batches: LengthBucketedBatches | None) -> np.ndarray:
+    rows = [
+        source[source >= 0]
+        for b in batches
+        if b is not None
+        for source in (b.anchor_rows, b.positive_rows, b.negative_rows)
+    ]
+    return np.unique(np.concatenate(rows))
+
+
+def teacher_matrix(cache: EmbeddingCache, store: TokenStore, needed: np.ndarray, budget: int) -> torch.Tensor:
+    """The teacher's vector of every TokenStore row (float16); every row in ``needed`` must have one.
+
+    A matrix larger than half of ``budget`` (host memory free, or train.memory_limit_mb) lives in a memory-mapped
+    file beside the checkpoints, already unlinked, so the page cache holds what fits and nothing is left behind.
+    """
+    shape = (len(store), cache.dim)
+    if 2 * shape[0] * shape[1] > budget / 2:
+        CHECKPOINTS_DIR.mkdir(parents=True, exist_ok=True)
+        log.info(
+            "teacher vectors: %.0f MB, memory-mapped (budget %.0f MB)", 2 * shape[0] * shape[1] / 2**20, budget / 2**20
+        )
+        with tempfile.TemporaryFile(dir=CHECKPOINTS_DIR) as backing:  # the map keeps its own handle
+            matrix = np.memmap(backing, dtype=np.float16, mode="w+", shape=shape)
+        matrix[:] = np.nan
+    else:
+        matrix = np.full(shape, np.nan, dtype=np.float16)
+    for ids, vectors in cache.iter_shards():
+        rows, present = store.lookup(ids)
+        matrix[rows[present]] = vectors[present]
+    missing = needed[~np.isfinite(matrix[needed]).all(axis=1)]
+    if len(missing):
+        raise DataError(
+            f"{len(missing)} training sentences (e.g. {store.sorted_ids[missing[0]].decode()}) have no teacher "
+            f"vector in {cache.directory}: precompute.datasets and precompute.splits must cover train.datasets "
+            f"and train.validation_split; run `embedforge precompute`"
+        )
+    return torch.from_numpy(matrix)
