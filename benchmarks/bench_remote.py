@@ -52,6 +52,7 @@ from common import add_set_argument, pinned_params
 from embedforge.config import MIRROR_ENV, PrecomputeParams
 from embedforge.data.sentences import id_prefix, normalize_text, sentence_id
 from embedforge.embeddings import write_shard
+from embedforge.embeddings.shards import shard_record
 from embedforge.files import sha256_file
 from embedforge.models import teacher as teachers
 from embedforge.models.teacher import TeacherRef
@@ -91,7 +92,7 @@ def write_cache(
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         path = target.shard_path(partition)
         write_shard(path, list(ids[rows]), list(texts[rows]), vectors, target.shard_info(partition))
-        shards.append({"file": path.name, "rows": len(rows), "sha256": sha256_file(path)})
+        shards.append(shard_record(path))
     target.finish(files, shards, 0, time.perf_counter() - started, 0, 0.0)
     return {"sentences": len(texts), "shards": len(shards)}
 

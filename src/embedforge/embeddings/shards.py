@@ -1,4 +1,4 @@
-"""One shard of the embedding cache: its name, what it was built from, and its writer.
+"""One shard of the embedding cache: its name, what it was built from, its writer and its line in the manifest.
 
 The build facts sit in the shard's parquet footer, so an interrupted run can tell
 finished shards from stale or foreign ones without the manifest, which comes last.
@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedforge.files import atomic_path
+from embedforge.files import atomic_path, sha256_file
 
 MANIFEST_NAME = "manifest.json"
 SHARD_METADATA_KEY = b"embedforge"
@@ -67,3 +67,7 @@ def write_shard(path: Path, ids: list[str], texts: list[str], vectors: np.ndarra
         pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, compression="zstd")
     return path.stat().st_size
 
+
+def shard_record(path: Path) -> dict:
+    """A finished shard as the manifest lists it: file name, rows and sha256, read from the file itself."""
+    return {"file": path.name, "rows": pq.ParquetFile(path).metadata.num_rows, "sha256": sha256_file(path)}

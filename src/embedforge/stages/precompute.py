@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from embedforge import devices
@@ -41,8 +40,9 @@ from embedforge.config import Params, PrecomputeParams
 from embedforge.data.gate import require_passed
 from embedforge.data.sentences import id_prefixes, iter_sentences, partition_of, sentence_id, split_files
 from embedforge.embeddings import MANIFEST_NAME, ShardInfo, shard_name, write_shard
+from embedforge.embeddings.shards import shard_record
 from embedforge.errors import DataError, UserError
-from embedforge.files import sha256_file, write_json
+from embedforge.files import write_json
 from embedforge.models import teacher as teachers
 from embedforge.paths import EMBEDDINGS_DIR
 
@@ -330,13 +330,13 @@ def run_in_process(
             for partition in range(plan.partitions):
                 path = target.shard_path(partition)
                 if partition in finished:
-                    rows = _rows(path)
-                    progress.update(rows)
+                    shards.append(shard_record(path))
+                    progress.update(shards[-1]["rows"])
                 else:
                     info = target.shard_info(partition)
                     rows, seconds = encode_shard(model, spills[partition], path, info, params, progress, on_batch)
                     encoded, encode_seconds = encoded + rows, encode_seconds + seconds
-                shards.append({"file": path.name, "rows": rows, "sha256": sha256_file(path)})
+                    shards.append(shard_record(path))
     finally:
         shutil.rmtree(target.spill_dir, ignore_errors=True)
     metrics = target.finish(files, shards, len(finished), time.perf_counter() - started, encoded, encode_seconds)
@@ -384,7 +384,7 @@ def run_on_dask(params: PrecomputeParams, teacher: teachers.TeacherRef, files: l
             with target.progress() as progress:
                 for partition in finished:
                     path = target.shard_path(partition)
-                    shards[partition] = {"file": path.name, "rows": _rows(path), "sha256": sha256_file(path)}
+                    shards[partition] = shard_record(path)
                     progress.update(shards[partition]["rows"])
                 futures = {
                     client.submit(
@@ -399,10 +399,10 @@ def run_on_dask(params: PrecomputeParams, teacher: teachers.TeacherRef, files: l
                 }
                 for future in as_completed(futures):
                     done = future.result()
-                    shards[futures[future]] = {key: done[key] for key in ("file", "rows", "sha256")}
+                    shards[futures[future]] = done["record"]
                     used.add((done["device"], done["backend"]))
-                    encoded, encode_seconds = encoded + done["rows"], encode_seconds + done["encode_seconds"]
-                    progress.update(done["rows"])
+                    encoded, encode_seconds = encoded + done["record"]["rows"], encode_seconds + done["encode_seconds"]
+                    progress.update(done["record"]["rows"])
         finally:
             shutil.rmtree(target.spill_dir, ignore_errors=True)
         ordered = [shards[partition] for partition in sorted(shards)]
@@ -528,11 +528,9 @@ def worker_teacher_facts(job: EncodeJob) -> tuple[int, str, str]:
 def encode_shard_task(job: EncodeJob, spill: str, path: str, info: ShardInfo) -> dict[str, Any]:
     """Dask task: one partition's shard, written by this worker; what the manifest and metrics need of it."""
     model, device, backend = worker_teacher(job)
-    rows, seconds = encode_shard(model, Path(spill), Path(path), info, job.params, tqdm(disable=True), None)
+    _, seconds = encode_shard(model, Path(spill), Path(path), info, job.params, tqdm(disable=True), None)
     return {
-        "file": Path(path).name,
-        "rows": rows,
-        "sha256": sha256_file(Path(path)),
+        "record": shard_record(Path(path)),
         "encode_seconds": seconds,
         "device": device,
         "backend": backend,
@@ -543,7 +541,3 @@ def _host(address: str) -> str:
     from distributed.comm import get_address_host
 
     return get_address_host(address)
-
-
-def _rows(path: Path) -> int:
-    return pq.ParquetFile(path).metadata.num_rows
