@@ -10,7 +10,8 @@ sorted by id, and records in its parquet metadata what it was built from, so an
 interrupted run can tell finished shards from stale or foreign ones. The manifest
 is written last: a directory without one is an unfinished cache and is refused.
 
-``shards`` is the format and its writer, ``cache`` the reader.
+``shards`` and ``cache`` are the format and its reader, all that training needs; ``plan``, ``spill``,
+``encoding``, ``in_process`` and ``on_dask`` build the cache for the precompute stage.
 """
 
 from embedforge.embeddings.cache import EmbeddingCache, load
