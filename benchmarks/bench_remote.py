@@ -52,10 +52,11 @@ from common import add_set_argument, pinned_params
 from embedforge.config import MIRROR_ENV, PrecomputeParams
 from embedforge.data.sentences import id_prefix, normalize_text, sentence_id
 from embedforge.embeddings import write_shard
+from embedforge.embeddings.plan import Plan, Target
+from embedforge.embeddings.shards import shard_record
 from embedforge.files import sha256_file
 from embedforge.models import teacher as teachers
 from embedforge.models.teacher import TeacherRef
-from embedforge.stages.precompute import Plan, Target
 
 MB = 2**20
 GB = 2**30
@@ -79,7 +80,6 @@ def write_cache(
     texts = np.asarray(list(dict.fromkeys(map(normalize_text, bodies))), dtype=object)
     ids = np.asarray([sentence_id(text) for text in texts], dtype=object)
     prefixes = np.fromiter((id_prefix(identifier) for identifier in ids), dtype=np.uint64, count=len(ids))
-    started = time.perf_counter()
     target = Target(embeddings / teacher.name, Plan.of(prefixes, params.shard_size), teacher, TEACHER_DIM, params)
     target.prepare()
     partitions = prefixes % np.uint64(target.plan.partitions)
@@ -91,8 +91,8 @@ def write_cache(
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         path = target.shard_path(partition)
         write_shard(path, list(ids[rows]), list(texts[rows]), vectors, target.shard_info(partition))
-        shards.append({"file": path.name, "rows": len(rows), "sha256": sha256_file(path)})
-    target.finish(files, shards, 0, time.perf_counter() - started, 0, 0.0)
+        shards.append(shard_record(path))
+    target.write_manifest(files, shards)
     return {"sentences": len(texts), "shards": len(shards)}
 
 

@@ -1,83 +1,19 @@
-"""The teacher-embedding cache on disk: sharded parquet, written atomically, read without loading it all.
-
-Layout of ``data/embeddings/<teacher>/``::
-
-    part-00000.parquet ...   sentence_id, text, embedding (fixed-size list of float16/float32)
-    manifest.json            teacher, dim, dtype, normalised, shards with row counts and sha256
-
-Each shard holds the sentences of one hash partition (see ``sentences.partition_of``)
-sorted by id, and records in its parquet metadata what it was built from, so an
-interrupted run can tell finished shards from stale or foreign ones. The manifest
-is written last: a directory without one is an unfinished cache and is refused.
-"""
+"""The reader of a finished embedding cache: vectors by sentence id or text, without loading it all."""
 
 from __future__ import annotations
 
 import json
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedforge.data.sentences import normalize_text, search_sorted, sentence_id
+from embedforge.embeddings.shards import MANIFEST_NAME, ROW_GROUP_ROWS
 from embedforge.errors import UserError
-from embedforge.files import atomic_path
-
-MANIFEST_NAME = "manifest.json"
-SHARD_METADATA_KEY = b"embedforge"
-ROW_GROUP_ROWS = 1024
-ARROW_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
-
-
-def shard_name(index: int) -> str:
-    return f"part-{index:05d}.parquet"
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    """What a shard was built from; a shard is reusable only if all of it matches."""
-
-    teacher_fingerprint: str
-    dim: int
-    dtype: str
-    normalized: bool
-    partitions: int
-    partition: int
-    content_hash: str
-
-    def encode(self) -> bytes:
-        return json.dumps(self.__dict__, sort_keys=True).encode()
-
-    @classmethod
-    def read(cls, path: Path) -> ShardInfo | None:
-        """The info stored in a shard's parquet footer, or None if the file is not a readable shard."""
-        try:
-            metadata = pq.read_schema(path).metadata or {}
-            return cls(**json.loads(metadata[SHARD_METADATA_KEY]))
-        except (OSError, pa.ArrowException, KeyError, TypeError, ValueError):
-            return None
-
-
-def write_shard(path: Path, ids: list[str], texts: list[str], vectors: np.ndarray, info: ShardInfo) -> int:
-    """Write one shard sorted by sentence id, atomically; return its size in bytes."""
-    order = np.argsort(np.asarray(ids))
-    dtype = ARROW_DTYPES[info.dtype]
-    values = pa.array(vectors[order].astype(info.dtype).reshape(-1), type=dtype)
-    table = pa.table(
-        {
-            "sentence_id": pa.array([ids[i] for i in order], pa.string()),
-            "text": pa.array([texts[i] for i in order], pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(values, info.dim),
-        }
-    ).replace_schema_metadata({SHARD_METADATA_KEY: info.encode()})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, compression="zstd")
-    return path.stat().st_size
 
 
 class EmbeddingCache:
