@@ -12,12 +12,13 @@ to the old tensors) and re-batches the remaining epochs at
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from embedforge.config.base import Section
 from embedforge.models.dynamic import (
     adapted_batch_size,
     dynamic_head,
@@ -30,9 +31,6 @@ from embedforge.training.batches import LengthBucketedBatches
 from embedforge.training.checkpoint import TrainState
 from embedforge.training.hooks import Loop
 from embedforge.training.inference import embed_rows
-
-if TYPE_CHECKING:
-    from embedforge.families.dynamic import DynamicParams
 
 SAMPLE_SENTENCES = 2000  # validation sentences whose embeddings decide saturation and dead dimensions
 
@@ -52,7 +50,7 @@ class DimensionGrowth:
 
     def __init__(
         self,
-        params: DynamicParams,
+        params: Section,  # model.dynamic: families.dynamic.DynamicParams
         sample_rows: np.ndarray,
         initial_batch: int,
         make_batches: Callable[[int], LengthBucketedBatches],
