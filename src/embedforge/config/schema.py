@@ -12,13 +12,12 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from embedforge.config.base import Section
+from embedforge.config.builtin_datasets import BUILTINS, with_builtin_defaults
 from embedforge.config.datasets import (
-    BUILTIN_SOURCES,
     RESERVED_NAMES,
     DatasetName,
     DatasetSource,
     SplitName,
-    builtin_defaults,
     check_dataset_uses,
     default_datasets,
 )
@@ -48,7 +47,7 @@ class DownloadParams(Section):
             data = {
                 **data,
                 "datasets": {
-                    name: builtin_defaults(name, given) if isinstance(given, dict) else given
+                    name: with_builtin_defaults(name, given) if isinstance(given, dict) else given
                     for name, given in data["datasets"].items()
                 },
             }
@@ -63,18 +62,18 @@ class DownloadParams(Section):
             )
         if reserved := sorted(set(self.datasets) & RESERVED_NAMES):
             raise ValueError(f"download.datasets.{reserved[0]}: the name is taken by a pipeline folder; pick another")
-        foreign = [name for name, ds in self.datasets.items() if ds.archive and name not in BUILTIN_SOURCES]
+        foreign = [name for name, ds in self.datasets.items() if ds.archive and name not in BUILTINS]
         if foreign:
             raise ValueError(
-                f"download.datasets.{foreign[0]}.archive: archives are read for {', '.join(BUILTIN_SOURCES)} only; "
+                f"download.datasets.{foreign[0]}.archive: archives are read for {', '.join(BUILTINS)} only; "
                 f"give your own data as files"
             )
         if self.source == "archive":
-            hub_only = [name for name, ds in self.datasets.items() if ds.hub_id and name not in BUILTIN_SOURCES]
+            hub_only = [name for name, ds in self.datasets.items() if ds.hub_id and name not in BUILTINS]
             if hub_only:
                 raise ValueError(
                     f"download.datasets.{hub_only[0]}: download.source 'archive' reads the official archives of "
-                    f"{', '.join(BUILTIN_SOURCES)}; give {hub_only[0]} as files, or use download.source hub or mirror"
+                    f"{', '.join(BUILTINS)}; give {hub_only[0]} as files, or use download.source hub or mirror"
                 )
             missing = [name for name, ds in self.datasets.items() if ds.hub_id and not ds.archive]
             if missing:
