@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from embedforge.config.errors import invalid_params
 from embedforge.config.overrides import apply_overrides, deep_merge
 from embedforge.config.presets import apply_preset
-from embedforge.config.schema import MIRROR_ENV, Params
+from embedforge.config.data_sections import MIRROR_ENV
+from embedforge.config.schema import Params
 from embedforge.errors import UserError
 
 
