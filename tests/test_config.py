@@ -99,6 +99,20 @@ def test_bad_params_name_the_key(tmp_path, tree, overrides, expected):
     assert str(params) in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("tree", "overrides", "where"),
+    [
+        ({"train": {"stsb_min_score": 3.5}}, [], "params.yaml: "),
+        ({}, ["train.stsb_min_score=3.5"], "--set 'train.stsb_min_score=3.5': "),
+    ],
+)
+def test_a_renamed_key_is_refused_naming_its_new_name(tmp_path, tree, overrides, where):
+    params = write_params(tmp_path / "params.yaml", tree)
+    with pytest.raises(UserError) as raised:
+        load_params(params, overrides)
+    assert str(raised.value).endswith(f"{where}train.stsb_min_score was renamed train.similar_min_score")
+
+
 def test_malformed_override_is_rejected(tmp_path):
     params = write_params(tmp_path / "params.yaml", {})
     with pytest.raises(UserError, match="--set 'download': expected dotted.key=value"):

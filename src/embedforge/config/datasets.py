@@ -188,7 +188,7 @@ def refuse(key: str, dataset: str, source: DatasetSource, needs: str) -> None:
 
 
 def check_training_pairs(train: Any, declared: dict[str, DatasetSource]) -> None:
-    """InfoNCE trains on pairs; unlabelled ones are positives from train.stsb_min_score up, within their range."""
+    """InfoNCE trains on pairs; unlabelled ones are positives from train.similar_min_score up, within their range."""
     for dataset in train.datasets:
         source = declared[dataset]
         if not source.is_pairs:
@@ -200,7 +200,7 @@ def check_training_pairs(train: Any, declared: dict[str, DatasetSource]) -> None
                 "pairs_score, or distil alone (train.objectives.infonce: 0)",
             )
         if not source.has_labels:
-            within_range("train.stsb_min_score", train.stsb_min_score, dataset, source, "similar_min_score")
+            within_range("train.similar_min_score", train.similar_min_score, dataset, source, "similar_min_score")
 
 
 def check_reference(key: str, dataset: str, declared: dict[str, DatasetSource], evaluate: Any) -> None:

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from embedforge.config.errors import invalid_params
 from embedforge.config.overrides import apply_overrides, deep_merge
 from embedforge.config.presets import apply_preset
+from embedforge.config.renamed import refuse_renamed_keys
 from embedforge.config.data_sections import MIRROR_ENV
 from embedforge.config.schema import Params
 from embedforge.errors import UserError
@@ -42,6 +43,7 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
     """Resolve and validate the params of a run; raise UserError naming every bad key."""
     path = Path(path)
     explicit = read_yaml(path)
+    refuse_renamed_keys(path, explicit, overrides or [])
     mirror = os.environ.get(MIRROR_ENV)
     if mirror:
         explicit = deep_merge(explicit, {"download": {"source": "mirror", "mirror": mirror}})

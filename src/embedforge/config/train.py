@@ -76,7 +76,7 @@ class TrainParams(Section):
     distill_loss: Literal["mse", "cosine"] = "mse"
     hard_negatives: bool = True
     datasets: list[DatasetName] = Field(default=["snli", "stsb"], min_length=1)
-    stsb_min_score: float = Field(default=4.0, ge=0, le=5)
+    similar_min_score: float = Field(default=4.0, ge=0, le=5)
     validation_split: SplitName = "validation"
     sts_validation: str | None = "stsb/validation"
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
