@@ -53,10 +53,14 @@ class BuiltinDataset:
         """What params.yaml may leave out of the built-in's entry: its kind and score range."""
         return {"kind": self.kind, **({"score_range": self.score_range} if self.score_range else {})}
 
+    def source_entry(self) -> dict[str, Any]:
+        """Where the built-in comes from by default, as params.yaml spells it."""
+        revision = {"hub_revision": self.hub_revision} if self.hub_revision else {}
+        return {"hub_id": self.hub_id, **revision, "splits": list(self.splits)}
+
     def default_entry(self) -> dict[str, Any]:
         """The built-in's download.datasets entry when params.yaml gives none."""
-        revision = {"hub_revision": self.hub_revision} if self.hub_revision else {}
-        return {**self.known_entry(), "hub_id": self.hub_id, **revision, "splits": list(self.splits)}
+        return {**self.known_entry(), **self.source_entry()}
 
 
 OFFICIAL_DEV = {"validation": "dev"}
@@ -138,12 +142,21 @@ def alternatives(name: str) -> str:
     return f"{archive}, or {builtin.other_sources}" if builtin.other_sources else archive
 
 
-def with_builtin_defaults(name: str, given: dict[str, Any]) -> dict[str, Any]:
-    """A built-in's entry with its kind and score range filled in where params.yaml leaves them out.
+def builtin_sources() -> dict[str, dict[str, Any]]:
+    """download.datasets as params.yaml spells the defaults: where each built-in comes from."""
+    return {name: builtin.source_entry() for name, builtin in BUILTINS.items()}
 
-    A built-in declared with its own ``kind`` is a user dataset under a familiar name: nothing is filled in.
+
+def with_builtin_defaults(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """A built-in's entry with what params.yaml leaves out filled in.
+
+    Its kind and score range always; and where the entry names no source of its own (neither hub_id nor files),
+    its whole default entry, so ``archive: snli_1.0.zip`` alone changes that one key. A built-in declared with
+    its own ``kind`` is a user dataset under a familiar name: nothing is filled in.
     """
     builtin = BUILTINS.get(name)
     if builtin is None or "kind" in given:
         return given
-    return {**builtin.known_entry(), **given}
+    if "hub_id" in given or "files" in given:
+        return {**builtin.known_entry(), **given}
+    return {**builtin.default_entry(), **given}

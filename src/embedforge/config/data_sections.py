@@ -30,7 +30,7 @@ class DownloadParams(Section):
     @model_validator(mode="before")
     @classmethod
     def _builtins_filled_in(cls, data: Any) -> Any:
-        """snli, stsb and sick need no kind (or score range) in params.yaml: they are known."""
+        """snli, stsb and sick need no kind (or score range) in params.yaml, nor a source: they are known."""
         if isinstance(data, dict) and isinstance(data.get("datasets"), dict):
             data = {
                 **data,
