@@ -75,7 +75,8 @@ class DatasetSource(Section):
         unknown = sorted(set(self.columns) - set(allowed))
         if unknown:
             raise ValueError(
-                f"columns: {', '.join(unknown)} is not a column of a {self.kind} dataset (columns: {', '.join(allowed)})"
+                f"columns: {', '.join(unknown)} is not a column of a {self.kind} dataset "
+                f"(columns: {', '.join(allowed)})"
             )
         if self.kind == "sentences" and (self.labels is not None or self.score_range is not None):
             raise ValueError("labels and score_range apply to pairs, not to a sentences dataset")
