@@ -168,7 +168,7 @@ def main() -> None:
     tokenize.run(cfg)
     tokenize_seconds = time.perf_counter() - started
 
-    examples = pair_examples(RAW_DIR / "snli/train.parquet", labelled=True, min_score=cfg.train.stsb_min_score)
+    examples = pair_examples(RAW_DIR / "snli/train.parquet", labelled=True, min_score=cfg.train.similar_min_score)
     anchors, positives = pair_texts(examples, RAW_DIR / "snli/train.parquet")
     initial = build_encoder(
         cfg.model,

@@ -57,6 +57,12 @@ def test_unknown_key_in_params_file_exits_non_zero_naming_the_key(project):
     assert_user_error(done, "params.yaml", "validate.max_char: unknown key")
 
 
+def test_a_renamed_key_exits_non_zero_with_one_line_naming_the_new_key(project):
+    done = embedforge("params", "--set", "train.stsb_min_score=3.5", cwd=project)
+    assert_user_error(done, "train.stsb_min_score was renamed train.similar_min_score")
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
 def test_missing_mirror_exits_non_zero_and_writes_nothing(project):
     done = embedforge("download", cwd=project, EMBEDFORGE_MIRROR=str(project / "no-such-mirror"))
     assert_user_error(done, "no-such-mirror does not exist", "EMBEDFORGE_MIRROR")

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from embedforge.config import MIRROR_ENV, PRESETS, Params, apply_preset, flatten, load_params
+from embedforge.config import MIRROR_ENV, PRESETS, Params, apply_preset, flatten, load_params, write_overrides
 from embedforge.errors import UserError
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -97,6 +97,47 @@ def test_bad_params_name_the_key(tmp_path, tree, overrides, expected):
         load_params(params, overrides)
     assert expected in str(raised.value)
     assert str(params) in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("tree", "overrides", "where"),
+    [
+        ({"train": {"stsb_min_score": 3.5}}, [], "params.yaml: "),
+        ({}, ["train.stsb_min_score=3.5"], "--set 'train.stsb_min_score=3.5': "),
+    ],
+)
+def test_a_renamed_key_is_refused_naming_its_new_name(tmp_path, tree, overrides, where):
+    params = write_params(tmp_path / "params.yaml", tree)
+    with pytest.raises(UserError) as raised:
+        load_params(params, overrides)
+    assert str(raised.value).endswith(f"{where}train.stsb_min_score was renamed train.similar_min_score")
+
+
+def resolved_datasets(cfg: Params) -> dict:
+    return {name: source.model_dump() for name, source in cfg.download.datasets.items()}
+
+
+@pytest.mark.parametrize("written_back", [False, True], ids=["load_params", "write_overrides"])
+def test_a_key_set_on_a_builtin_dataset_changes_that_key_of_the_defaults(tmp_path, written_back):
+    params = write_params(tmp_path / "params.yaml", {"preset": "development"})
+    expected = resolved_datasets(load_params(params))
+    expected["snli"]["archive"] = "/x/snli_1.0.zip"
+    override = "download.datasets.snli.archive=/x/snli_1.0.zip"
+    if written_back:  # as `embedforge run --set` does: into params.yaml, which dvc repro then reads
+        write_overrides(params, [override])
+        cfg = load_params(params)
+    else:
+        cfg = load_params(params, [override])
+    assert resolved_datasets(cfg) == expected
+
+
+def test_a_builtin_entry_without_a_source_is_its_defaults_with_the_keys_it_gives(tmp_path):
+    partial = {"snli": {"archive": "/x/snli_1.0.zip"}, "stsb": {"splits": ["train", "validation"]}, "sick": {}}
+    cfg = load_params(write_params(tmp_path / "params.yaml", {"download": {"datasets": partial}}))
+    defaults = Params().download.datasets
+    assert cfg.download.datasets["snli"] == defaults["snli"].model_copy(update={"archive": "/x/snli_1.0.zip"})
+    assert cfg.download.datasets["stsb"] == defaults["stsb"].model_copy(update={"splits": ["train", "validation"]})
+    assert cfg.download.datasets["sick"] == defaults["sick"]
 
 
 def test_malformed_override_is_rejected(tmp_path):

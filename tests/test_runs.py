@@ -5,7 +5,8 @@ import numpy as np
 from conftest import log_evaluation
 
 from embedforge import runs
-from embedforge.runs import Point, RunLog, dominates, frontier, logged_points, pareto_optimal
+from embedforge.config import EvaluateParams
+from embedforge.runs import Point, RunLog, dominates, first_sts_split, frontier, logged_points, pareto_optimal
 
 SPLIT = "stsb/validation"
 
@@ -78,3 +79,11 @@ def test_every_evaluated_student_comes_from_the_store_labelled_and_the_teacher_o
     found = frontier(points)
     assert [point.run for point, on in zip(found.points, found.optimal) if on] == ["teacher", encoder[:8], static[:8]]
     assert names(found.left_out) == [no_speed[:8]]
+
+
+def test_a_row_reads_its_sts_split_from_the_logged_list_else_from_the_schema_default():
+    assert first_sts_split({"evaluate.sts_splits": "['sick/test', 'stsb/validation']"}) == "sick/test"
+    default = EvaluateParams().sts_splits[0]
+    assert first_sts_split({}) == default
+    assert first_sts_split({"evaluate.sts_splits": "['sick/te"}) == default  # cut short at MLflow's limit
+    assert first_sts_split({"evaluate.sts_splits": "[]"}) == default

@@ -13,6 +13,7 @@ keeping is on the Pareto frontier: no other point is at least as good on both an
 
 from __future__ import annotations
 
+import ast
 import itertools
 import math
 from collections.abc import Iterable, Sequence
@@ -21,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from embedforge.config import EvaluateParams
 from embedforge.errors import UserError
 
 KEY_PARAMS = (
@@ -101,7 +103,7 @@ class RunLog:
         }
         row.update({key: params.get(key, "-") for key in KEY_PARAMS})
         evaluation = stages["evaluate"].data.metrics if "evaluate" in stages else {}
-        split = params.get("evaluate.sts_splits", "['stsb/validation']").strip("[]").split(",")[0].strip(" '\"")
+        split = first_sts_split(params)
         row.update({column: evaluation.get(name.format(split=split), "-") for column, name in METRICS.items()})
         peaks = [run.data.metrics["peak_rss_mb"] for run in stages.values() if "peak_rss_mb" in run.data.metrics]
         row["peak_rss_mb"] = max(peaks) if peaks else "-"
@@ -109,6 +111,18 @@ class RunLog:
         row["minutes"] = (ended - parent.info.start_time) / 60_000 if ended else "-"
         row["stages_run"] = len(stages)
         return row
+
+
+def first_sts_split(params: dict[str, str]) -> str:
+    """The first of evaluate.sts_splits as a pipeline run logged it (the list as text), else the schema's default
+    one: a run that logged none, or whose list does not read back (cut short at MLflow's length limit)."""
+    try:
+        logged = ast.literal_eval(params.get("evaluate.sts_splits", ""))
+    except (ValueError, SyntaxError):
+        logged = None
+    if isinstance(logged, list) and logged and isinstance(logged[0], str):
+        return logged[0]
+    return EvaluateParams.model_fields["sts_splits"].default[0]
 
 
 def table(log: RunLog, last: int) -> pd.DataFrame:

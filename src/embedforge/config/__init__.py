@@ -18,29 +18,23 @@ from embedforge.config.datasets import (
 from embedforge.config.overrides import apply_overrides, deep_merge, flatten, parse_override, set_dotted
 from embedforge.config.params_file import load_params, read_yaml, write_overrides
 from embedforge.config.presets import PRESETS, apply_preset, teacher_shaped
-from embedforge.config.schema import (
+from embedforge.config.data_sections import (
     MIRROR_ENV,
-    CausalLMParams,
     DownloadParams,
-    DynamicParams,
-    StaticParams,
-    EarlyStoppingParams,
-    EvaluateParams,
-    LatticeMode,
-    LatticeParams,
-    ModelParams,
-    Params,
-    PhaseParams,
     PrecomputeParams,
-    PresetName,
-    ReportParams,
+    TokenizeParams,
+    ValidateParams,
+)
+from embedforge.config.model import DynamicParams, LatticeMode, LatticeParams, ModelParams, StaticParams
+from embedforge.config.results import EvaluateParams, ReportParams, TrackingParams
+from embedforge.config.schema import Params, PresetName, max_length_problem
+from embedforge.config.train import (
+    CausalLMParams,
+    EarlyStoppingParams,
+    PhaseParams,
     ResumeWarmupParams,
     StagedParams,
-    TokenizeParams,
-    TrackingParams,
     TrainParams,
-    ValidateParams,
-    max_length_problem,
 )
 
 __all__ = [

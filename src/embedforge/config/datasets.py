@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from embedforge.config.base import Section
+from embedforge.config.builtin_datasets import BUILTINS
 
 DatasetKind = Literal["sentences", "pairs_nli", "pairs_score"]
 NliLabel = Literal["entailment", "neutral", "contradiction"]
@@ -74,7 +75,8 @@ class DatasetSource(Section):
         unknown = sorted(set(self.columns) - set(allowed))
         if unknown:
             raise ValueError(
-                f"columns: {', '.join(unknown)} is not a column of a {self.kind} dataset (columns: {', '.join(allowed)})"
+                f"columns: {', '.join(unknown)} is not a column of a {self.kind} dataset "
+                f"(columns: {', '.join(allowed)})"
             )
         if self.kind == "sentences" and (self.labels is not None or self.score_range is not None):
             raise ValueError("labels and score_range apply to pairs, not to a sentences dataset")
@@ -134,50 +136,8 @@ class DatasetSource(Section):
         return {split: split for split in self.splits}
 
 
-# The three built-ins: their kind, score scale, and where they come from by default. A built-in's native
-# columns have several spellings across hub, mirror and archives (data.sources.NATIVE_COLUMNS), so unlike a
-# user dataset it needs no ``columns``. What the hub ids were verified against is in README "Your own data".
-BUILTIN_KINDS: dict[str, dict[str, Any]] = {
-    "snli": {"kind": "pairs_nli"},
-    "stsb": {"kind": "pairs_score", "score_range": (0.0, 5.0)},
-    "sick": {"kind": "pairs_nli", "score_range": (1.0, 5.0)},
-}
-BUILTIN_SOURCES: dict[str, dict[str, Any]] = {
-    "snli": {"hub_id": "stanfordnlp/snli", "splits": ["train", "validation", "test"]},
-    "stsb": {"hub_id": "mteb/stsbenchmark-sts", "splits": ["train", "validation", "test"]},
-    "sick": {
-        "hub_id": "RobZamp/sick",
-        "hub_revision": "refs/convert/parquet",
-        "splits": ["train", "validation", "test"],
-    },
-}
-# What to try when a built-in's hub id cannot be loaded; named in the error.
-BUILTIN_ALTERNATIVES: dict[str, str] = {
-    "snli": "the official archive (download.datasets.snli.archive: snli_1.0.zip with download.source: archive)",
-    "stsb": "the official archive (download.datasets.stsb.archive: Stsbenchmark.tar.gz with download.source: archive)",
-    "sick": (
-        "the official archive (download.datasets.sick.archive: SICK.zip with download.source: archive), or "
-        "hub_id mteb/sickr-sts, which has the test split only, scored and unlabelled: declare it as "
-        "{kind: pairs_score, hub_id: mteb/sickr-sts, score_range: [1, 5], splits: [test]} under another name"
-    ),
-}
-
-
-def builtin_defaults(name: str, given: dict[str, Any]) -> dict[str, Any]:
-    """A built-in's entry with its kind, score range and columns filled in where params.yaml leaves them out.
-
-    A built-in declared with its own ``kind`` is a user dataset under a familiar name: nothing is filled in.
-    """
-    if name not in BUILTIN_KINDS or "kind" in given:
-        return given
-    return {**BUILTIN_KINDS[name], **given}
-
-
 def default_datasets() -> dict[str, DatasetSource]:
-    return {
-        name: DatasetSource.model_validate(builtin_defaults(name, dict(source)))
-        for name, source in BUILTIN_SOURCES.items()
-    }
+    return {name: DatasetSource.model_validate(builtin.default_entry()) for name, builtin in BUILTINS.items()}
 
 
 def split_reference(spec: str) -> tuple[str, str]:
@@ -194,62 +154,71 @@ def check_dataset_uses(params: Any) -> None:
     ``params`` is the whole ``Params``: the uses span sections. Raises ValueError naming the key.
     """
     declared: dict[str, DatasetSource] = params.download.datasets
-    train, evaluate = params.train, params.evaluate
+    references = split_references(params)
     names = [("precompute.datasets", name) for name in params.precompute.datasets]
     names += [("tokenize.datasets", name) for name in params.tokenize.datasets]
-    names += [("train.datasets", name) for name in train.datasets]
+    names += [("train.datasets", name) for name in params.train.datasets]
+    names += [(key, split_reference(spec)[0]) for key, spec in references]
+    for key, dataset in names:
+        if dataset not in declared:
+            raise ValueError(f"{key}: dataset {dataset!r} is not declared in download.datasets ({', '.join(declared)})")
+    if params.train.uses_pairs:
+        check_training_pairs(params.train, declared)
+    for key, spec in references:
+        check_reference(key, split_reference(spec)[0], declared, params.evaluate)
+
+
+def split_references(params: Any) -> list[tuple[str, str]]:
+    """Every ``<dataset>/<split>`` a stage names, with its key; one not of that form is an error."""
+    train, evaluate = params.train, params.evaluate
     references = [("evaluate.sts_splits", spec) for spec in evaluate.sts_splits]
     references += [("evaluate.separation_splits", spec) for spec in evaluate.separation_splits]
     references += [("evaluate.retrieval_split", evaluate.retrieval_split)]
     if train.sts_validation is not None:
         references.append(("train.sts_validation", train.sts_validation))
     for key, spec in references:
-        dataset, split = split_reference(spec)
-        if not split:
+        if not split_reference(spec)[1]:
             raise ValueError(f"{key}: {spec!r} is not <dataset>/<split>")
-        names.append((key, dataset))
+    return references
 
-    for key, dataset in names:
-        if dataset not in declared:
-            raise ValueError(f"{key}: dataset {dataset!r} is not declared in download.datasets ({', '.join(declared)})")
 
-    def refuse(key: str, dataset: str, needs: str) -> None:
-        raise ValueError(
-            f"{key}: {dataset} is a {declared[dataset].kind} dataset (download.datasets.{dataset}.kind), "
-            f"but {key} needs {needs}"
-        )
+def refuse(key: str, dataset: str, source: DatasetSource, needs: str) -> None:
+    raise ValueError(
+        f"{key}: {dataset} is a {source.kind} dataset (download.datasets.{dataset}.kind), but {key} needs {needs}"
+    )
 
-    if train.uses_pairs:
-        for dataset in train.datasets:
-            if not declared[dataset].is_pairs:
-                refuse(
-                    "train.datasets",
-                    dataset,
-                    "pairs while train.objectives.infonce > 0 (InfoNCE trains on pairs): use pairs_nli or "
-                    "pairs_score, or distil alone (train.objectives.infonce: 0)",
-                )
-            if not declared[dataset].has_labels:
-                within_range(
-                    "train.stsb_min_score", train.stsb_min_score, dataset, declared[dataset], "similar_min_score"
-                )
-    for key, spec in references:
-        dataset, _ = split_reference(spec)
+
+def check_training_pairs(train: Any, declared: dict[str, DatasetSource]) -> None:
+    """InfoNCE trains on pairs; unlabelled ones are positives from train.similar_min_score up, within their range."""
+    for dataset in train.datasets:
         source = declared[dataset]
-        if key in ("evaluate.sts_splits", "train.sts_validation") and not source.has_scores:
-            refuse(key, dataset, "scored pairs: pairs_score, or pairs_nli with a score column")
-        if key in ("evaluate.separation_splits", "evaluate.retrieval_split") and not source.is_pairs:
-            refuse(key, dataset, "pairs: pairs_nli or pairs_score")
-        if key == "evaluate.separation_splits" and source.has_scores:
-            within_range("evaluate.similar_min_score", evaluate.similar_min_score, dataset, source, "similar_min_score")
-            within_range(
-                "evaluate.dissimilar_max_score",
-                evaluate.dissimilar_max_score,
+        if not source.is_pairs:
+            refuse(
+                "train.datasets",
                 dataset,
                 source,
-                "dissimilar_max_score",
+                "pairs while train.objectives.infonce > 0 (InfoNCE trains on pairs): use pairs_nli or "
+                "pairs_score, or distil alone (train.objectives.infonce: 0)",
             )
-        if key == "evaluate.retrieval_split" and not source.has_labels:
-            within_range("evaluate.similar_min_score", evaluate.similar_min_score, dataset, source, "similar_min_score")
+        if not source.has_labels:
+            within_range("train.similar_min_score", train.similar_min_score, dataset, source, "similar_min_score")
+
+
+def check_reference(key: str, dataset: str, declared: dict[str, DatasetSource], evaluate: Any) -> None:
+    """A split named at ``key`` is of a kind that serves there, and the thresholds used on it fit its scores."""
+    source = declared[dataset]
+    if key in ("evaluate.sts_splits", "train.sts_validation") and not source.has_scores:
+        refuse(key, dataset, source, "scored pairs: pairs_score, or pairs_nli with a score column")
+    if key in ("evaluate.separation_splits", "evaluate.retrieval_split") and not source.is_pairs:
+        refuse(key, dataset, source, "pairs: pairs_nli or pairs_score")
+    similar = ("evaluate.similar_min_score", evaluate.similar_min_score, dataset, source, "similar_min_score")
+    if key == "evaluate.separation_splits" and source.has_scores:
+        within_range(*similar)
+        within_range(
+            "evaluate.dissimilar_max_score", evaluate.dissimilar_max_score, dataset, source, "dissimilar_max_score"
+        )
+    if key == "evaluate.retrieval_split" and not source.has_labels:
+        within_range(*similar)
 
 
 def within_range(key: str, default: float, dataset: str, source: DatasetSource, own: str) -> None:

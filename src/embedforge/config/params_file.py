@@ -12,11 +12,16 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from embedforge.config.builtin_datasets import builtin_sources
+from embedforge.config.data_sections import MIRROR_ENV
 from embedforge.config.errors import invalid_params
-from embedforge.config.overrides import apply_overrides, deep_merge
+from embedforge.config.overrides import apply_overrides, deep_merge, parse_override, set_dotted
 from embedforge.config.presets import apply_preset
-from embedforge.config.schema import MIRROR_ENV, Params
+from embedforge.config.renamed import refuse_renamed_keys
+from embedforge.config.schema import Params
 from embedforge.errors import UserError
+
+DATASETS = ["download", "datasets"]
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -37,14 +42,29 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def apply_set(tree: dict[str, Any], overrides: list[str]) -> None:
+    """``--set`` into ``tree`` in place, on top of the defaults it leaves out.
+
+    A map a section holds (``download.datasets``) is replaced whole by one params.yaml gives, so a key set under
+    it where the tree gives none would declare that dataset alone: the built-ins' defaults go in first, and the
+    key changes one of them.
+    """
+    download = tree.get("download")
+    declared = isinstance(download, dict) and isinstance(download.get("datasets"), dict)
+    if not declared and any(parse_override(item)[0][:2] == DATASETS for item in overrides):
+        set_dotted(tree, DATASETS, builtin_sources())
+    apply_overrides(tree, overrides)
+
+
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
     """Resolve and validate the params of a run; raise UserError naming every bad key."""
     path = Path(path)
     explicit = read_yaml(path)
+    refuse_renamed_keys(path, explicit, overrides or [])
     mirror = os.environ.get(MIRROR_ENV)
     if mirror:
         explicit = deep_merge(explicit, {"download": {"source": "mirror", "mirror": mirror}})
-    apply_overrides(explicit, overrides or [])
+    apply_set(explicit, overrides or [])
     try:
         return Params.model_validate(apply_preset(explicit, path))
     except ValidationError as exc:
@@ -67,6 +87,6 @@ def write_overrides(path: str | Path, overrides: list[str]) -> None:
     yaml_rt = YAML()
     yaml_rt.preserve_quotes = True
     document = yaml_rt.load(path.read_text(encoding="utf-8")) or {}
-    apply_overrides(document, overrides)
+    apply_set(document, overrides)
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
         yaml_rt.dump(document, handle)

@@ -9,15 +9,13 @@ readable summary.
 
 A split is validated in batches of ``validate.batch_rows`` rows, so a corpus of millions of
 rows never sits in memory whole; the checks that span rows (duplicates, leakage
-into train) are computed over the whole split first, from 8-byte row hashes, and
-reach each batch as a flag column. The batches' results merge into one per split.
+into train) are computed over the whole split first, from 8-byte row hashes (``row_hashes``), and
+reach each batch as a flag column. The batches' results merge into one per split (``validation_results``).
 """
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterator
 
 # GX reads this when a context is made; set it before the import so no run phones home.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -27,9 +25,6 @@ from typing import Any
 
 import great_expectations as gx
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-from great_expectations.core.expectation_validation_result import ExpectationValidationResult
 from great_expectations.data_context.types.base import (
     DataContextConfig,
     InMemoryStoreBackendDefaults,
@@ -37,97 +32,53 @@ from great_expectations.data_context.types.base import (
 )
 
 from embedforge.config import NLI_LABELS, DatasetSource, ValidateParams
-from embedforge.data.schema import RAW_COLUMNS, SENTENCES_COLUMNS, raw_split_path, row_keys
-from embedforge.errors import DataError
-from embedforge.files import stream_parquet
+from embedforge.data.row_hashes import read_batches, repeats_in_split, row_hashes
+from embedforge.data.schema import RAW_COLUMNS, SENTENCES_COLUMNS, raw_split_path
+from embedforge.data.validation_results import describe_outcome, merge_outcomes
 
 PAIR_COLUMNS = ["sentence1", "sentence2"]
-ID_COLUMNS = ["pair_id", "text_id"]  # shown with every failing row: the source's own row id, e.g. train-17
 LEAK_COLUMN = "row_in_train"
 REPEATED_COLUMN = "row_repeated"
 ID_REPEATED_COLUMN = "id_repeated"
 NUMERIC_TYPES = ["float64", "float32", "int64", "int32"]
 DOCS_SITE = "embedforge"
-OBSERVED_KEYS = ("observed_value", "element_count", "unexpected_count", "unexpected_percent", "missing_count")
-SHOWN_TEXT_CHARS = 80
-ROW_COUNT = "expect_table_row_count_to_be_between"  # its batches' observed counts add up to the split's
 
 
 def text_columns(source: DatasetSource) -> list[str]:
     return PAIR_COLUMNS if source.is_pairs else ["text"]
 
 
-def row_hashes(frame: pd.DataFrame, columns: list[str], exact: bool) -> np.ndarray:
-    """A 64-bit hash of each row's texts: as written (``exact``), or as ``row_keys`` compares them.
-
-    Missing columns, null texts and non-text values are the column expectations' to report, so they must
-    not crash this nor count as repeats or leaks: texts are cast to strings, and a row with a null text
-    (every row, when a column is missing) hashes as its position in the split, which no other row has.
-    """
-    positions = frame.index.to_numpy(dtype=np.uint64)
-    if any(column not in frame for column in columns):
-        return positions
-    texts = frame[columns].astype("str")
-    null = texts.isna().any(axis=1).to_numpy()
-    filled = texts.fillna("")
-    keys = filled.agg("\t".join, axis=1) if exact else row_keys(filled)
-    hashes = pd.util.hash_pandas_object(keys.astype("str"), index=False).to_numpy(dtype=np.uint64, copy=True)
-    hashes[null] = positions[null]
-    return hashes
-
-
-def read_batches(path: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
-    """A raw split in frames of ``batch_rows`` rows, indexed by their rows' positions in the
-    split; an empty split gives one empty frame, so its expectations still run."""
-    try:
-        parquet = stream_parquet(path)
-        start = 0
-        for batch in parquet.iter_batches(batch_size=batch_rows):
-            frame = batch.to_pandas()
-            frame.index = pd.RangeIndex(start, start + len(frame))
-            start += len(frame)
-            yield frame
-        if start == 0:
-            yield parquet.schema_arrow.empty_table().to_pandas()
-    except (OSError, pa.ArrowException) as exc:
-        raise DataError(f"{path}: cannot read parquet ({exc}): run `embedforge download` again") from None
-
-
-def split_hashes(path: Path, columns: list[str], exact: bool, batch_rows: int) -> np.ndarray:
-    """``row_hashes`` of every row of a raw split, streamed."""
-    parts = [row_hashes(frame, columns, exact) for frame in read_batches(path, batch_rows)]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
-
-
-def repeats_in_split(path: Path, columns: list[str], batch_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """For every row of a raw split, streamed once: does its texts' exact ``row_hashes`` occur again, and
-    does its id (``pair_id`` or ``text_id``, whichever it has)?"""
-    texts, ids = [], []
-    for frame in read_batches(path, batch_rows):
-        texts.append(row_hashes(frame, columns, exact=True))
-        ids.append(row_hashes(frame, [next((c for c in ID_COLUMNS if c in frame), ID_COLUMNS[0])], exact=True))
-    return repeated_rows(np.concatenate(texts)), repeated_rows(np.concatenate(ids))
-
-
-def repeated_rows(hashes: np.ndarray) -> np.ndarray:
-    """True for every row whose hash occurs more than once."""
-    _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
-    return counts[inverse] > 1
 
 
 def build_suite(name: str, source: DatasetSource, params: ValidateParams) -> gx.ExpectationSuite:
     """Every check a raw split of dataset ``name`` must pass before anything trains on it, from its kind."""
-    expect = gx.expectations
-    texts = text_columns(source)
+    expectations = shape_expectations(source, params) + text_expectations(source, params)
+    if source.has_labels:
+        expectations += label_expectations(name, source)
+    if source.score_range:
+        expectations += score_expectations(name, source.score_range)
+    expectations += repeat_expectations(source, params)
+    return gx.ExpectationSuite(name=name, expectations=expectations)
+
+
+def shape_expectations(source: DatasetSource, params: ValidateParams) -> list[Any]:
+    """Its kind's columns are all there, and (unless allowed) there is a row at all."""
     schema_columns = RAW_COLUMNS if source.is_pairs else SENTENCES_COLUMNS
-    expectations: list[Any] = [expect.ExpectColumnToExist(column=column) for column in schema_columns]
+    expectations: list[Any] = [gx.expectations.ExpectColumnToExist(column=column) for column in schema_columns]
     if not params.allow_empty_splits:  # 0 rows satisfy every other expectation
         expectations.append(
-            expect.ExpectTableRowCountToBeBetween(
+            gx.expectations.ExpectTableRowCountToBeBetween(
                 min_value=1, description="Rows: a split has at least one (validate.allow_empty_splits: true allows 0)"
             )
         )
-    for column in texts:
+    return expectations
+
+
+def text_expectations(source: DatasetSource, params: ValidateParams) -> list[Any]:
+    """Every text is a non-blank string of validate.min_chars to validate.max_chars characters."""
+    expect = gx.expectations
+    expectations: list[Any] = []
+    for column in text_columns(source):
         expectations += [
             expect.ExpectColumnValuesToBeOfType(column=column, type_="str"),
             expect.ExpectColumnValuesToNotBeNull(column=column),
@@ -138,31 +89,41 @@ def build_suite(name: str, source: DatasetSource, params: ValidateParams) -> gx.
                 column=column, min_value=params.min_chars, max_value=params.max_chars
             ),
         ]
-    if source.has_labels:
-        mapping = f" (download.datasets.{name}.labels maps the data's own values onto them)" if source.labels else ""
-        expectations += [
-            expect.ExpectColumnValuesToNotBeNull(column="label"),
-            expect.ExpectColumnValuesToBeInSet(
-                column="label",
-                value_set=list(NLI_LABELS),
-                description=f"Labels: every label is one of {', '.join(NLI_LABELS)}{mapping}",
-            ),
-        ]
-    if source.score_range:
-        low, high = source.score_range
-        expectations += [
-            expect.ExpectColumnValuesToBeInTypeList(column="score", type_list=NUMERIC_TYPES),
-            expect.ExpectColumnValuesToNotBeNull(column="score"),
-            expect.ExpectColumnValuesToBeBetween(
-                column="score",
-                min_value=low,
-                max_value=high,
-                description=f"Scores: within download.datasets.{name}.score_range [{low:g}, {high:g}]",
-            ),
-        ]
+    return expectations
+
+
+def label_expectations(name: str, source: DatasetSource) -> list[Any]:
+    mapping = f" (download.datasets.{name}.labels maps the data's own values onto them)" if source.labels else ""
+    return [
+        gx.expectations.ExpectColumnValuesToNotBeNull(column="label"),
+        gx.expectations.ExpectColumnValuesToBeInSet(
+            column="label",
+            value_set=list(NLI_LABELS),
+            description=f"Labels: every label is one of {', '.join(NLI_LABELS)}{mapping}",
+        ),
+    ]
+
+
+def score_expectations(name: str, score_range: tuple[float, float]) -> list[Any]:
+    low, high = score_range
+    return [
+        gx.expectations.ExpectColumnValuesToBeInTypeList(column="score", type_list=NUMERIC_TYPES),
+        gx.expectations.ExpectColumnValuesToNotBeNull(column="score"),
+        gx.expectations.ExpectColumnValuesToBeBetween(
+            column="score",
+            min_value=low,
+            max_value=high,
+            description=f"Scores: within download.datasets.{name}.score_range [{low:g}, {high:g}]",
+        ),
+    ]
+
+
+def repeat_expectations(source: DatasetSource, params: ValidateParams) -> list[Any]:
+    """Duplicates, leaks into train and repeated ids, read from the flag columns ``SplitValidator`` adds."""
+    texts = text_columns(source)
     what = "(sentence1, sentence2) pair" if source.is_pairs else "text"
-    expectations += [
-        expect.ExpectColumnValuesToBeInSet(
+    return [
+        gx.expectations.ExpectColumnValuesToBeInSet(
             column=REPEATED_COLUMN,
             value_set=[False],
             mostly=1 - params.max_duplicate_pair_rate,
@@ -171,7 +132,7 @@ def build_suite(name: str, source: DatasetSource, params: ValidateParams) -> gx.
             ),
             meta={"check": "duplicates", "shown_columns": texts},
         ),
-        expect.ExpectColumnValuesToBeInSet(
+        gx.expectations.ExpectColumnValuesToBeInSet(
             column=LEAK_COLUMN,
             value_set=[False],
             mostly=1 - params.max_leaked_pair_rate,
@@ -181,29 +142,13 @@ def build_suite(name: str, source: DatasetSource, params: ValidateParams) -> gx.
             ),
             meta={"check": "leakage", "shown_columns": texts},
         ),
-        expect.ExpectColumnValuesToBeInSet(
+        gx.expectations.ExpectColumnValuesToBeInSet(
             column=ID_REPEATED_COLUMN,
             value_set=[False],
             description=f"Ids: every {'pair_id' if source.is_pairs else 'text_id'} occurs once in its split",
             meta={"check": "ids", "shown_columns": texts},
         ),
     ]
-    return gx.ExpectationSuite(name=name, expectations=expectations)
-
-
-def json_ready(value: Any) -> Any:
-    """A JSON-ready copy of a value from pandas or GX: numpy scalars unwrapped, NaN as None."""
-    if isinstance(value, dict):
-        return {str(key): json_ready(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(item) for item in value]
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return None if pd.isna(value) else str(value)
 
 
 class SplitValidator:
@@ -302,105 +247,3 @@ class SplitValidator:
         self.context.build_data_docs(site_names=[DOCS_SITE])
 
 
-def merge_outcomes(batches: list[dict[str, Any]], mostly: float | None, params: ValidateParams) -> dict[str, Any]:
-    """One expectation's result over a whole split from its results on the split's batches.
-
-    Counts add up; an expectation with ``mostly`` passes on the share over all rows (as GX computes it: over
-    the non-missing ones), any other passes when every batch passed.
-    """
-    if len(batches) == 1:
-        return batches[0]
-    first = batches[0]
-    observed: dict[str, Any] = {}
-    for key in ("element_count", "unexpected_count", "missing_count"):
-        if any(key in batch["observed"] for batch in batches):
-            observed[key] = sum(batch["observed"].get(key) or 0 for batch in batches)
-    counted = observed.get("element_count", 0) - observed.get("missing_count", 0)
-    if "unexpected_count" in observed:
-        observed["unexpected_percent"] = 100 * observed["unexpected_count"] / counted if counted else 0.0
-    failed = [batch for batch in batches if not batch["success"]]
-    if first["expectation"] == ROW_COUNT:
-        observed["observed_value"] = sum(batch["observed"]["observed_value"] for batch in batches)
-    elif any("observed_value" in batch["observed"] for batch in batches):
-        observed["observed_value"] = (failed or batches)[0]["observed"].get("observed_value")
-    if mostly is not None and "unexpected_count" in observed and not any(batch["error"] for batch in batches):
-        success = not counted or (counted - observed["unexpected_count"]) / counted >= mostly
-    else:
-        success = not failed
-    failing_rows = [row for batch in batches for row in batch["failing_rows"]][: params.failed_rows_shown]
-    return {
-        **first,
-        "success": success,
-        "observed": observed,
-        "failing_rows": failing_rows if not success else [],
-        "error": next((batch["error"] for batch in batches if batch["error"]), None),
-    }
-
-
-def describe_outcome(outcome: ExpectationValidationResult, frame: pd.DataFrame) -> dict[str, Any]:
-    """One expectation's result as plain data, with the offending rows read back from ``frame``."""
-    config = outcome.expectation_config
-    kwargs = config.kwargs
-    columns = kwargs.get("column_list") or ([kwargs["column"]] if "column" in kwargs else [])
-    named = (config.meta or {}).get("shown_columns", columns)
-    shown = [column for column in dict.fromkeys([*ID_COLUMNS, *named]) if column in frame]
-    indices = [] if outcome.success else outcome.result.get("partial_unexpected_index_list") or []
-    return {
-        "expectation": config.type,
-        "columns": list(columns),
-        "description": config.description,
-        "success": bool(outcome.success),
-        "observed": {key: json_ready(outcome.result[key]) for key in OBSERVED_KEYS if key in outcome.result},
-        "failing_rows": [
-            {"row": json_ready(index), "values": {column: json_ready(frame.at[index, column]) for column in shown}}
-            for index in indices
-        ],
-        "error": exception_message(outcome),
-    }
-
-
-def exception_message(outcome: ExpectationValidationResult) -> str | None:
-    """Why GX could not evaluate an expectation (e.g. its column is missing), if it could not.
-
-    GX reports either one ``{raised_exception, exception_message}`` dict or one per failed metric.
-    """
-    info = outcome.exception_info or {}
-    reports = [info] if "raised_exception" in info else list(info.values())
-    messages = [report.get("exception_message") for report in reports if isinstance(report, dict)]
-    return next((message for message in messages if message), None)
-
-
-def describe_failures(split_result: dict[str, Any]) -> list[str]:
-    """One readable sentence per failed expectation of a ``SplitValidator.validate`` result."""
-    lines = []
-    for outcome in split_result["expectations"]:
-        if outcome["success"]:
-            continue
-        where = f"{split_result['dataset']}/{split_result['split']} ({split_result['file']})"
-        what = f"{outcome['expectation']}({', '.join(outcome['columns'])})"
-        observed = outcome["observed"]
-        if outcome["error"]:
-            how = f"could not be evaluated: {outcome['error'].rstrip('.')}"
-        elif "unexpected_count" in observed:
-            how = f"failed for {observed['unexpected_count']} of {split_result['rows']} rows"
-        elif "observed_value" in observed:
-            how = f"failed (observed {_shorten(observed['observed_value'])})"
-        else:
-            how = "failed"
-        line = f"{where}: {what} {how}"
-        if outcome["description"]:
-            line += f" [{outcome['description']}]"
-        if outcome["failing_rows"]:
-            rows = "; ".join(
-                f"row {failing['row']}: "
-                + ", ".join(f"{column}={_shorten(value)}" for column, value in failing["values"].items())
-                for failing in outcome["failing_rows"]
-            )
-            line += f"; e.g. {rows}"
-        lines.append(line)
-    return lines
-
-
-def _shorten(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= SHOWN_TEXT_CHARS else text[: SHOWN_TEXT_CHARS - 3] + "..."

@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 
 from embedforge.config import TRAIN_SPLIT, Params
-from embedforge.data.expectations import SplitValidator, describe_failures, split_hashes, text_columns
+from embedforge.data.expectations import SplitValidator, text_columns
+from embedforge.data.row_hashes import split_hashes
 from embedforge.data.schema import raw_split_path
+from embedforge.data.validation_results import describe_failures
 from embedforge.errors import DataError, ValidationFailed
 from embedforge.files import atomic_dir, write_json
 from embedforge.paths import DATA_DOCS_DIR, RAW_DIR, VALIDATION_DIR, VALIDATION_RESULTS_PATH

@@ -96,7 +96,7 @@ def examples_of(cfg: Params, split: str, files: list[Path]) -> dict[str, list[Ex
     else every distinct sentence: distillation and the causal LM need no pairs.
 
     Labelled pairs give their entailments; scored pairs those at or above the dataset's similar_min_score
-    (else train.stsb_min_score).
+    (else train.similar_min_score).
     """
     params = cfg.train
     by_dataset = {}
@@ -106,7 +106,7 @@ def examples_of(cfg: Params, split: str, files: list[Path]) -> dict[str, list[Ex
             by_dataset[dataset] = sentence_examples(TOKENS_DIR, [path])
             continue
         source = cfg.download.datasets[dataset]
-        min_score = threshold(source, "similar_min_score", params.stsb_min_score)
+        min_score = threshold(source, "similar_min_score", params.similar_min_score)
         examples = pair_examples(path, source.has_labels, min_score)
         if not params.hard_negatives:
             examples = in_order(Example(e.anchor, e.positive, None) for e in examples)

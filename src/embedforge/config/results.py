@@ -1,0 +1,46 @@
+"""The params of what follows training: evaluate, report, and tracking in MLflow."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from embedforge.config.base import Section
+
+class EvaluateParams(Section):
+    sts_splits: list[str] = Field(default=["stsb/validation", "sick/validation"], min_length=1)
+    separation_splits: list[str] = Field(default=["stsb/validation", "snli/validation"], min_length=1)
+    similar_min_score: float = Field(default=4.0, ge=0)
+    dissimilar_max_score: float = Field(default=1.0, ge=0)
+    similar_min: float = Field(default=0.7, ge=-1, le=1)
+    dissimilar_max: float = Field(default=0.5, ge=-1, le=1)
+    min_gap: float = Field(default=0.2, ge=0, le=2)
+    retrieval_split: str = "snli/validation"
+    retrieval_ks: list[Annotated[int, Field(gt=0)]] = Field(default=[1, 10], min_length=1)
+    speed_sentences: int = Field(default=2000, gt=0)
+    speed_rounds: int = Field(default=3, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    map_sentences: int = Field(default=600, ge=10)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+    @model_validator(mode="after")
+    def _scores_ordered(self) -> EvaluateParams:
+        if self.dissimilar_max_score >= self.similar_min_score:
+            raise ValueError(
+                f"evaluate.dissimilar_max_score ({self.dissimilar_max_score}) must be < "
+                f"evaluate.similar_min_score ({self.similar_min_score})"
+            )
+        return self
+
+
+class ReportParams(Section):
+    title: str = Field(default="embedforge report", min_length=1)
+
+
+class TrackingParams(Section):
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = Field(default="embedforge", min_length=1)
+    timeout_s: float = Field(default=5.0, gt=0)
+    registered_model: str | None = Field(default="embedforge-student", min_length=1)
