@@ -25,7 +25,7 @@ from embedforge.config.data_sections import (
     TokenizeParams,
     ValidateParams,
 )
-from embedforge.config.model import DynamicParams, LatticeMode, LatticeParams, ModelParams, StaticParams
+from embedforge.config.model import ModelParams
 from embedforge.config.results import EvaluateParams, ReportParams, TrackingParams
 from embedforge.config.schema import Params, PresetName, max_length_problem
 from embedforge.config.train import (
@@ -48,12 +48,8 @@ __all__ = [
     "DatasetName",
     "DatasetSource",
     "DownloadParams",
-    "DynamicParams",
-    "StaticParams",
     "EarlyStoppingParams",
     "EvaluateParams",
-    "LatticeMode",
-    "LatticeParams",
     "ModelParams",
     "Params",
     "PhaseParams",

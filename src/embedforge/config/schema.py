@@ -14,7 +14,7 @@ from pydantic import ConfigDict, Field, model_validator
 from embedforge.config.base import Section
 from embedforge.config.data_sections import DownloadParams, PrecomputeParams, TokenizeParams, ValidateParams
 from embedforge.config.datasets import check_dataset_uses
-from embedforge.config.model import ModelParams
+from embedforge.config.model import ModelParams, families
 from embedforge.config.results import EvaluateParams, ReportParams, TrackingParams
 from embedforge.config.train import TrainParams
 
@@ -52,10 +52,11 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _objective_fits_the_model(self) -> Params:
-        if self.train.objective == "clm" and self.model.kind != "encoder":
+        causal = [kind for kind, family in families().items() if family.causal_lm]
+        if self.train.objective == "clm" and self.model.kind not in causal:
             raise ValueError(
                 f"train.objective: clm trains a transformer stack with a causal mask and an LM head, "
-                f"so it needs model.kind: encoder, got {self.model.kind!r}"
+                f"so it needs model.kind: {' or '.join(causal)}, got {self.model.kind!r}"
             )
         return self
 

@@ -27,7 +27,8 @@ class Family:
 
     kind: ClassVar[str]
     params: ClassVar[type[Section] | None] = None  # its own params section, model.<kind>
-    inits: ClassVar[tuple[str, ...]] = ("scratch", "teacher_layers")  # the model.init values it can start from
+    inits: ClassVar[tuple[str, ...]] = ("teacher_layers", "scratch")  # the model.init values it can start from
+    init_descriptions: ClassVar[dict[str, str]] = {}  # what each init only this family has does, for messages
     copies_teacher_layers: ClassVar[bool] = True  # model.init: teacher_layers copies model.teacher_layers
     causal_lm: ClassVar[bool] = False  # can train with train.objective: clm (a transformer stack with an LM head)
     projects_to_teacher: ClassVar[bool] = False  # distils through a learned map even at the teacher's width

@@ -28,7 +28,8 @@ class StaticParams(Section):
 class StaticFamily(Family):
     kind = "static"
     params = StaticParams
-    inits: ClassVar[tuple[str, ...]] = ("scratch", "teacher_tokens")
+    inits: ClassVar[tuple[str, ...]] = ("teacher_tokens", "scratch")
+    init_descriptions: ClassVar[dict[str, str]] = {"teacher_tokens": "builds a static student's table"}
     copies_teacher_layers: ClassVar[bool] = False
     projects_to_teacher: ClassVar[bool] = True
     smaller: ClassVar[str] = (
