@@ -82,8 +82,8 @@ def main() -> None:
     from embedforge.api import load_sentence_transformer
     from embedforge.evaluation.speed import encode_speed
     from embedforge.evaluation.sts import STSEvaluator
-    from embedforge.models import teacher as teachers
     from embedforge.models import count_parameters
+    from embedforge.models import teacher as teachers
     from embedforge.stages import STAGES
 
     workdir = args.workdir.resolve()

@@ -196,7 +196,9 @@ def main() -> None:
         key = f"{split}.spearman"
         for anchor in ("static_init", "model2vec"):
             if anchor in report:
-                report[f"trained_minus_{anchor}.{split}"] = round(report["static_trained"][key] - report[anchor][key], 4)
+                report[f"trained_minus_{anchor}.{split}"] = round(
+                    report["static_trained"][key] - report[anchor][key], 4
+                )
     json.dump(report, sys.stdout, indent=2)
     print()
 

@@ -115,6 +115,7 @@ def test_the_check_sees_an_import_inside_a_function(tmp_path):
 def test_type_only_imports_count_for_the_layers_not_for_circles(tmp_path):
     module = tmp_path / "typed.py"
     module.write_text(
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from embedforge.stages import train\n", encoding="utf-8"
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from embedforge.stages import train\n",
+        encoding="utf-8",
     )
     assert imports_of(module) == {"embedforge.stages.train"} and imports_of(module, runtime_only=True) == set()

@@ -45,7 +45,8 @@ def synthetic_store(tmp_path: Path, lengths: list[int]) -> tuple[TokenStore, lis
     """Sentence i has ``lengths[i]`` tokens, all equal to i + 1 (never the pad id)."""
     ids = [sid(f"sentence {i}") for i in range(len(lengths))]
     write_token_file(
-        tmp_path / "synthetic/train.parquet", {s: [i + 1] * n for i, (s, n) in enumerate(zip(ids, lengths))}
+        tmp_path / "synthetic/train.parquet",
+        {s: [i + 1] * n for i, (s, n) in enumerate(zip(ids, lengths, strict=True))},
     )
     return TokenStore.load(tmp_path, [Path("synthetic/train.parquet")]), ids
 
@@ -81,7 +82,8 @@ def test_examples_follow_the_raw_pairs(tokenized):
     entailed = snli[(snli["label"] == "entailment") & (snli["anchor"] != snli["positive"])]
     assert len(examples) == len(entailed[["anchor", "positive"]].drop_duplicates()) > 0
     assert examples == sorted(examples, key=lambda e: (e.anchor, e.positive, e.negative or ""))
-    contradictions = set(zip(snli.loc[snli["label"] == "contradiction", "anchor"], snli["positive"]))
+    contradicting = snli[snli["label"] == "contradiction"]
+    contradictions = set(zip(contradicting["anchor"], contradicting["positive"], strict=True))
     with_negative = [e for e in examples if e.negative]
     assert all((e.anchor, e.negative) in contradictions for e in with_negative)
     premises_with_contradiction = {anchor for anchor, _ in contradictions}
@@ -89,7 +91,11 @@ def test_examples_follow_the_raw_pairs(tokenized):
 
     stsb = pd.read_parquet(raw / "stsb/train.parquet")
     similar = pair_examples(raw / "stsb/train.parquet", labelled=False, min_score=4.0)
-    high = {(sid(a), sid(b)) for a, b, s in zip(stsb["sentence1"], stsb["sentence2"], stsb["score"]) if s >= 4.0}
+    high = {
+        (sid(a), sid(b))
+        for a, b, s in zip(stsb["sentence1"], stsb["sentence2"], stsb["score"], strict=True)
+        if s >= 4.0
+    }
     assert {(e.anchor, e.positive) for e in similar} == high and all(e.negative is None for e in similar)
 
 

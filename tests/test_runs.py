@@ -31,7 +31,7 @@ def test_the_frontier_keeps_exactly_the_points_nothing_beats():
     found = frontier(points)
 
     assert names(found.points) == ["teacher", "beaten", "best-2x", "worse-2x", "slower", "dup-a", "dup-b", "fast"]
-    assert [point.run for point, on in zip(found.points, found.optimal) if on] == [
+    assert [point.run for point, on in zip(found.points, found.optimal, strict=True) if on] == [
         "teacher",
         "best-2x",
         "dup-a",
@@ -77,7 +77,11 @@ def test_every_evaluated_student_comes_from_the_store_labelled_and_the_teacher_o
         Point("teacher", "teacher", 0.867, 1.0),  # from the newest evaluate run that scored it
     ]
     found = frontier(points)
-    assert [point.run for point, on in zip(found.points, found.optimal) if on] == ["teacher", encoder[:8], static[:8]]
+    assert [point.run for point, on in zip(found.points, found.optimal, strict=True) if on] == [
+        "teacher",
+        encoder[:8],
+        static[:8],
+    ]
     assert names(found.left_out) == [no_speed[:8]]
 
 

@@ -263,7 +263,9 @@ def test_hard_negatives_can_be_left_out(ready):
     frame.to_parquet("data/raw/snli/train.parquet", index=False)
     files = [Path("data/raw/snli/train.parquet")]
     with_negatives = training_data.examples_of(ready("train.datasets=[snli]"), "train", files)["snli"]
-    without = training_data.examples_of(ready("train.datasets=[snli]", "train.hard_negatives=false"), "train", files)["snli"]
+    without = training_data.examples_of(ready("train.datasets=[snli]", "train.hard_negatives=false"), "train", files)[
+        "snli"
+    ]
     assert [e.negative is not None for e in with_negatives] == [True]
     assert [e.negative for e in without] == [None]
     assert with_negatives[0].positive == without[0].positive

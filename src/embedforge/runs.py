@@ -198,7 +198,7 @@ class Frontier:
 
     def dominating(self, point: Point) -> list[Point]:
         """The frontier points that dominate ``point``: none when it is on the frontier itself."""
-        return [other for other, on in zip(self.points, self.optimal) if on and dominates(other, point)]
+        return [other for other, on in zip(self.points, self.optimal, strict=True) if on and dominates(other, point)]
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(

@@ -5,6 +5,13 @@ Everything the rest of the package imports is re-exported here, so callers write
 """
 
 from embedforge.config.base import Section
+from embedforge.config.data_sections import (
+    MIRROR_ENV,
+    DownloadParams,
+    PrecomputeParams,
+    TokenizeParams,
+    ValidateParams,
+)
 from embedforge.config.datasets import (
     NLI_LABELS,
     TRAIN_SPLIT,
@@ -15,17 +22,10 @@ from embedforge.config.datasets import (
     SplitName,
     threshold,
 )
+from embedforge.config.model import ModelParams
 from embedforge.config.overrides import apply_overrides, deep_merge, flatten, parse_override, set_dotted
 from embedforge.config.params_file import load_params, read_yaml, write_overrides
 from embedforge.config.presets import PRESETS, apply_preset, teacher_shaped
-from embedforge.config.data_sections import (
-    MIRROR_ENV,
-    DownloadParams,
-    PrecomputeParams,
-    TokenizeParams,
-    ValidateParams,
-)
-from embedforge.config.model import ModelParams
 from embedforge.config.results import EvaluateParams, ReportParams, TrackingParams
 from embedforge.config.schema import Params, PresetName, max_length_problem
 from embedforge.config.train import (

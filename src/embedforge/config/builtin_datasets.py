@@ -136,8 +136,7 @@ def alternatives(name: str) -> str:
     """What to try when a built-in's hub id cannot be loaded, besides a mirror; named in the error."""
     builtin = BUILTINS[name]
     archive = (
-        f"the official archive (download.datasets.{name}.archive: {builtin.archive.file} "
-        f"with download.source: archive)"
+        f"the official archive (download.datasets.{name}.archive: {builtin.archive.file} with download.source: archive)"
     )
     return f"{archive}, or {builtin.other_sources}" if builtin.other_sources else archive
 

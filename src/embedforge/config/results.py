@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from embedforge.config.base import Section
 
+
 class EvaluateParams(Section):
     sts_splits: list[str] = Field(default=["stsb/validation", "sick/validation"], min_length=1)
     separation_splits: list[str] = Field(default=["stsb/validation", "snli/validation"], min_length=1)

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from embedforge.config.base import Section
 from embedforge.config.datasets import DatasetName, SplitName
 
+
 class EarlyStoppingParams(Section):
     monitor: Literal["sts_spearman", "val_loss"] = "sts_spearman"
     patience: int = Field(default=2, ge=1)
@@ -133,3 +134,8 @@ class TrainParams(Section):
     @property
     def distills(self) -> bool:
         return self.objective == "embedding" and self.objectives.get("distill", 0) > 0
+
+    @property
+    def generates_text(self) -> bool:
+        """The causal LM writes greedy continuations of ``train.clm.prompts`` every epoch."""
+        return self.objective == "clm"

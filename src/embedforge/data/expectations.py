@@ -48,8 +48,6 @@ def text_columns(source: DatasetSource) -> list[str]:
     return PAIR_COLUMNS if source.is_pairs else ["text"]
 
 
-
-
 def build_suite(name: str, source: DatasetSource, params: ValidateParams) -> gx.ExpectationSuite:
     """Every check a raw split of dataset ``name`` must pass before anything trains on it, from its kind."""
     expectations = shape_expectations(source, params) + text_expectations(source, params)
@@ -245,5 +243,3 @@ class SplitValidator:
 
     def build_docs(self) -> None:
         self.context.build_data_docs(site_names=[DOCS_SITE])
-
-

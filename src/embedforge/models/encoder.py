@@ -18,7 +18,6 @@ from embedforge.errors import UserError
 from embedforge.models import count_parameters
 
 if TYPE_CHECKING:
-    import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Transformer
     from transformers import BertConfig, BertModel, PreTrainedTokenizerBase

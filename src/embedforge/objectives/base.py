@@ -28,9 +28,7 @@ class TrainingObjective:
         """The weighted losses of a step."""
         raise NotImplementedError
 
-    def validation(
-        self, cfg: Params, sts: STSValidation | None, batches: LengthBucketedBatches | None
-    ) -> Any:
+    def validation(self, cfg: Params, sts: STSValidation | None, batches: LengthBucketedBatches | None) -> Any:
         """The epoch's judge: a callable taking the loop and returning scores by name."""
         raise NotImplementedError
 

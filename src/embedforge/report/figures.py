@@ -155,7 +155,7 @@ def cosine_histograms(pairs: pd.DataFrame, similar_min: float, dissimilar_max: f
         return Drawing(None, notes)
     figure, panels = panel_grid(len(shown), 3.4)
     bins = np.linspace(min(usable["cosine"].min(), dissimilar_max), max(usable["cosine"].max(), similar_min), 41)
-    for axes, model in zip(panels, shown):
+    for axes, model in zip(panels, shown, strict=False):
         rows = usable[usable["model"] == model]
         for kind, colour in KIND_COLOURS.items():
             cosine = rows.loc[rows["kind"] == kind, "cosine"]
@@ -185,7 +185,7 @@ def sts_scatter(pairs: pd.DataFrame) -> Drawing:
     if not shown:
         return Drawing(None, notes)
     figure, panels = panel_grid(len(shown), 3.4)
-    for axes, split in zip(panels, shown):
+    for axes, split in zip(panels, shown, strict=False):
         rows = scored[scored["split"] == split]
         axes.scatter(rows["gold"], rows["predicted"], s=8, alpha=0.35, color="#264653", edgecolors="none")
         axes.set(title=f"{split} ({len(rows)} pairs)", xlabel="gold score", ylabel="predicted cosine")

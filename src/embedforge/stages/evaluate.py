@@ -30,8 +30,8 @@ from embedforge.evaluation.separation import DISSIMILAR, SIMILAR, pair_kinds, se
 from embedforge.evaluation.speed import encode_speed
 from embedforge.evaluation.sts import cosine_scores, sts_correlation
 from embedforge.files import atomic_path, sha256_tree, write_json
-from embedforge.models import teacher as teachers
 from embedforge.models import count_parameters
+from embedforge.models import teacher as teachers
 from embedforge.paths import EVAL_METRICS_PATH, EVAL_PLOTS_DIR, STUDENT_DIR
 
 log = logging.getLogger(__name__)

@@ -149,7 +149,7 @@ def label_examples(points: pd.DataFrame) -> list[tuple[str, str]]:
     chosen = labelled.groupby("label", sort=True).head(EXAMPLES_PER_LABEL).sort_values("label", kind="stable")
     return [
         (label, text if len(text) <= EXAMPLE_CHARS else text[: EXAMPLE_CHARS - 1] + "…")
-        for label, text in zip(chosen["label"], chosen["text"].fillna("").astype(str))
+        for label, text in zip(chosen["label"], chosen["text"].fillna("").astype(str), strict=True)
     ]
 
 
@@ -288,12 +288,14 @@ def read_plots() -> dict[str, pd.DataFrame | None]:
 def generation_rows(frame: pd.DataFrame | None) -> list[tuple[int, str, str]]:
     if frame is None or frame.empty:
         return []
-    return list(zip(frame["epoch"].astype(int), frame["prompt"].astype(str), frame["continuation"].astype(str)))
+    return list(
+        zip(frame["epoch"].astype(int), frame["prompt"].astype(str), frame["continuation"].astype(str), strict=True)
+    )
 
 
 def generation_notes(cfg: Params, rows: list[tuple[int, str, str]]) -> dict[str, tuple[str, ...]]:
     """A sentence where a causal LM run has no continuations to show; other objectives never have any."""
-    if cfg.train.objective != "clm" or rows:
+    if not cfg.train.generates_text or rows:
         return {}
     return {"generations": ("The causal LM logged no continuations (no epoch ended): no table to show.",)}
 

@@ -67,5 +67,5 @@ def log_epoch(epoch: int, scores: dict[str, float | None], metrics: dict[str, fl
         ", ".join(f"{name} {value:.4f}" for name, value in scores.items() if value is not None),
         metrics["epoch.examples_per_s"],
         metrics["epoch.tokens_per_s"],
-        " ".join(f"{phase} {value:.0f}%" for phase, value in zip(PHASES, times.percentages().values())),
+        " ".join(f"{phase} {value:.0f}%" for phase, value in zip(PHASES, times.percentages().values(), strict=True)),
     )

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from embedforge.training.checkpoint import TrainState
 from embedforge.training.batches import LengthBucketedBatches, PairBatch
+from embedforge.training.checkpoint import TrainState
 from embedforge.training.distributed import ONE_PROCESS, World, rank_micro_batches
 
 

@@ -49,12 +49,12 @@ from embedforge.training.distributed import (
     sum_gradients,
     summed_over_ranks,
 )
+from embedforge.training.divergence import refuse_non_finite
 from embedforge.training.early_stopping import record_score, should_stop
 from embedforge.training.epoch_metrics import across_ranks, epoch_metrics, log_epoch
 from embedforge.training.hooks import EpochHook
 from embedforge.training.loader import epoch_loader, epoch_progress
 from embedforge.training.losses import Objective, StepOutputs
-from embedforge.training.divergence import refuse_non_finite
 from embedforge.training.out_of_memory import OutOfMemoryElsewhere, halve_micro_batches, is_out_of_memory
 from embedforge.training.records import PhaseTimes, StepRecord
 from embedforge.training.schedule import resume_ramp, warmup_cosine

@@ -14,8 +14,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from embedforge.data.schema import downloaded_split
 from embedforge.config import TrainParams
+from embedforge.data.schema import downloaded_split
 from embedforge.errors import DataError, UserError
 from embedforge.evaluation.sts import cosine_scores, sts_correlation
 from embedforge.training.batches import LengthBucketedBatches, TokenStore
