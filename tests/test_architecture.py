@@ -15,8 +15,18 @@ SRC = REPO_ROOT / "src"
 
 # What each package must never import: the layers above it (ARCHITECTURE.md).
 FORBIDDEN = {
-    "embedforge.config": ("stages", "training", "models", "data", "families", "objectives", "evaluation"),
-    "embedforge.data": ("stages", "training", "models", "families", "objectives"),
+    "embedforge.config": (
+        "stages",
+        "training",
+        "models",
+        "data",
+        "families",
+        "objectives",
+        "evaluation",
+        "embeddings",
+        "report",
+    ),
+    "embedforge.data": ("stages", "training", "models", "families", "objectives", "embeddings"),
     "embedforge.models": ("stages", "training", "families", "objectives"),
     "embedforge.training": ("stages", "families", "objectives"),
     "embedforge.families": ("stages",),
