@@ -32,13 +32,20 @@ from embedforge.errors import DataError, UserError
 from embedforge.families import family as family_of
 from embedforge.families.base import Family
 from embedforge.files import atomic_dir, atomic_path, sha256_tree, write_json
-from embedforge.models import count_parameters, padding_id, vocabulary_size
+from embedforge.models import count_parameters, padding_id
 from embedforge.models import teacher as teachers
 from embedforge.objectives import OBJECTIVES
 from embedforge.objectives.base import TrainingObjective
 from embedforge.paths import CHECKPOINTS_DIR, STUDENT_DIR, TOKENIZER_DIR, TRAIN_METRICS_PATH, TRAIN_PLOTS_DIR
 from embedforge.stages import train_launch
-from embedforge.stages.train_phases import TrainerParts, load_checkpoint_weights, run_phases
+from embedforge.stages.train_phases import (
+    TrainerParts,
+    architecture_of,
+    load_checkpoint_weights,
+    resumable,
+    resume_point,
+    run_phases,
+)
 from embedforge.training import distributed
 from embedforge.training.data import TrainingData, load_training_data
 from embedforge.training.losses import Objective
@@ -48,8 +55,6 @@ from embedforge.training.summary import CURVES, PhaseResult, merged_history, sta
 from embedforge.training.validation import STSValidation, check_monitor
 
 log = logging.getLogger(__name__)
-
-ARCHITECTURE_EXCLUDES = ("init", "teacher_layers", "dropout", "attention")  # how it starts or computes, not its shape
 
 
 def run(cfg: Params, **hooks: Any) -> dict[str, Any]:
@@ -157,32 +162,6 @@ def plan_memory(cfg: Params, model: torch.nn.Module, data: TrainingData, device:
         memory["estimate_bytes"] / 2**20,
     )
     return memory
-
-
-def resume_point(cfg: Params) -> Path:
-    return CHECKPOINTS_DIR / cfg.train.resume_from if cfg.train.schedule == "single" else CHECKPOINTS_DIR
-
-
-def resumable(cfg: Params) -> bool:
-    return resume_point(cfg).exists()
-
-
-def architecture_of(cfg: Params, model: torch.nn.Module, teacher_dim: int | None) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the model's shape, vocabulary, widths and objective."""
-    architecture = {
-        f"model.{key}": value
-        for key, value in flatten(cfg.model.model_dump()).items()
-        if key.partition(".")[0] not in ARCHITECTURE_EXCLUDES
-    }
-    architecture.update(
-        {
-            "vocab_size": vocabulary_size(model),
-            "student_dim": model.get_embedding_dimension(),
-            "teacher_dim": teacher_dim,
-            "train.objective": cfg.train.objective,
-        }
-    )
-    return architecture
 
 
 def finalize(

@@ -24,6 +24,7 @@ from embedforge import tracking
 from embedforge.config import Params
 from embedforge.errors import UserError
 from embedforge.stages import STAGES
+from embedforge.stages.train_phases import resumable
 from embedforge.training.distributed import wanted_size
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def worker(argv: list[str] | None = None) -> int:
     )
     cfg = Params.model_validate(json.loads(Path(arguments.params).read_text(encoding="utf-8")))
     train = STAGES["train"].module()  # the stage as the CLI and the flow find it
-    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and train.resumable(cfg):
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and resumable(cfg):
         log.warning("train: the launcher restarted this world (train.max_restarts): resuming from checkpoints/last")
         cfg.train.resume = True
     is_main = rank == "0"

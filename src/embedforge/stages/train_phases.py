@@ -2,7 +2,8 @@
 
 One phase for ``train.schedule: single``, three for ``staged``; each phase trains with its own ``Trainer`` (and,
 staged, its own MLflow child run), and ``train.max_minutes`` spans them all. A staged phase that finished is
-read back from its ``finished.json`` instead of trained again.
+read back from its ``finished.json`` instead of trained again. Where a resumed run starts (``resume_point``)
+and what its checkpoints must match (``architecture_of``) live here too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from embedforge import tracking
 from embedforge.config import Params, flatten
 from embedforge.families.base import Family
 from embedforge.files import write_json
+from embedforge.models import vocabulary_size
+from embedforge.paths import CHECKPOINTS_DIR
 from embedforge.training import checkpoint
 from embedforge.training.checkpoint import TrainState
 from embedforge.training.data import TrainingData
@@ -35,6 +38,7 @@ from embedforge.training.trainer import Trainer
 log = logging.getLogger("embedforge.stages.train")
 
 FINISHED_FILE = "finished.json"  # a staged phase's final state and history, so train.resume can skip it
+ARCHITECTURE_EXCLUDES = ("init", "teacher_layers", "dropout", "attention")  # how it starts or computes, not its shape
 
 
 @dataclass
@@ -176,3 +180,29 @@ def read_finished(trainer: Trainer, path: Path) -> TrainState:
     saved = json.loads(path.read_text(encoding="utf-8"))
     trainer.history, trainer.totals = saved["history"], PhaseTimes(**saved["totals"])
     return TrainState(**saved["state"])
+
+
+def resume_point(cfg: Params) -> Path:
+    return CHECKPOINTS_DIR / cfg.train.resume_from if cfg.train.schedule == "single" else CHECKPOINTS_DIR
+
+
+def resumable(cfg: Params) -> bool:
+    return resume_point(cfg).exists()
+
+
+def architecture_of(cfg: Params, model: torch.nn.Module, teacher_dim: int | None) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the model's shape, vocabulary, widths and objective."""
+    architecture = {
+        f"model.{key}": value
+        for key, value in flatten(cfg.model.model_dump()).items()
+        if key.partition(".")[0] not in ARCHITECTURE_EXCLUDES
+    }
+    architecture.update(
+        {
+            "vocab_size": vocabulary_size(model),
+            "student_dim": model.get_embedding_dimension(),
+            "teacher_dim": teacher_dim,
+            "train.objective": cfg.train.objective,
+        }
+    )
+    return architecture
