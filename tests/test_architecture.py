@@ -6,6 +6,7 @@ must respect the layers all the same. ARCHITECTURE.md draws them.
 """
 
 import ast
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,15 @@ def test_type_only_imports_count_for_the_layers_not_for_circles(tmp_path):
         encoding="utf-8",
     )
     assert imports_of(module) == {"embedforge.stages.train"} and imports_of(module, runtime_only=True) == set()
+
+
+def test_config_finds_the_families_as_plugins_without_naming_a_family_module():
+    """The schema's family registry is filled from the installed entry points: no module of config names the
+    families package, not even as a string for importlib, so no arrow runs up from the bottom layer."""
+    from embedforge.config.model import ENTRY_POINT_GROUP, families
+
+    named = [path for path in (SRC / "embedforge/config").rglob("*.py") if "embedforge.families" in path.read_text()]
+    assert named == []
+    built_in = {"encoder", "dynamic", "lattice", "static"}
+    assert built_in <= set(families())
+    assert {entry.name for entry in entry_points(group=ENTRY_POINT_GROUP)} == built_in

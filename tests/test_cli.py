@@ -149,7 +149,7 @@ def test_runs_frontier_without_an_evaluated_run_or_beside_diff_is_a_user_error(p
 def test_run_set_writes_params_yaml_keeping_comments_and_refuses_bad_values_untouched(project):
     before = (project / "params.yaml").read_text()
     done = embedforge("run", "--set", "model.kind=cube", cwd=project)
-    assert_user_error(done, "model.kind: input should be 'encoder', 'lattice', 'dynamic' or 'static'")
+    assert_user_error(done, "model.kind: input should be 'encoder', 'dynamic', 'lattice' or 'static'")
     assert (project / "params.yaml").read_text() == before
 
     from embedforge.config import write_overrides

@@ -1,10 +1,11 @@
 """dvc.yaml declares what each stage really depends on: the code it imports and the params it reads.
 
 A stage's code is every embedforge module its stage module imports, transitively, at module level or inside
-a function (read from the source, so lazy imports count): the family registry imports every model family,
-and each family its models inside its hooks. Plumbing that decides nothing about a stage's outputs is left
-out: the config package (its defaults reach DVC through the resolved params file, value by value), errors,
-files, paths, tracking, memory, dvcfile and the package roots, and what only they import.
+a function (read from the source, so lazy imports count), plus the model families a stage reaches through the
+family registry (entry points, loaded by name), and each family's models, imported inside its hooks.
+Plumbing that decides nothing about a stage's outputs is left out: the config package (its defaults reach DVC
+through the resolved params file, value by value), errors, files, paths, tracking, memory, dvcfile and the
+package roots, and what only they import.
 """
 
 import ast
@@ -14,6 +15,7 @@ import pytest
 import yaml
 from conftest import REPO_ROOT
 
+from embedforge.families import FAMILIES
 from embedforge.paths import RESOLVED_PARAMS_PATH, VALIDATION_RESULTS_PATH
 from embedforge.stages import STAGES
 
@@ -48,6 +50,8 @@ def imports_of(name: str) -> set[str]:
             found |= {alias.name for alias in node.names if alias.name.startswith("embedforge")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("embedforge"):
             found.add(node.module)
+            if node.module == "embedforge.families":
+                found |= {type(family).__module__ for family in FAMILIES.values()}
             for alias in node.names:
                 if module_file(f"{node.module}.{alias.name}"):
                     found.add(f"{node.module}.{alias.name}")

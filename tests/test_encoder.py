@@ -223,5 +223,5 @@ def test_the_schema_takes_its_kinds_and_sections_from_the_family_registry():
         assert ModelParams(kind=kind, init=family.inits[-1]).kind == kind
         if family.params is not None:
             assert isinstance(getattr(ModelParams(), kind), family.params)
-    with pytest.raises(ValueError, match="input should be 'encoder', 'lattice', 'dynamic' or 'static'"):
+    with pytest.raises(ValueError, match="input should be 'encoder', 'dynamic', 'lattice' or 'static'"):
         ModelParams(kind="transformer")

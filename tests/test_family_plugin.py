@@ -69,5 +69,5 @@ def test_a_family_registered_from_a_test_trains_through_the_train_stage(mean_tok
 
 
 def test_an_unregistered_kind_is_refused_naming_the_registered_ones(ready):
-    with pytest.raises(Exception, match="model.kind: input should be 'encoder', 'lattice', 'dynamic' or 'static'"):
+    with pytest.raises(Exception, match="model.kind: input should be 'encoder', 'dynamic', 'lattice' or 'static'"):
         ready("model.kind=mean_tokens", "model.init=scratch")

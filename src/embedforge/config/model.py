@@ -1,24 +1,43 @@
 """The params of the student model: the knobs every family reads, and each family's own section.
 
 ``model.kind``'s choices and the family sections (``model.lattice``, ``model.dynamic``, ...) come from the
-family registry, ``embedforge.families``: a new family is a choice here without an edit to this module.
-The registry is found by name, as plugins are, so config (the bottom layer) imports nothing above it; the
-family modules import only ``config.base`` when they load, and no torch.
+family registry below: a new family is a choice here without an edit to this module. The built-in families
+(and any another package installs) are entry points of the ``embedforge.model_kinds`` group, declared in
+pyproject.toml, loaded the first time the registry is read; ``register`` adds one at run time. So config, the
+bottom layer, imports nothing above it. A family module imports only ``config.base`` when it loads (no torch).
 """
 
 from __future__ import annotations
 
-import importlib
+from importlib.metadata import entry_points
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, create_model, field_validator, model_validator
 
 from embedforge.config.base import Section
 
+ENTRY_POINT_GROUP = "embedforge.model_kinds"
+DEFAULT_KIND = "encoder"
+FAMILIES: dict[str, Any] = {}  # model.kind -> its families.base.Family plugin
+
+
+def register(family: Any) -> Any:
+    """Make ``family`` (a ``families.base.Family``) a choice of ``model.kind``."""
+    FAMILIES[family.kind] = family
+    return family
+
 
 def families() -> dict[str, Any]:
-    """The registered model families by ``model.kind`` (``embedforge.families.FAMILIES``)."""
-    return importlib.import_module("embedforge.families").FAMILIES
+    """The registered model families by ``model.kind``, the installed ones loaded on first use."""
+    if not FAMILIES:  # the default kind first, then by name: installed metadata keeps no declared order
+        for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.name != DEFAULT_KIND, e.name)):
+            register(entry.load()())
+    if not FAMILIES:
+        raise ImportError(
+            f"no model family is registered (entry point group {ENTRY_POINT_GROUP}): install embedforge "
+            f"(pip install -e .) rather than putting its source on the path"
+        )
+    return FAMILIES
 
 
 def choices(names: list[str]) -> str:
@@ -29,7 +48,7 @@ def choices(names: list[str]) -> str:
 class CommonModelParams(Section):
     """The knobs every family reads: its kind, the transformer shape, how it starts."""
 
-    kind: str = "encoder"
+    kind: str = DEFAULT_KIND
     hidden_size: int = Field(default=384, gt=0)
     num_layers: int = Field(default=6, gt=0)
     num_heads: int = Field(default=12, gt=0)
