@@ -40,11 +40,16 @@ _warned_offline = False
 
 class QuietWhenTrackingFails(logging.Filter):
     """Drop what libraries repeat when the tracking server is gone (urllib3 at every retried MLflow request,
-    MLflow's system-metrics thread when it cannot reach the run): the one warning to read is ours."""
+    MLflow's system-metrics thread when it cannot reach the run, or flush to it when stopped): the one warning to
+    read is ours."""
 
     NOISE: ClassVar[dict[str, tuple[str, ...]]] = {
         "urllib3.connectionpool": ("Retrying",),
-        "mlflow.system_metrics.system_metrics_monitor": ("Failed to get mlflow run", "Failed to log system metrics"),
+        "mlflow.system_metrics.system_metrics_monitor": (
+            "Failed to get mlflow run",
+            "Failed to log system metrics",
+            "Error terminating system metrics monitoring",  # its last samples, flushed to the server it lost
+        ),
     }
 
     def filter(self, record: logging.LogRecord) -> bool:
