@@ -11,8 +11,11 @@ splits the batch into the fewest micro-batches whose estimated step fits the bud
 so each way trains at the largest micro-batch that fits it. Reported for each: that
 micro-batch, samples/s (the trainer's own, over training seconds), the backward
 pass's share of the time (where the recomputation goes), the planner's estimate and
-the process's peak RSS. Then both ways once more at one micro-batch of ``--equal-batch``
-examples without a budget: the memory checkpointing saves, and its cost, like for like.
+the process's peak RSS, and what one forward of that micro-batch keeps for backward
+(autograd's saved tensors, measured in this process: the memory checkpointing trades
+for recomputation, the same on every run where RSS is noisy). Then both ways once more
+at one micro-batch of ``--equal-batch`` examples without a budget: the memory
+checkpointing saves, and its cost, like for like.
 The params are the benchmark's own, whatever the project's
 params.yaml says; ``--set`` lays overrides over them.
 """
@@ -29,13 +32,36 @@ from pathlib import Path
 from bench_precompute import prepare_project
 from common import add_set_argument, snli_infonce_settings, train_in_fresh_process
 
-from embedforge.config import MIRROR_ENV
+from embedforge.config import MIRROR_ENV, Params
+from embedforge.families import family
+from embedforge.memory import autograd_saved_bytes
+from embedforge.models import teacher as teachers
+from embedforge.objectives import OBJECTIVES
 from embedforge.stages import tokenize
+from embedforge.stages.train import build_student
 
 WAYS = ("plain", "checkpointed")
 
 
-def both_ways(directory: Path, batch: int, extra: list[str]) -> dict[str, dict[str, float]]:
+def saved_activations_mb(cfg: Params, examples: int, checkpointed: bool) -> float:
+    """MiB autograd keeps for backward after one forward of ``examples`` random sequences of the longest length, on
+    the student the train stage builds (checkpointed or not)."""
+    import torch
+
+    kind = family(cfg.model.kind)
+    model = build_student(cfg, kind, OBJECTIVES[cfg.train.objective], teachers.resolve(cfg.precompute.teacher).path)
+    if checkpointed:
+        kind.enable_checkpointing(model)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    shape = (examples, cfg.tokenize.max_length)
+    features = {
+        "input_ids": torch.randint(1000, 20000, shape, generator=generator),
+        "attention_mask": torch.ones(shape, dtype=torch.long),
+    }
+    return autograd_saved_bytes(model, features) / 2**20
+
+
+def both_ways(directory: Path, cfg: Params, batch: int, extra: list[str]) -> dict[str, dict[str, float]]:
     """Train without and with gradient checkpointing; each way's micro-batch, speed, time share and memory."""
     report = {}
     for way in WAYS:
@@ -48,6 +74,7 @@ def both_ways(directory: Path, batch: int, extra: list[str]) -> dict[str, dict[s
             "backward_pct": float(printed["result.time.backward_pct"]),
             "memory_estimate_mb": float(printed["result.memory_estimate_mb"]),
             "peak_rss_mb": float(printed["result.peak_rss_mb"]),
+            "saved_activations_mb": saved_activations_mb(cfg, -(-batch // micro_batches), way == WAYS[1]),
             "wall_seconds": seconds,
         }
     return report
@@ -65,9 +92,9 @@ def figures(pairs: int, steps: int, batch: int, memory_mb: float, equal_batch: i
                 ),
             )
             tokenize.run(cfg)
-            report = both_ways(Path(scratch), batch, [])
+            report = both_ways(Path(scratch), cfg, batch, [])
             equal = both_ways(
-                Path(scratch), equal_batch, [f"train.batch_size={equal_batch}", "train.memory_limit_mb=null"]
+                Path(scratch), cfg, equal_batch, [f"train.batch_size={equal_batch}", "train.memory_limit_mb=null"]
             )
         finally:
             os.chdir(previous)
@@ -85,6 +112,8 @@ def figures(pairs: int, steps: int, batch: int, memory_mb: float, equal_batch: i
             **equal,
             "speed_ratio": equal["checkpointed"]["samples_per_s"] / equal["plain"]["samples_per_s"],
             "peak_rss_ratio": equal["checkpointed"]["peak_rss_mb"] / equal["plain"]["peak_rss_mb"],
+            "saved_activations_ratio": equal["checkpointed"]["saved_activations_mb"]
+            / equal["plain"]["saved_activations_mb"],
         },
         "cpu_count": os.cpu_count(),
     }

@@ -86,3 +86,28 @@ class PeakMemory:
             if value is not None:
                 found[name] = value / 2**20
         return found
+
+
+def autograd_saved_bytes(model, features: dict) -> int:
+    """Bytes of the distinct storages autograd keeps for backward after one forward of ``features`` in train mode,
+    the model's own tensors (weights, buffers) left out.
+
+    Counted through saved-tensor hooks, so the figure is the same on every run (sampling RSS is not: another
+    thread's allocation can land in the window). A checkpointed region keeps its input itself, outside this
+    count, and recomputes the rest in backward.
+    """
+    import torch  # loaded by whoever measures, not by every user of this module
+
+    own = {tensor.untyped_storage().data_ptr() for tensor in [*model.parameters(), *model.buffers()]}
+    saved: dict[int, int] = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in own:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        model(features)
+    return sum(saved.values())
