@@ -1,19 +1,22 @@
 # `make run`: set up a virtual environment and run the pipeline (dvc repro) on the params.yaml preset.
-# `make test`: set up and run the whole test suite (what CI runs); `make test-fast` leaves out the tests
-# marked slow (full pipelines, Prefect flows, servers). All need EMBEDFORGE_MIRROR while the hub is unreachable.
+# `make test`: set up and run the whole test suite (what CI runs); `make test-fast` runs tests/unit alone, leaving out
+# what is marked slow by its directory (pipeline, servers, reliability, benchmarks). All need EMBEDFORGE_MIRROR.
 # `make lint`: ruff's checks and its format check over the repository (configured in pyproject.toml).
+# `make lock`: re-resolve the dependencies and pin them in constraints.txt, which `make setup` installs with.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup run test test-fast lint
+.PHONY: setup run test test-fast lint lock
 
-$(BIN)/embedforge: pyproject.toml
+EXTRAS := test,bench,s3,server
+
+$(BIN)/embedforge: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install torch==2.13.0
-	$(BIN)/python -m pip install -e '.[test,bench,s3,server]'
+	$(BIN)/python -m pip install -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $@
 
 setup: $(BIN)/embedforge
@@ -26,6 +29,15 @@ test: setup
 
 test-fast: setup
 	python -m pytest -n 2 -m "not slow"
+
+# re-resolve every dependency from pyproject.toml in a scratch environment (minutes) and pin the result
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install torch==2.13.0
+	.lock-venv/bin/python -m pip install '.[$(EXTRAS)]'
+	head -3 constraints.txt > constraints.new
+	.lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^embedforge' >> constraints.new
+	mv constraints.new constraints.txt && rm -rf .lock-venv
 
 lint: setup
 	ruff check .
