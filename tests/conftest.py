@@ -1,4 +1,5 @@
-"""Shared fixtures: a small slice of the local mirror, and a project directory to run stages in.
+"""Shared fixtures: a small slice of the local mirror, a project directory to run stages in, and the expensive
+states (a finished tiny pipeline, prepared data) built once per test run and copied into each test that needs them.
 
 The mirror's location comes from EMBEDFORGE_MIRROR (CI sets it to ../shared/data);
 it is read once here and removed from the environment so that each test decides
@@ -7,30 +8,33 @@ its own source explicitly.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import shutil
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
 import pytest
 from common import build_tiny_sentence_model
+from helpers import (
+    PRECOMPUTE_SHARD_SIZE,
+    QUICK_TRAINING,
+    REPO_ROOT,
+    SLICE_ROWS,
+    TINY_STUDENT,
+    built_once,
+    clone_env,
+    copy_state,
+    make_clone,
+    run_stages_in,
+    sh,
+    tiny_pipeline,
+)
 
-from embedforge.config import MIRROR_ENV, Params, load_params, write_overrides
-from embedforge.data.schema import RAW_SCHEMA
-from embedforge.stages.download import SplitWriter
+from embedforge.config import MIRROR_ENV, Params, load_params
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 SHARED_MIRROR = os.environ.pop(MIRROR_ENV, None) or os.environ.get("EMBEDFORGE_TEST_MIRROR")
 if SHARED_MIRROR:  # pytest-xdist's workers start from this process's environment, without MIRROR_ENV
     os.environ["EMBEDFORGE_TEST_MIRROR"] = SHARED_MIRROR
-SLICE_ROWS = 120
 MIRROR_SPLITS = {
     "snli": ["train", "validation", "test"],
     "stsb": ["train", "validation"],
@@ -52,15 +56,25 @@ def shared_mirror() -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_mirror(shared_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first SLICE_ROWS rows of every split of the shared mirror, same layout and columns."""
-    root = tmp_path_factory.mktemp("mirror")
-    for dataset, splits in MIRROR_SPLITS.items():
-        (root / dataset).mkdir()
-        for split in splits:
-            frame = pd.read_parquet(shared_mirror / dataset / f"{split}.parquet").head(SLICE_ROWS)
-            frame.to_parquet(root / dataset / f"{split}.parquet", index=False)
-    return root
+def shared_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """A directory every worker of this test run shares (pytest-xdist's base temp), for the states built once."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
+@pytest.fixture(scope="session")
+def small_mirror(shared_mirror: Path, shared_dir: Path) -> Path:
+    """The first SLICE_ROWS rows of every split of the shared mirror, same layout and columns; one path for every
+    worker, so params that name it resolve alike in every state built once."""
+
+    def build(root: Path) -> None:
+        for dataset, splits in MIRROR_SPLITS.items():
+            (root / dataset).mkdir()
+            for split in splits:
+                frame = pd.read_parquet(shared_mirror / dataset / f"{split}.parquet").head(SLICE_ROWS)
+                frame.to_parquet(root / dataset / f"{split}.parquet", index=False)
+
+    return built_once(shared_dir, "mirror", build)
 
 
 @pytest.fixture(scope="session")
@@ -82,21 +96,6 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_mlflow_db: Pa
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # mlflow.set_tracking_uri exports it; restored after the test
     return tmp_path
-
-
-def run_stages_in(root: Path, stages: list[str], overrides: list[str]) -> Path:
-    """Run ``stages`` in ``root`` on the repository's params plus ``overrides``, untracked; return root/data."""
-    import importlib
-
-    previous = Path.cwd()
-    os.chdir(root)
-    try:
-        cfg = load_params(REPO_ROOT / "params.yaml", [*overrides, "tracking.enabled=false"])
-        for stage in stages:
-            importlib.import_module(f"embedforge.stages.{stage}").run(cfg)
-    finally:
-        os.chdir(previous)
-    return root / "data"
 
 
 @pytest.fixture(scope="session")
@@ -133,6 +132,21 @@ def prepared(project: Path, validated_data: Path) -> Path:
 
 
 @pytest.fixture
+def precompute_params(prepared, mirror_params, tiny_teacher):
+    """Build params for precompute on the prepared project with the tiny teacher, in small shards."""
+
+    def build(*overrides: str):
+        return mirror_params(
+            f"precompute.teacher={tiny_teacher}",
+            f"precompute.shard_size={PRECOMPUTE_SHARD_SIZE}",
+            "precompute.batch_size=16",
+            *overrides,
+        )
+
+    return build
+
+
+@pytest.fixture
 def mirror_params(project: Path, small_mirror: Path):
     """Build params for a run on the small mirror, with extra ``--set`` overrides."""
 
@@ -145,97 +159,28 @@ def mirror_params(project: Path, small_mirror: Path):
     return build
 
 
-def write_raw_split(frame: pd.DataFrame, path: Path, schema: pa.Schema = RAW_SCHEMA) -> None:
-    """A raw split as download writes it, for tests that build their own data."""
-    writer = SplitWriter(path, schema)
-    writer.write(frame)
-    writer.close()
-
-
-HOLD_THE_LOCK = """
-import time
-from embedforge.runlock import pipeline_lock
-with pipeline_lock("`embedforge run`"):
-    print("held", flush=True)
-    time.sleep(300)
-"""
-
-
-@contextlib.contextmanager
-def pipeline_running_elsewhere(project: Path) -> Iterator[subprocess.Popen]:
-    """Another process holding the project's pipeline lock (as a running `embedforge run` does) until the block ends."""
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            HOLD_THE_LOCK,
-        ],
-        cwd=project,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        yield holder
-    finally:
-        holder.kill()
-        holder.wait(timeout=30)
-
-
-def leftovers(root: Path) -> list[Path]:
-    """Temporary files or directories a failed stage must not leave behind."""
-    return [path for path in root.rglob(".*") if path.name.endswith(".tmp")]
-
-
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "src", "data/external/README.md"]
-QUICK_EVALUATION = {"speed_sentences": 200, "speed_rounds": 1, "map_sentences": 100}
-
-
-def sh(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    """A command a user would type, which must succeed; its output is in the failure message."""
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done
-
-
-def make_clone(repo: Path, mirror: Path, overrides: list[str] = ()) -> tuple[Path, dict]:
-    """A git + DVC repository laid out like a clone of this project, running its own copy of src/."""
-    repo.mkdir()
-    for name in PROJECT_FILES:
-        source = REPO_ROOT / name
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy(source, repo / name)
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "PYTHONPATH": str(repo / "src"),  # the clone's code is the code that runs, as in a user's clone
-        "EMBEDFORGE_MIRROR": str(mirror),
-        "MLFLOW_TRACKING_URI": "",
-        "GIT_AUTHOR_NAME": "test",
-        "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "test",
-        "GIT_COMMITTER_EMAIL": "t@example.com",
-    }
-    params = (repo / "params.yaml").read_text()
-    for knob, quick in QUICK_EVALUATION.items():
-        params = re.sub(rf"^(  {knob}:) \S+", rf"\1 {quick}", params, count=1, flags=re.MULTILINE)
-    (repo / "params.yaml").write_text(params)
-    if overrides:
-        write_overrides(repo / "params.yaml", list(overrides))
-    sh("git", "init", "-q", cwd=repo, env=env)
-    sh("dvc", "init", "-q", cwd=repo, env=env)
-    sh("dvc", "config", "core.analytics", "false", cwd=repo, env=env)
-    sh("git", "add", "-A", cwd=repo, env=env)
-    sh("git", "commit", "-qm", "clone", cwd=repo, env=env)
-    return repo, env
+@pytest.fixture(scope="session")
+def tiny_teacher(shared_dir: Path) -> Path:
+    return built_once(shared_dir, "tiny_teacher", build_tiny_sentence_model) / "model"
 
 
 @pytest.fixture(scope="session")
-def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_sentence_model(tmp_path_factory.mktemp("tiny_teacher"))
+def finished_pipeline(shared_dir: Path, small_mirror: Path, tiny_teacher: Path) -> Path:
+    """A git + DVC clone of the project in which the tiny pipeline (`embedforge run`) has finished: every output,
+    dvc.lock, the .dvc cache with its run cache, and the MLflow store. Built once per test run; copy it."""
+
+    def build(state: Path) -> None:
+        repo, env = make_clone(state / "repo", small_mirror, tiny_pipeline(tiny_teacher))
+        sh("embedforge", "run", cwd=repo, env=env)
+
+    return built_once(shared_dir, "finished_pipeline", build) / "repo"
+
+
+@pytest.fixture
+def finished_clone(finished_pipeline: Path, small_mirror: Path, tmp_path: Path) -> tuple[Path, dict]:
+    """This test's own copy of the finished tiny pipeline, and its shell environment."""
+    repo = copy_state(finished_pipeline, tmp_path / "repo")
+    return repo, clone_env(repo, small_mirror)
 
 
 @pytest.fixture
@@ -261,39 +206,6 @@ def tiny(project: Path, small_mirror: Path, tiny_teacher: Path) -> list[str]:
     ]
 
 
-TINY_STUDENT = [
-    "model.hidden_size=64",
-    "model.num_heads=2",
-    "model.intermediate_size=128",
-    "model.num_layers=2",
-    "model.teacher_layers=[1, 0]",
-    "model.max_positions=128",
-]
-
-
-def tiny_pipeline(tiny_teacher: Path) -> list[str]:
-    """The overrides of a whole pipeline run in seconds: 60 rows a split, the tiny teacher, a tiny student."""
-    return [
-        "download.limit=60",
-        f"precompute.teacher={tiny_teacher}",
-        "precompute.backend=torch",
-        *TINY_STUDENT,
-        "train.batch_size=8",
-        "train.epochs=1",
-    ]
-
-
-QUICK_TRAINING = [
-    "train.batch_size=8",
-    "train.epochs=2",
-    "train.lr=1e-3",
-    "train.loader_workers=0",
-    "train.log_every_steps=1",
-    "train.checkpoint_every_steps=2",
-    "train.objectives={infonce: 1.0, distill: 0.5}",
-]
-
-
 @pytest.fixture
 def ready(project: Path, train_ready_data: Path, tiny_teacher: Path):
     """The project with data through tokenize; returns a builder of params with extra overrides."""
@@ -314,65 +226,24 @@ def ready(project: Path, train_ready_data: Path, tiny_teacher: Path):
     return params
 
 
-def log_evaluation(
-    uri: str,
-    kind: str,
-    spearman: float | None,
-    speed_ratio: float | None,
-    started_s: int,
-    teacher: float | None = None,
-    in_pipeline: bool = True,
-) -> str:
-    """A hand-made evaluate run holding the given numbers on stsb/validation (None: not logged) and ``model.kind``,
-    nested in a `pipeline` run as `embedforge run` leaves it (or alone, as `embedforge evaluate` does), started
-    ``started_s`` seconds into the store's history. Returns the id of the pipeline run, or of the lone evaluate run.
-    """
-    from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name("embedforge")
-    experiment_id = found.experiment_id if found else client.create_experiment("embedforge")
-    started_ms = 1_700_000_000_000 + started_s * 1000
-    kind_param = [Param("model.kind", kind)]
-    tags = {}
-    if in_pipeline:
-        parent = client.create_run(experiment_id, start_time=started_ms, run_name="pipeline").info.run_id
-        client.log_batch(parent, params=kind_param)
-        tags["mlflow.parentRunId"] = parent
-    child = client.create_run(experiment_id, start_time=started_ms + 1, tags=tags, run_name="evaluate").info.run_id
-    numbers = {
-        "eval.student.sts.stsb/validation.spearman": spearman,
-        "eval.speed_ratio": speed_ratio,
-        "eval.teacher.sts.stsb/validation.spearman": teacher,
-    }
-    metrics = [Metric(key, value, started_ms, 0) for key, value in numbers.items() if value is not None]
-    client.log_batch(child, metrics=metrics, params=kind_param)
-    for run_id in (child, *tags.values()):
-        client.set_terminated(run_id)
-    return tags.get("mlflow.parentRunId", child)
+SLOW_DIRECTORIES = ("servers", "benchmarks", "pipeline", "reliability")  # the order they start in
 
 
-def autograd_saved_bytes(model, features: dict) -> int:
-    """Bytes of the distinct storages autograd keeps for backward after one forward of ``features`` in train mode,
-    the model's own tensors (weights, buffers) left out.
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The `slow` mark comes from where a test lives: tests/pipeline, servers, reliability and benchmarks are slow,
+    tests/unit is the fast tier. A test in tests/unit that marks itself slow belongs in one of those instead.
 
-    Counted through saved-tensor hooks, so the figure is the same on every run (sampling RSS is not: another
-    thread's allocation can land in the window). A checkpointed region keeps its input itself, outside this
-    count, and recomputes the rest in backward.
-    """
-    import torch  # only the tests that measure autograd load it here
-
-    own = {tensor.untyped_storage().data_ptr() for tensor in [*model.parameters(), *model.buffers()]}
-    saved: dict[int, int] = {}
-
-    def keep(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in own:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    model.train()
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
-        model(features)
-    return sum(saved.values())
+    The slow directories run first, so that pytest-xdist's workers end on many short tests rather than one waiting
+    for the other's long one."""
+    tests = Path(__file__).parent
+    where = {item: item.path.relative_to(tests).parts[0] for item in items}
+    for item in items:
+        if where[item] in SLOW_DIRECTORIES:
+            item.add_marker(pytest.mark.slow)
+        elif item.get_closest_marker("slow"):
+            directories = ", ".join(f"tests/{name}" for name in SLOW_DIRECTORIES)
+            raise pytest.UsageError(
+                f"{item.nodeid} is marked slow: move it out of tests/unit, into one of {directories}"
+            )
+    rank = {name: index for index, name in enumerate(SLOW_DIRECTORIES)}
+    items.sort(key=lambda item: rank.get(where[item], len(rank)))

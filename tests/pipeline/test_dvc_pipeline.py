@@ -3,28 +3,22 @@
 import json
 import math
 import re
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_clone, sh, tiny_pipeline
+from helpers import REPO_ROOT, clone_env, make_clone, sh
 from mlflow.tracking import MlflowClient
 
 BIN = Path(sys.executable).parent
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def clone(tmp_path: Path, small_mirror: Path) -> tuple[Path, dict]:
     """The real teacher and preset, on less data and one epoch (the development preset trains for minutes)."""
     return make_clone(tmp_path / "repo", small_mirror, ["download.limit=1000", "train.epochs=1"])
-
-
-@pytest.fixture
-def tiny_clone(tmp_path: Path, small_mirror: Path, tiny_teacher: Path) -> tuple[Path, dict]:
-    """The tiny teacher and student, for the tests that run the pipeline several times."""
-    return make_clone(tmp_path / "repo", small_mirror, tiny_pipeline(tiny_teacher))
 
 
 def test_embedforge_run_reproduces_then_skips_and_nests_mlflow_runs(clone):
@@ -61,9 +55,8 @@ def test_embedforge_run_reproduces_then_skips_and_nests_mlflow_runs(clone):
     assert parents[1].data.tags["dvc.train.data/tokens"] == tokens["md5"]
 
 
-def test_changing_a_param_reruns_only_the_stages_that_read_it(tiny_clone):
-    repo, env = tiny_clone
-    sh("dvc", "repro", cwd=repo, env=env)
+def test_changing_a_param_reruns_only_the_stages_that_read_it(finished_clone):
+    repo, env = finished_clone
     params = (repo / "params.yaml").read_text().replace("max_chars: 1000", "max_chars: 900")
     (repo / "params.yaml").write_text(params)
     status = sh("dvc", "status", cwd=repo, env=env).stdout  # the resolved values are known once params re-runs
@@ -91,52 +84,95 @@ def test_changing_a_param_reruns_only_the_stages_that_read_it(tiny_clone):
     assert yaml.safe_load((repo / "params.resolved.yaml").read_text())["train"]["lr"] == 6e-05
 
 
-FAMILIES = {  # each run's --set overrides, written into params.yaml on top of the previous run's
+FAMILIES = {  # each case's --set overrides on the finished tiny encoder pipeline
+    "encoder": [],
     "lattice": ["model.kind=lattice", "model.lattice.mode=null", "model.lattice.size=[4, 4, 4]"],
-    "clm": ["model.kind=encoder", "train.objective=clm", "train.clm.max_new_tokens=4"],
+    "dynamic": ["model.kind=dynamic"],
     "static": [
         *("model.kind=static", "model.init=teacher_tokens", "model.static.dim=32"),
         *("train.objective=embedding", "train.objectives={infonce: 0.0, distill: 1.0}"),
     ],
+    "staged": [
+        "train.schedule=staged",
+        "train.staged.foundation={data_fraction: 0.5, epochs: 1}",
+        "train.staged.consolidation={data_fraction: 1.0, epochs: 1, balanced: true}",
+        "train.staged.mastery={data_fraction: 1.0, epochs: 1}",
+    ],
+    "clm": ["train.objective=clm", "train.clm.max_new_tokens=4"],
 }
 
 
-def test_every_model_family_trains_end_to_end_through_dvc_repro_with_set_overrides(tiny_clone):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_model_family_trains_end_to_end_through_dvc_repro_with_set_overrides(family, finished_clone):
+    """Each family, the staged schedule and the clm objective, switched on with `embedforge run --set` in a
+    project whose encoder pipeline has run: train, evaluate and report run again, the data stages do not."""
     from embedforge.api import load_sentence_transformer
 
-    repo, env = tiny_clone
-    for index, (family, overrides) in enumerate(FAMILIES.items()):
-        done = sh("embedforge", "run", *(f"--set={item}" for item in overrides), cwd=repo, env=env)
-        params = yaml.safe_load((repo / "params.yaml").read_text())
-        assert "# the student family" in (repo / "params.yaml").read_text()  # --set keeps the comments
-        for stage in ("train", "evaluate", "report"):
-            assert f"Running stage '{stage}'" in done.stdout, (family, done.stdout)
-        if index:
-            assert "Running stage 'download'" not in done.stdout and "Running stage 'tokenize'" not in done.stdout
-        summary = json.loads((repo / "metrics/train.json").read_text())
-        evaluation = json.loads((repo / "metrics/eval.json").read_text())
-        assert -1 <= evaluation["student"]["sts"]["stsb/validation"]["spearman"] <= 1, family
-        model = load_sentence_transformer(repo / "models/student")
-        assert model.encode(["A dog runs."]).shape == (1, summary["embedding_dim"]), family
-        if family == "lattice":
-            assert params["model"]["lattice"]["size"] == [4, 4, 4] and summary["similarity_best"] is not None
-        if family == "static":
-            assert type(model[0]).__name__ == "StaticEmbedding" and summary["embedding_dim"] == 32
-        if family == "clm":
-            assert summary["perplexity"] == pytest.approx(math.exp(summary["val_loss"]))
-            assert "Causal LM continuations" in (repo / "reports/index.html").read_text()
+    repo, env = finished_clone
+    done = sh("embedforge", "run", *(f"--set={item}" for item in FAMILIES[family]), cwd=repo, env=env)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert "# the student family" in (repo / "params.yaml").read_text()  # --set keeps the comments
+    for stage in ("download", "validate", "precompute", "tokenize"):
+        assert f"Running stage '{stage}'" not in done.stdout, (family, done.stdout)
+    for stage in ("train", "evaluate", "report"):
+        assert (f"Running stage '{stage}'" in done.stdout) == (family != "encoder"), (family, done.stdout)
+    summary = json.loads((repo / "metrics/train.json").read_text())
+    evaluation = json.loads((repo / "metrics/eval.json").read_text())
+    assert -1 <= evaluation["student"]["sts"]["stsb/validation"]["spearman"] <= 1, family
+    model = load_sentence_transformer(repo / "models/student")
+    assert model.encode(["A dog runs."]).shape == (1, summary["embedding_dim"]), family
+    assert params["model"]["kind"] == (family if family in ("lattice", "dynamic", "static") else "encoder")
+    if family == "lattice":
+        assert params["model"]["lattice"]["size"] == [4, 4, 4] and summary["similarity_best"] is not None
+    if family == "static":
+        assert type(model[0]).__name__ == "StaticEmbedding" and summary["embedding_dim"] == 32
+    if family == "staged":
+        assert list(summary["phases"]) == ["foundation", "consolidation", "mastery"]
+    if family == "clm":
+        assert summary["perplexity"] == pytest.approx(math.exp(summary["val_loss"]))
+        assert "Causal LM continuations" in (repo / "reports/index.html").read_text()
 
 
-@pytest.mark.parametrize("stage", ["download", "precompute", "tokenize"])
-def test_dvc_repro_of_one_stage_in_a_clean_clone_runs_what_it_needs(stage, tmp_path, small_mirror, tiny):
-    """`dvc repro <stage>` brings one stage up to date from nothing: every input it reads is declared.
+STAGES = list(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"])
 
-    Only these stages can read an undeclared output and still pass a whole run: precompute and tokenize
-    each have a stage that is neither before nor after it (the other), download reads only your files.
-    For validate, train, evaluate and report every possible producer runs first whatever they declare;
-    tests/test_dvc_deps.py checks their code deps.
+
+def upstream(stage: str, repo: Path, env: dict) -> set[str]:
+    """The stages ``stage`` depends on, directly or not, as DVC draws its graph (`dvc dag --dot`)."""
+    dot = sh("dvc", "dag", "--dot", stage, cwd=repo, env=env).stdout
+    return set(re.findall(r'"([^"]+)"', dot)) - {stage}
+
+
+def outputs(stage: str) -> list[str]:
+    """Every path ``stage`` writes (outs, metrics, plots), as dvc.yaml declares them."""
+    declared = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"][stage]
+    entries = [entry for kind in ("outs", "metrics", "plots") for entry in declared.get(kind, [])]
+    return [entry if isinstance(entry, str) else next(iter(entry)) for entry in entries]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_dvc_repro_of_one_stage_in_a_clean_clone_runs_what_it_needs(stage, finished_pipeline, small_mirror, tmp_path):
+    """`dvc repro <stage>` in a clean clone runs the stage on what it declares, and nothing else is there.
+
+    The clone is a `git clone` of the finished tiny project: no output of any stage. It is given what `dvc pull`
+    would give a colleague for the stages upstream of this one (their outputs, the DVC cache, and their entries
+    of the dvc.lock the finished run wrote), so DVC finds them up to date and runs this stage alone, on those
+    files only: an input read but not declared (an output of a stage that is not upstream) is missing, and the
+    stage fails.
     """
-    repo, env = make_clone(tmp_path / "repo", small_mirror, tiny)
-    done = sh("dvc", "repro", stage, cwd=repo, env=env)
-    assert f"Running stage '{stage}'" in done.stdout, done.stdout
+    repo = tmp_path / "repo"
+    env = clone_env(repo, small_mirror)
+    sh("git", "clone", "-q", str(finished_pipeline), str(repo), cwd=tmp_path, env=env)
+    assert not (repo / "dvc.lock").exists() and not (repo / "data/raw").exists()
+    before = upstream(stage, repo, env)
+    for path in [path for name in before for path in outputs(name)]:
+        copy = shutil.copytree if (finished_pipeline / path).is_dir() else shutil.copy2
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        copy(finished_pipeline / path, repo / path)
+    lock = yaml.safe_load((finished_pipeline / "dvc.lock").read_text())
+    lock["stages"] = {name: entry for name, entry in lock["stages"].items() if name in before}
+    (repo / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    shutil.copytree(finished_pipeline / ".dvc/cache", repo / ".dvc/cache")
+    done = sh("dvc", "repro", "--no-run-cache", stage, cwd=repo, env=env).stdout
+    assert re.findall(r"Running stage '([^']+)'", done) == [stage], done
     assert sh("dvc", "status", stage, cwd=repo, env=env).stdout.strip().endswith("up to date.")
+    assert not any((repo / path).exists() for name in set(STAGES) - before - {stage} for path in outputs(name))

@@ -8,10 +8,8 @@ enough that both sizes span several, as 100k and 5M do at the defaults.
 
 from __future__ import annotations
 
-import pytest
 from bench_scale import corpus_words, prepare_project, run_measured, stage_process
 
-pytestmark = pytest.mark.slow
 STREAMING = ("download", "validate", "precompute", "tokenize")
 
 

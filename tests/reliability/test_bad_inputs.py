@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from official_archives import official_archives
 from typer.testing import CliRunner
 
@@ -196,7 +196,6 @@ CASES = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_a_bad_input_exits_non_zero_with_one_message_and_writes_nothing_to_trust(case, project, small_mirror):
     mirror = project / "mirror"

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO_ROOT, pipeline_running_elsewhere
+from helpers import REPO_ROOT, pipeline_running_elsewhere
 
 EMBEDFORGE = Path(sys.executable).with_name("embedforge")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import QUICK_TRAINING, TINY_STUDENT
+from helpers import QUICK_TRAINING, TINY_STUDENT
 from safetensors.torch import load_file
 
 from embedforge import embeddings
@@ -24,7 +24,6 @@ from embedforge.stages import precompute, train
 
 DIE = Path(__file__).with_name("die.py")
 EMBEDFORGE = Path(sys.executable).with_name("embedforge")
-pytestmark = pytest.mark.slow  # real processes, each loading torch
 KILL_SEED = 18
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import pytest
 from team_stack import MlflowServer
 from typer.testing import CliRunner
 
@@ -31,7 +30,6 @@ def written_with_a_secret(*roots: Path) -> list[str]:
     return found
 
 
-@pytest.mark.slow
 def test_no_secret_reaches_mlflow_the_report_the_resolved_params_or_the_logs(
     ready, project, tmp_path, monkeypatch, caplog, capsys, request
 ):

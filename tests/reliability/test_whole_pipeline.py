@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICK_TRAINING, make_clone, sh, tiny_pipeline
+from helpers import QUICK_TRAINING, make_clone, sh, tiny_pipeline
 from safetensors.torch import load_file
 
 EMBEDFORGE = str(Path(sys.executable).with_name("embedforge"))
-pytestmark = pytest.mark.slow
 
 RESUMABLE_TRAINING = [
     *QUICK_TRAINING,

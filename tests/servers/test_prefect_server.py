@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
@@ -24,7 +24,6 @@ from embedforge.config import write_overrides
 from embedforge.flow import api_server
 
 BIN = Path(sys.executable).parent
-pytestmark = pytest.mark.slow
 
 
 def user_env(project: Path) -> dict[str, str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import make_clone, sh, tiny_pipeline
+from helpers import make_clone, sh, tiny_pipeline
 from mlflow.tracking import MlflowClient
 from team_stack import BUCKET, S3_CREDENTIALS, MlflowServer, TeamStack, postgres_bindir
 
@@ -22,7 +22,6 @@ from embedforge.files import sha256_tree
 from embedforge.stages import train
 
 pytestmark = [
-    pytest.mark.slow,
     pytest.mark.skipif(
         postgres_bindir() is None, reason="no PostgreSQL server binaries: apt-get install postgresql-15"
     ),

@@ -20,7 +20,6 @@ from embedforge import tracking
 from embedforge.stages import run_stage
 
 BIN = Path(sys.executable).parent
-pytestmark = pytest.mark.slow  # real mlflow servers
 
 
 @pytest.fixture

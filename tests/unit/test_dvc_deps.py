@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 from embedforge.families import FAMILIES
 from embedforge.paths import RESOLVED_PARAMS_PATH, VALIDATION_RESULTS_PATH

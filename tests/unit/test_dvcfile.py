@@ -1,7 +1,7 @@
 import shutil
 
 import pytest
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 from embedforge import dvcfile
 from embedforge.config import load_params

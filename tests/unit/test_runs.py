@@ -2,7 +2,7 @@
 they come from in a real MLflow store."""
 
 import numpy as np
-from conftest import log_evaluation
+from helpers import log_evaluation
 
 from embedforge import runs
 from embedforge.config import EvaluateParams

@@ -1,3 +1,4 @@
+import logging
 import time
 
 import pytest
@@ -79,3 +80,19 @@ def test_system_metrics_are_sampled_during_a_stage(project, mirror_params, monke
         time.sleep(3)
     run = runs_by_name(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")["download"]
     assert "system/cpu_utilization_percentage" in run.data.metrics
+
+
+@pytest.mark.parametrize(
+    ("logger", "message", "kept"),
+    [
+        ("mlflow.system_metrics.system_metrics_monitor", "Failed to log system metrics: connection refused", False),
+        ("mlflow.system_metrics.system_metrics_monitor", "Error terminating system metrics monitoring process", False),
+        ("mlflow.system_metrics.system_metrics_monitor", "Skip logging GPU metrics.", True),
+        ("urllib3.connectionpool", "Retrying (Retry(total=4)) ... /api/2.0/mlflow/runs/log-batch", False),
+        ("urllib3.connectionpool", "Retrying (Retry(total=4)) ... /some/other/api", True),
+        ("embedforge.tracking", "MLflow tracking at http://x is unreachable or failing", True),
+    ],
+)
+def test_what_libraries_repeat_about_a_lost_server_is_dropped_and_the_rest_kept(logger, message, kept):
+    record = logging.LogRecord(logger, logging.ERROR, __file__, 1, message, None, None)
+    assert tracking.QUIET_WHEN_TRACKING_FAILS.filter(record) is kept

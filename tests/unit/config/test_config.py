@@ -3,11 +3,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO_ROOT
 
 from embedforge.config import MIRROR_ENV, PRESETS, Params, apply_preset, flatten, load_params, write_overrides
 from embedforge.errors import UserError
 
-PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
+PARAMS_YAML = REPO_ROOT / "params.yaml"
 # What the comment at the top of params.yaml shows of each preset: a table of what differs, then lines of
 # dotted keys, each naming the presets that share those values.
 PRESET_COLUMNS = ["download.limit", "model.num_layers", "model.teacher_layers", "train.epochs", "train.max_minutes"]

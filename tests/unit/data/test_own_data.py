@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import leftovers
+from helpers import leftovers
+from own_data import OWN, corpus_texts, write_pairs, write_tickets
 
 from embedforge.config import load_params
 from embedforge.data import readers
@@ -20,42 +20,6 @@ from embedforge.errors import DataError, UserError, ValidationFailed
 from embedforge.stages import download, validate
 from embedforge.stages.evaluate import retrieval_task
 from embedforge.training import data as training_data
-
-TICKETS = (
-    'download.datasets.tickets={kind: sentences, files: "data/external/tickets/*.jsonl", '
-    'columns: {text: body}, splits: {train: "*.jsonl"}}'
-)
-MY_PAIRS = (
-    'download.datasets.my_pairs={kind: pairs_score, files: "data/external/pairs/*.csv", '
-    "columns: {sentence1: q1, sentence2: q2, score: sim}, score_range: [0, 1], "
-    'splits: {validation: "*dev*", test: "*test*"}}'
-)
-OWN = [TICKETS, MY_PAIRS]
-
-
-def corpus_texts(mirror: Path) -> list[str]:
-    snli = pd.read_parquet(mirror / "snli/train.parquet")
-    return list(dict.fromkeys([*snli["premise"], *snli["hypothesis"]]))
-
-
-def write_tickets(root: Path, texts: list[str]) -> None:
-    """Two JSONL files whose text is in a ``body`` column, beside other fields."""
-    folder = root / "data/external/tickets"
-    folder.mkdir(parents=True, exist_ok=True)
-    half = len(texts) // 2
-    for name, part in (("a.jsonl", texts[:half]), ("b.jsonl", texts[half:])):
-        lines = [json.dumps({"id": f"{name}-{i}", "body": text, "channel": "email"}) for i, text in enumerate(part)]
-        (folder / name).write_text("\n".join(lines) + "\n\n", encoding="utf-8")
-
-
-def write_pairs(root: Path, mirror: Path) -> None:
-    """STS-B pairs as CSV with the user's own column names and a 0-1 score."""
-    folder = root / "data/external/pairs"
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, name in (("validation", "dev.csv"), ("train", "test.csv")):
-        stsb = pd.read_parquet(mirror / f"stsb/{split}.parquet")
-        frame = pd.DataFrame({"q1": stsb["sentence1"], "q2": stsb["sentence2"], "sim": stsb["score"] / 5})
-        frame.to_csv(folder / name, index=False)
 
 
 @pytest.fixture
@@ -351,49 +315,6 @@ def test_a_validation_sentence_repeated_in_train_is_leakage(project, mirror_para
     download.run(mirror_params(declared, "download.drop_eval_overlap_from_train=false"))
     with pytest.raises(ValidationFailed, match=r"notes/validation .*row_in_train.*row 1: text_id='validation-1'"):
         validate.run(mirror_params(declared, "download.drop_eval_overlap_from_train=false"))
-
-
-@pytest.mark.slow  # the whole pipeline through dvc repro
-def test_the_whole_pipeline_distils_on_a_corpus_and_scores_own_pairs(tmp_path, small_mirror, tiny):
-    from conftest import make_clone, sh
-
-    own_stages = [
-        *OWN,
-        "download.datasets.my_pairs.similar_min_score=0.7",
-        "download.datasets.my_pairs.dissimilar_max_score=0.3",
-        "precompute.datasets=[tickets, my_pairs]",
-        "tokenize.datasets=[tickets, my_pairs]",
-        "train.datasets=[tickets]",
-        "train.objectives={infonce: 0.0, distill: 1.0}",
-        "train.sts_validation=my_pairs/validation",
-        "evaluate.sts_splits=[my_pairs/validation]",
-        "evaluate.separation_splits=[my_pairs/validation]",
-        "evaluate.retrieval_split=my_pairs/validation",
-    ]
-    repo, env = make_clone(tmp_path / "repo", small_mirror, [*tiny, *own_stages])
-    write_tickets(repo, corpus_texts(small_mirror))  # git-ignored, as a user's data is: DVC reads them from disk
-    write_pairs(repo, small_mirror)
-    sh("embedforge", "run", cwd=repo, env=env)
-
-    summary = json.loads((repo / "metrics/train.json").read_text())
-    evaluation = json.loads((repo / "metrics/eval.json").read_text())
-    sentences = set(pq.read_table(repo / "data/tokens/tickets/train.parquet").column("sentence_id").to_pylist())
-    assert summary["steps"] == math.ceil(len(sentences) / 8)  # one epoch over every corpus sentence, batches of 8
-    assert -1 <= evaluation["student"]["sts"]["my_pairs/validation"]["spearman"] <= 1
-    assert evaluation["student"]["retrieval"]["queries"] > 0
-    assert "my_pairs/validation" in (repo / "reports/index.html").read_text()
-
-    with (repo / "data/external/tickets/b.jsonl").open("a") as handle:
-        handle.write(json.dumps({"body": "A brand new ticket about a refund."}) + "\n")
-    status = sh("dvc", "status", cwd=repo, env=env).stdout
-    assert "download:" in status and "data/external" in status and "params:" not in status, status
-    rerun = sh("dvc", "repro", cwd=repo, env=env).stdout
-    for stage in ("download", "validate", "precompute", "tokenize", "train", "evaluate", "report"):
-        assert f"Running stage '{stage}'" in rerun, rerun
-    assert "Running stage 'params'" not in rerun, rerun
-    manifest = json.loads((repo / "data/raw/manifest.json").read_text())
-    assert manifest["datasets"]["tickets"]["train"]["source_rows"] == len(corpus_texts(small_mirror)) + 1
-    assert sh("dvc", "status", cwd=repo, env=env).stdout.strip().endswith("up to date.")
 
 
 def test_a_split_column_picks_each_rows_split(project, small_mirror, mirror_params, tmp_path, caplog):

@@ -3,11 +3,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import autograd_saved_bytes
 from sentence_transformers import SentenceTransformer
 from transformers import AutoTokenizer
 
 from embedforge.errors import UserError
+from embedforge.memory import autograd_saved_bytes
 from embedforge.models import count_parameters
 from embedforge.models.lattice import (
     LATTICE_MODES,

@@ -6,7 +6,7 @@ import datasets
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import SLICE_ROWS, leftovers
+from helpers import SLICE_ROWS, leftovers
 from official_archives import archive_overrides, official_archives, stsb_tar
 
 from embedforge.data.schema import RAW_COLUMNS, RAW_SCHEMA, pair_keys

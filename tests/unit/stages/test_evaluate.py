@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import build_tiny_sentence_model
+from common import build_tiny_sentence_model
 from scipy import stats
 
 from embedforge import load_model

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import leftovers, log_evaluation
+from helpers import leftovers, log_evaluation
 from mlflow.tracking import MlflowClient
 
 from embedforge import tracking

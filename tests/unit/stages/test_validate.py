@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import write_raw_split
+from helpers import write_raw_split
 
 from embedforge.config import NLI_LABELS, Params, ValidateParams
 from embedforge.data.gate import require_passed

@@ -6,7 +6,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_raw_split
+from helpers import write_raw_split
 from transformers import AutoTokenizer
 
 from embedforge.data.sentences import normalize_text, sentence_id

@@ -1,0 +1,52 @@
+"""A user's own corpus and scored pairs through the whole pipeline (`embedforge run`), and an edit to the corpus
+re-running what it feeds."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pyarrow.parquet as pq
+from own_data import OWN, corpus_texts, write_pairs, write_tickets
+
+
+def test_the_whole_pipeline_distils_on_a_corpus_and_scores_own_pairs(tmp_path, small_mirror, tiny):
+    from conftest import make_clone, sh
+
+    own_stages = [
+        *OWN,
+        "download.datasets.my_pairs.similar_min_score=0.7",
+        "download.datasets.my_pairs.dissimilar_max_score=0.3",
+        "precompute.datasets=[tickets, my_pairs]",
+        "tokenize.datasets=[tickets, my_pairs]",
+        "train.datasets=[tickets]",
+        "train.objectives={infonce: 0.0, distill: 1.0}",
+        "train.sts_validation=my_pairs/validation",
+        "evaluate.sts_splits=[my_pairs/validation]",
+        "evaluate.separation_splits=[my_pairs/validation]",
+        "evaluate.retrieval_split=my_pairs/validation",
+    ]
+    repo, env = make_clone(tmp_path / "repo", small_mirror, [*tiny, *own_stages])
+    write_tickets(repo, corpus_texts(small_mirror))  # git-ignored, as a user's data is: DVC reads them from disk
+    write_pairs(repo, small_mirror)
+    sh("embedforge", "run", cwd=repo, env=env)
+
+    summary = json.loads((repo / "metrics/train.json").read_text())
+    evaluation = json.loads((repo / "metrics/eval.json").read_text())
+    sentences = set(pq.read_table(repo / "data/tokens/tickets/train.parquet").column("sentence_id").to_pylist())
+    assert summary["steps"] == math.ceil(len(sentences) / 8)  # one epoch over every corpus sentence, batches of 8
+    assert -1 <= evaluation["student"]["sts"]["my_pairs/validation"]["spearman"] <= 1
+    assert evaluation["student"]["retrieval"]["queries"] > 0
+    assert "my_pairs/validation" in (repo / "reports/index.html").read_text()
+
+    with (repo / "data/external/tickets/b.jsonl").open("a") as handle:
+        handle.write(json.dumps({"body": "A brand new ticket about a refund."}) + "\n")
+    status = sh("dvc", "status", cwd=repo, env=env).stdout
+    assert "download:" in status and "data/external" in status and "params:" not in status, status
+    rerun = sh("dvc", "repro", cwd=repo, env=env).stdout
+    for stage in ("download", "validate", "precompute", "tokenize", "train", "evaluate", "report"):
+        assert f"Running stage '{stage}'" in rerun, rerun
+    assert "Running stage 'params'" not in rerun, rerun
+    manifest = json.loads((repo / "data/raw/manifest.json").read_text())
+    assert manifest["datasets"]["tickets"]["train"]["source_rows"] == len(corpus_texts(small_mirror)) + 1
+    assert sh("dvc", "status", cwd=repo, env=env).stdout.strip().endswith("up to date.")
