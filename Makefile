@@ -28,7 +28,7 @@ test: setup
 	python -m pytest -n 2
 
 test-fast: setup
-	python -m pytest -n 2 -m "not slow"
+	python -m pytest -n 2 -m "not slow" tests/unit
 
 # re-resolve every dependency from pyproject.toml in a scratch environment (minutes) and pin the result
 lock:

@@ -99,29 +99,32 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_mlflow_db: Pa
 
 
 @pytest.fixture(scope="session")
-def validated_data(small_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """data/ after a real download (60 rows a split) and a passing validation, made once per session."""
-    return run_stages_in(
-        tmp_path_factory.mktemp("validated"),
-        ["download", "validate"],
-        ["download.source=mirror", f"download.mirror={small_mirror}", "download.limit=60"],
-    )
+def validated_data(small_mirror: Path, shared_dir: Path) -> Path:
+    """data/ after a real download (60 rows a split) and a passing validation, made once per test run: copy it."""
+
+    def build(root: Path) -> None:
+        overrides = ["download.source=mirror", f"download.mirror={small_mirror}", "download.limit=60"]
+        run_stages_in(root, ["download", "validate"], overrides)
+
+    return built_once(shared_dir, "validated", build) / "data"
 
 
 @pytest.fixture(scope="session")
-def train_ready_data(small_mirror: Path, tiny_teacher: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """data/ with every stage before train done on the whole small mirror, the tiny teacher as teacher."""
-    return run_stages_in(
-        tmp_path_factory.mktemp("train_ready"),
-        ["download", "validate", "precompute", "tokenize"],
-        [
+def train_ready_data(small_mirror: Path, tiny_teacher: Path, shared_dir: Path) -> Path:
+    """data/ with every stage before train done on the whole small mirror, the tiny teacher as teacher, made once
+    per test run: copy it."""
+
+    def build(root: Path) -> None:
+        overrides = [
             "download.source=mirror",
             f"download.mirror={small_mirror}",
             "download.limit=null",
             f"precompute.teacher={tiny_teacher}",
             "precompute.backend=torch",
-        ],
-    )
+        ]
+        run_stages_in(root, ["download", "validate", "precompute", "tokenize"], overrides)
+
+    return built_once(shared_dir, "train_ready", build) / "data"
 
 
 @pytest.fixture

@@ -17,10 +17,9 @@ from helpers import QUICK_TRAINING, TINY_STUDENT
 from safetensors.torch import load_file
 
 from embedforge import embeddings
-from embedforge.config import load_params
 from embedforge.data.gate import require_passed
 from embedforge.errors import UserError
-from embedforge.stages import precompute, train
+from embedforge.stages import precompute
 
 DIE = Path(__file__).with_name("die.py")
 EMBEDFORGE = Path(sys.executable).with_name("embedforge")
@@ -71,22 +70,29 @@ def seeded_moments(seed: int) -> list[str]:
     ]
 
 
+def train_in_fresh_process(overrides: list[str], project: Path) -> subprocess.CompletedProcess:
+    """`embedforge train` as its own process: the uninterrupted run and each resume start from the same state (this
+    worker's torch may have been set to other thread counts by earlier tests, which changes float sums)."""
+    return subprocess.run(
+        [str(EMBEDFORGE), "train", *sets(overrides)],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
 def test_train_killed_mid_step_in_a_checkpoint_write_or_in_validation_resumes_to_the_same_weights(training, project):
-    train.run(load_params(project / "params.yaml", training))
+    uninterrupted_run = train_in_fresh_process(training, project)
+    assert uninterrupted_run.returncode == 0, uninterrupted_run.stderr[-3000:]
     uninterrupted = final_weights(project)
     for moment in seeded_moments(KILL_SEED):
         for output in ("checkpoints", "models"):
             subprocess.run(["rm", "-rf", str(project / output)], check=True)
         killed(moment, training, project)
         assert (project / "checkpoints/last/state.json").is_file(), moment
-        resumed = subprocess.run(
-            [str(EMBEDFORGE), "train", *sets([*training, "train.resume=true"])],
-            cwd=project,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
+        resumed = train_in_fresh_process([*training, "train.resume=true"], project)
         assert resumed.returncode == 0, f"{moment}: {resumed.stderr[-3000:]}"
         after = final_weights(project)
         assert after.keys() == uninterrupted.keys()

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import QUICK_TRAINING, make_clone, sh, tiny_pipeline
+from helpers import QUICK_TRAINING, clone_env, copy_state, sh
 from safetensors.torch import load_file
+
+from embedforge.config import write_overrides
 
 EMBEDFORGE = str(Path(sys.executable).with_name("embedforge"))
 
@@ -57,11 +59,12 @@ def final_weights(repo: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def raced(tmp_path_factory: pytest.TempPathFactory, small_mirror: Path, tiny_teacher: Path):
-    """A clone in which two `embedforge run` were started at once; their (returncode, stdout, stderr)."""
-    repo, env = make_clone(
-        tmp_path_factory.mktemp("race") / "repo", small_mirror, [*tiny_pipeline(tiny_teacher), *RESUMABLE_TRAINING]
-    )
+def raced(tmp_path_factory: pytest.TempPathFactory, finished_pipeline: Path, small_mirror: Path):
+    """A copy of the finished tiny pipeline, its training made resumable and quick, in which two `embedforge run`
+    were started at once; their (returncode, stdout, stderr)."""
+    repo = copy_state(finished_pipeline, tmp_path_factory.mktemp("race") / "repo")
+    env = clone_env(repo, small_mirror)
+    write_overrides(repo / "params.yaml", RESUMABLE_TRAINING)
     runs = [start_run(repo, env), start_run(repo, env)]
     streams = [run.communicate(timeout=600) for run in runs]
     return repo, env, [(run.returncode, out, err) for run, (out, err) in zip(runs, streams, strict=True)]
