@@ -39,17 +39,12 @@ _warned_offline = False
 
 
 class QuietWhenTrackingFails(logging.Filter):
-    """Drop what libraries repeat when the tracking server is gone (urllib3 at every retried MLflow request,
-    MLflow's system-metrics thread when it cannot reach the run, or flush to it when stopped): the one warning to
-    read is ours."""
+    """Drop what libraries repeat when the tracking server is gone (urllib3 retrying MLflow requests, MLflow's
+    system-metrics thread failing to reach the run or to flush to it): the one warning to read is ours."""
 
     NOISE: ClassVar[dict[str, tuple[str, ...]]] = {
         "urllib3.connectionpool": ("Retrying",),
-        "mlflow.system_metrics.system_metrics_monitor": (
-            "Failed to get mlflow run",
-            "Failed to log system metrics",
-            "Error terminating system metrics monitoring",  # its last samples, flushed to the server it lost
-        ),
+        "mlflow.system_metrics.system_metrics_monitor": ("Failed to", "Error terminating system metrics"),
     }
 
     def filter(self, record: logging.LogRecord) -> bool:
