@@ -42,6 +42,9 @@ from typing import Any
 # The ephemeral Prefect server inherits this: its telemetry heartbeat phones home, and its first write races the
 # flow's on the fresh sqlite store ("database is locked" tracebacks in a run that succeeds).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect waits 20 s for that server to answer; on a busy 2-core machine a fresh process's server takes longer, and
+# the flow fails before its first task ("Timed out while attempting to connect to ephemeral Prefect API server").
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact

@@ -26,3 +26,10 @@ def test_schedule_needs_exactly_one_of_cron_and_interval(project):
 )
 def test_only_transient_failures_are_retried(error, retried):
     assert is_transient(None, None, Failed(data=error)) is retried
+
+
+def test_the_ephemeral_server_gets_time_to_start_on_a_busy_machine():
+    """Prefect's 20 s failed a fresh process's first flow run on a loaded 2-core CI machine."""
+    from prefect.settings import Settings
+
+    assert Settings().server.ephemeral.startup_timeout_seconds == 120
