@@ -1,5 +1,5 @@
 """A user's own corpus and scored pairs through the whole pipeline (`embedforge run`), and an edit to the corpus
-re-running what it feeds."""
+re-running download and leaving what it feeds out of date (the stages downstream ran on own data once already)."""
 
 from __future__ import annotations
 
@@ -43,10 +43,9 @@ def test_the_whole_pipeline_distils_on_a_corpus_and_scores_own_pairs(tmp_path, s
         handle.write(json.dumps({"body": "A brand new ticket about a refund."}) + "\n")
     status = sh("dvc", "status", cwd=repo, env=env).stdout
     assert "download:" in status and "data/external" in status and "params:" not in status, status
-    rerun = sh("dvc", "repro", cwd=repo, env=env).stdout
-    for stage in ("download", "validate", "precompute", "tokenize", "train", "evaluate", "report"):
-        assert f"Running stage '{stage}'" in rerun, rerun
-    assert "Running stage 'params'" not in rerun, rerun
+    rerun = sh("dvc", "repro", "download", cwd=repo, env=env).stdout
+    assert "Running stage 'download'" in rerun and "Running stage 'params'" not in rerun, rerun
     manifest = json.loads((repo / "data/raw/manifest.json").read_text())
     assert manifest["datasets"]["tickets"]["train"]["source_rows"] == len(corpus_texts(small_mirror)) + 1
-    assert sh("dvc", "status", cwd=repo, env=env).stdout.strip().endswith("up to date.")
+    status = sh("dvc", "status", cwd=repo, env=env).stdout  # what download feeds is out of date: DVC reruns it
+    assert "validate:" in status and "data/raw" in status and "download:" not in status, status
