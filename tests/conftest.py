@@ -9,6 +9,11 @@ its own source explicitly.
 from __future__ import annotations
 
 import os
+
+# Torch takes every core by default, read at its import: two xdist workers, and the stage processes their tests
+# start, would each run two threads on CI's two cores. One thread each; the stage processes inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import shutil
 from pathlib import Path
 
