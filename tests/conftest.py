@@ -15,6 +15,8 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -33,9 +35,11 @@ from helpers import (
     run_stages_in,
     sh,
     tiny_pipeline,
+    tiny_run,
+    user_env,
 )
 
-from embedforge.config import MIRROR_ENV, Params, load_params
+from embedforge.config import MIRROR_ENV, Params, load_params, write_overrides
 
 SHARED_MIRROR = os.environ.pop(MIRROR_ENV, None) or os.environ.get("EMBEDFORGE_TEST_MIRROR")
 if SHARED_MIRROR:  # pytest-xdist's workers start from this process's environment, without MIRROR_ENV
@@ -195,23 +199,44 @@ def finished_clone(finished_pipeline: Path, small_mirror: Path, tmp_path: Path) 
 def tiny(project: Path, small_mirror: Path, tiny_teacher: Path) -> list[str]:
     """The project with dvc.yaml beside params.yaml; returns the overrides of a tiny whole-pipeline run."""
     shutil.copy(REPO_ROOT / "dvc.yaml", project / "dvc.yaml")
-    return [
-        "download.source=mirror",
-        f"download.mirror={small_mirror}",
-        "download.limit=60",
-        f"precompute.teacher={tiny_teacher}",
-        "precompute.backend=torch",
-        "model.hidden_size=64",
-        "model.num_heads=2",
-        "model.intermediate_size=128",
-        "model.teacher_layers=[1, 0]",
-        "model.max_positions=128",
-        "train.batch_size=8",
-        "train.epochs=1",
-        "evaluate.speed_sentences=40",
-        "evaluate.speed_rounds=1",
-        "evaluate.map_sentences=30",
-    ]
+    return tiny_run(small_mirror, tiny_teacher)
+
+
+@pytest.fixture(scope="session")
+def flowed_pipeline(shared_dir: Path, small_mirror: Path, tiny_teacher: Path) -> Path:
+    """A project directory (``project/``) in which `python -m pipelines.flow` ran the tiny pipeline once, in a fresh
+    process as a user starts it: every output, the MLflow store and the flow's own cache (.flow-cache), with the
+    tiny overrides written into its params.yaml; the run's output is in ``flow.log``. Built once per test run:
+    copy the project."""
+
+    def build(state: Path) -> None:
+        project = state / "project"
+        project.mkdir()
+        for name in ("params.yaml", "dvc.yaml"):
+            shutil.copy(REPO_ROOT / name, project / name)
+        write_overrides(project / "params.yaml", tiny_run(small_mirror, tiny_teacher))
+        done = subprocess.run(
+            [sys.executable, "-m", "pipelines.flow"],
+            cwd=project,
+            env=user_env(state),
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        (state / "flow.log").write_text(done.stdout + done.stderr)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+
+    return built_once(shared_dir, "flowed_pipeline", build)
+
+
+@pytest.fixture
+def flowed(flowed_pipeline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own copy of the flowed project, as the working directory."""
+    project = copy_state(flowed_pipeline / "project", tmp_path / "project")
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    return project
 
 
 @pytest.fixture

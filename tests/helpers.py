@@ -158,6 +158,37 @@ def tiny_pipeline(tiny_teacher: Path) -> list[str]:
     ]
 
 
+def tiny_run(mirror: Path, tiny_teacher: Path) -> list[str]:
+    """The overrides of a whole pipeline run in seconds in a plain project directory: the mirror named, 60 rows a
+    split, the tiny teacher, a tiny student, quick evaluation."""
+    return [
+        "download.source=mirror",
+        f"download.mirror={mirror}",
+        "download.limit=60",
+        f"precompute.teacher={tiny_teacher}",
+        "precompute.backend=torch",
+        "model.hidden_size=64",
+        "model.num_heads=2",
+        "model.intermediate_size=128",
+        "model.teacher_layers=[1, 0]",
+        "model.max_positions=128",
+        "train.batch_size=8",
+        "train.epochs=1",
+        "evaluate.speed_sentences=40",
+        "evaluate.speed_rounds=1",
+        "evaluate.map_sentences=30",
+    ]
+
+
+def user_env(home: Path) -> dict[str, str]:
+    """A user's shell for the flow: an empty PREFECT_HOME under ``home``, no Prefect API or MLflow URI configured,
+    this repository importable (``python -m pipelines.flow``)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(PREFECT_HOME=str(home / "prefect-home"), PYTHONPATH=str(REPO_ROOT))
+    env["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+    return env
+
+
 STAGED = [  # the three-phase schedule, quick
     "train.schedule=staged",
     "train.staged.foundation={data_fraction: 0.3, epochs: 2}",

@@ -59,12 +59,12 @@ def stage_spec(name: str, path: Path = DVC_FILE) -> StageSpec:
 
 
 def fingerprint(spec: StageSpec, cfg: Params, root: Path) -> str:
-    """sha256 over the project root, the stage's deps' contents and its params' values (whole sections included).
+    """sha256 over the stage's deps' contents under ``root`` and its params' values (whole sections included).
 
     Contents are hashed once and then known by size and mtime (``files.known_sha256``), so an unchanged
     multi-GB input costs a stat, not a read.
     """
-    digest = hashlib.sha256(f"{root.resolve()}:{spec.name}".encode())
+    digest = hashlib.sha256(spec.name.encode())
     for dep in sorted(spec.deps):
         path = root / dep
         digest.update(f"{dep}:{content_key(path) if path.exists() else 'absent'}".encode())

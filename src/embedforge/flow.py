@@ -59,7 +59,7 @@ from prefect.types.entrypoint import EntrypointType
 from embedforge import dvcfile, tracking
 from embedforge.config import load_params
 from embedforge.errors import UserError
-from embedforge.paths import EVAL_METRICS_PATH
+from embedforge.paths import EVAL_METRICS_PATH, FLOW_CACHE_DIR
 from embedforge.report.markdown import evaluation_summary
 from embedforge.runlock import pipeline_lock
 from embedforge.stages import run_stage
@@ -72,7 +72,7 @@ log = logging.getLogger(__name__)
 
 
 def stage_cache_key(context: TaskRunContext, inputs: dict[str, Any]) -> str:
-    """The stage's dvc.yaml fingerprint in this project directory (Prefect's result store is per user)."""
+    """The stage's dvc.yaml fingerprint: the content of its deps and the values of its params."""
     cfg = load_params(inputs["params_path"], inputs["overrides"])
     name = inputs["name"]
     return f"{name}-{dvcfile.fingerprint(dvcfile.stage_spec(name), cfg, Path.cwd())}"
@@ -83,7 +83,14 @@ def is_transient(task: Any, task_run: Any, state: Any) -> bool:
     return not isinstance(state.result(raise_on_failure=False), UserError)
 
 
-@task(cache_key_fn=stage_cache_key, persist_result=True, task_run_name="{name}")
+# The results, and so the cache, live in the project directory (a relative path, resolved where the task runs):
+# a copied or moved project keeps its cache, and one project's cache never answers for another's outputs.
+@task(
+    cache_key_fn=stage_cache_key,
+    persist_result=True,
+    result_storage=FLOW_CACHE_DIR,
+    task_run_name="{name}",
+)
 def stage_task(name: str, params_path: str, overrides: list[str]) -> dict[str, float | str]:
     return run_stage(name, load_params(params_path, overrides))
 

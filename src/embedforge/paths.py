@@ -24,3 +24,4 @@ TRAIN_PLOTS_DIR = Path("plots/train")
 EVAL_METRICS_PATH = Path("metrics/eval.json")
 EVAL_PLOTS_DIR = Path("plots/eval")
 REPORT_DIR = Path("reports")
+FLOW_CACHE_DIR = Path(".flow-cache")  # the Prefect flow's stage results, kept in the project as .dvc/cache is

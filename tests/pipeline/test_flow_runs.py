@@ -88,11 +88,11 @@ def test_second_run_skips_everything_and_a_train_param_reruns_train_evaluate_rep
     assert "speed_ratio" in changes.index and "download.limit" not in changes.index
 
 
-def test_missing_outputs_are_rebuilt_even_when_the_key_matches(harness, project, tiny):
-    assert pipeline(overrides=tiny, return_state=True).is_completed()
-    shutil.rmtree(project / "reports")
-    again = pipeline(overrides=tiny, return_state=True)
-    assert ran(task_runs(again)) == {"report"} and (project / "reports/index.html").is_file()
+def test_missing_outputs_are_rebuilt_even_when_the_key_matches(harness, flowed):
+    """In a copy of a project where the flow has run: the copy's own cache answers for every other stage."""
+    shutil.rmtree(flowed / "reports")
+    again = pipeline(return_state=True)
+    assert ran(task_runs(again)) == {"report"} and (flowed / "reports/index.html").is_file()
 
 
 def test_failed_validation_fails_the_flow_with_the_summary_and_is_not_retried(harness, project, tiny):
@@ -103,17 +103,16 @@ def test_failed_validation_fails_the_flow_with_the_summary_and_is_not_retried(ha
     assert runs["validate"].run_count == 1 and "precompute" not in runs
 
 
-def test_a_changed_preset_default_reruns_exactly_the_stages_that_read_it(harness, project, tiny, monkeypatch):
-    """The stage tasks run in spawned worker processes, which import embedforge afresh from the parent's sys.path:
-    from an edited copy here."""
-    assert pipeline(overrides=tiny, return_state=True).is_completed()
-    source = project / "edited-src"
+def test_a_changed_preset_default_reruns_exactly_the_stages_that_read_it(harness, flowed, monkeypatch):
+    """In a copy of a project where the flow has run. The stage tasks run in spawned worker processes, which import
+    embedforge afresh from the parent's sys.path: from an edited copy here."""
+    source = flowed / "edited-src"
     shutil.copytree(REPO_ROOT / "src/embedforge", source / "embedforge", ignore=shutil.ignore_patterns("__pycache__"))
     presets = source / "embedforge/config/presets.py"
     edited = re.sub(r'("development": \{.*?"train": \{)', r'\1"lr": 6e-05, ', presets.read_text(), count=1, flags=re.S)
     presets.write_text(edited)
     monkeypatch.syspath_prepend(str(source))
-    again = pipeline(overrides=tiny, return_state=True)
+    again = pipeline(return_state=True)
     assert again.is_completed() and ran(task_runs(again)) == {"train", "evaluate", "report"}
 
 

@@ -4,34 +4,21 @@ Each test runs the product in its own subprocesses, so nothing imported by pytes
 process does (two stages importing transformers at once) and the Prefect API is a real server.
 """
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from helpers import REPO_ROOT
+from helpers import copy_state, tiny_run, user_env
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from embedforge.config import write_overrides
 from embedforge.flow import api_server
-
-BIN = Path(sys.executable).parent
-
-
-def user_env(project: Path) -> dict[str, str]:
-    """A user's shell: an empty PREFECT_HOME and no Prefect API configured, the repository importable."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("PREFECT_", "MLFLOW_"))}
-    env.update(PREFECT_HOME=str(project / "prefect-home"), PYTHONPATH=str(REPO_ROOT))
-    env["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
-    return env
 
 
 def start_with_ctrl_c_deliverable(command: list[str], cwd: Path, env: dict[str, str], log) -> subprocess.Popen:
@@ -91,29 +78,27 @@ def server_url_in(log_path: Path, process: subprocess.Popen, timeout_s: float = 
     pytest.fail(f"embedforge schedule started no Prefect server within {timeout_s:.0f} s:\n{log_path.read_text()}")
 
 
+def stage_runs_under(project: Path, parent_run_id: str) -> list:
+    client = MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("embedforge").experiment_id
+    return client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+
+
 def pipeline_runs(project: Path) -> list:
     client = MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("embedforge").experiment_id
     return client.search_runs([experiment], filter_string="attributes.run_name = 'pipeline'")
 
 
-def test_the_flow_completes_its_first_run_in_a_fresh_process(project, tiny):
-    """Nothing imported beforehand: precompute and tokenize import their libraries side by side."""
-    write_overrides(project / "params.yaml", tiny)
-    done = subprocess.run(
-        [sys.executable, "-m", "pipelines.flow"],
-        cwd=project,
-        env=user_env(project),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-5000:]
+def test_the_flow_completes_its_first_run_in_a_fresh_process(flowed_pipeline, tmp_path):
+    """Nothing imported beforehand: precompute and tokenize import their libraries side by side. The run is the one
+    that made the flowed pipeline every later flow test starts from (tests/conftest.py)."""
+    output = (flowed_pipeline / "flow.log").read_text()
     assert "Finished in state Completed()" in output and "Traceback" not in output, output[-5000:]
     assert output.count("Starting temporary server") == 1, output[-5000:]  # the task workers use the flow's
+    project = copy_state(flowed_pipeline / "project", tmp_path / "project")
     assert (project / "reports/index.html").is_file() and len(pipeline_runs(project)) == 1
+    assert (project / ".flow-cache").is_dir(), "the flow's results are kept in the project"
 
 
 def listening_addresses(pid: int) -> set[tuple[str, int]]:
@@ -127,17 +112,21 @@ def listening_addresses(pid: int) -> set[tuple[str, int]]:
     }
 
 
-def test_a_served_schedule_runs_the_flow_on_its_interval_until_stopped(project, tiny):
+def test_a_served_schedule_runs_the_flow_on_its_interval_until_stopped(flowed, small_mirror, tiny_teacher):
     """No PREFECT_API_URL, as a user first tries it: the ephemeral API would never fire the schedule.
 
-    An interval schedule's first run comes one interval after it is served.
+    An interval schedule's first run comes one interval after it is served. It runs in the project it was served
+    from, a copy of one where the flow has run: it finds that run's results there and runs no stage.
     """
+    project, tiny = flowed, tiny_run(small_mirror, tiny_teacher)
     settings = [item for override in tiny for item in ("--set", override)]
     command = ["embedforge", "schedule", "--interval", "45", "--name", "every-45s", *settings]
     log_path = project / "schedule.log"  # a file, not a pipe: an unread pipe that fills up blocks the server
     started = time.monotonic()
     with log_path.open("w") as log:
-        served = start_with_ctrl_c_deliverable(command, project, user_env(project), log)
+        # the server's scheduler looks for deployments to schedule every 60 s by default: a minute of waiting
+        env = {**user_env(project), "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}
+        served = start_with_ctrl_c_deliverable(command, project, env, log)
         try:
             with temporary_settings({PREFECT_API_URL: server_url_in(log_path, served)}):
                 deployment, run = wait_for_deployment_run("embedforge-pipeline/every-45s", served, log_path, 600)
@@ -149,8 +138,9 @@ def test_a_served_schedule_runs_the_flow_on_its_interval_until_stopped(project, 
     assert listening and {host for host, _ in listening} == {"127.0.0.1"}, listening  # the server is not exposed
     assert [schedule.schedule.interval.total_seconds() for schedule in deployment.schedules] == [45]
     assert deployment.parameters == {"params": "params.yaml", "overrides": tiny}
-    assert (project / "reports/index.html").is_file()
-    assert str(run.id) in {mlflow_run.data.tags["prefect.flow_run_id"] for mlflow_run in pipeline_runs(project)}
+    runs = pipeline_runs(project)
+    [scheduled] = [parent for parent in runs if parent.data.tags["prefect.flow_run_id"] == str(run.id)]
+    assert stage_runs_under(project, scheduled.info.run_id) == [], "a stage ran: the project's flow cache was missed"
 
 
 def test_a_process_worker_runs_a_deployment_from_a_prefect_server(project, tiny):

@@ -79,3 +79,11 @@ def test_an_unchanged_input_is_fingerprinted_without_reading_it_again(tmp_path, 
     (data / "a.bin").write_bytes(b"z" * 1000)  # same size, new content and mtime
     assert files.content_key(data) != first and [p.name for p in reads] == ["a.bin"]
     assert files.hash_cache_path().is_file()
+
+
+def test_a_copied_project_has_the_same_fingerprints(repo, tmp_path):
+    """The flow's cache lives in the project (.flow-cache), so a copy, with its cache, still finds its stages done."""
+    copy = shutil.copytree(repo, tmp_path / "elsewhere")
+    assert key(copy, "evaluate") == key(repo, "evaluate")
+    (copy / "src/embedforge/stages/evaluate.py").write_text("print('v2')\n")
+    assert key(copy, "evaluate") != key(repo, "evaluate")
