@@ -54,6 +54,8 @@ import importlib, json, sys
 from embedforge.config import load_params
 importlib.import_module("embedforge.stages." + sys.argv[1]).run(load_params("params.yaml"))
 print(json.dumps({{"peak_rss_mb": {PEAK_RSS_MB}}}))
+from embedforge.exits import exit_now
+exit_now(0)  # as the embedforge command leaves
 """
 RETRIEVAL = """
 import json, sys, time
@@ -155,7 +157,7 @@ def disk_bytes(root: Path, paths: list[str]) -> int:
 
 
 def embedforge(stage: str) -> list[str]:
-    return [sys.executable, "-c", "from embedforge.cli import app; app()", stage]
+    return [sys.executable, "-c", "from embedforge.cli import entry; entry()", stage]
 
 
 def stage_process(stage: str) -> list[str]:

@@ -86,7 +86,7 @@ def build_tiny_sentence_model(directory: Path, seed: int = 0, hidden_size: int =
 def train_in_fresh_process(directory: Path, overrides: list[str]) -> tuple[dict[str, str], float]:
     """``embedforge train --set ...`` in a fresh process in ``directory``: the ``result.*`` lines it printed, and its
     wall seconds (start-up included)."""
-    command = [sys.executable, "-c", "from embedforge.cli import app; app()", "train"]
+    command = [sys.executable, "-c", "from embedforge.cli import entry; entry()", "train"]
     command += [item for override in overrides for item in ("--set", override)]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=directory, capture_output=True, text=True, check=False)

@@ -20,6 +20,7 @@ import yaml
 from embedforge import dvcfile, remote, tracking
 from embedforge.config import load_params, write_overrides
 from embedforge.errors import UserError
+from embedforge.exits import exit_now
 from embedforge.redact import redact, redacted
 from embedforge.runlock import pipeline_lock
 from embedforge.stages import STAGES, Stage, run_stage
@@ -364,3 +365,12 @@ def table_text(frame) -> str:
 
     with pd.option_context("display.width", 250, "display.max_columns", None, "display.float_format", "{:.4g}".format):
         return frame.to_string(index=False)
+
+
+def entry() -> None:
+    """The ``embedforge`` console script: the command, then a quick exit (embedforge.exits says why)."""
+    try:
+        app()
+    except SystemExit as exc:
+        exit_now(exc.code)
+    exit_now(0)

@@ -23,6 +23,7 @@ from typing import Any
 from embedforge import tracking
 from embedforge.config import Params
 from embedforge.errors import UserError
+from embedforge.exits import exit_now
 from embedforge.stages import STAGES
 from embedforge.stages.train_phases import resumable
 from embedforge.training.distributed import wanted_size
@@ -133,4 +134,4 @@ def worker(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(worker())
+    exit_now(worker())

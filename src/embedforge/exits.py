@@ -1,0 +1,35 @@
+"""Leaving a finished command quickly.
+
+An interpreter that has loaded torch, transformers and sentence-transformers spends 2-2.5 s at exit tearing down
+their ~5,000 modules, once per stage process: seconds on every `dvc repro`. A finished command has nothing left
+that needs the teardown, so it runs what exit would run that matters (other threads finishing, atexit handlers,
+flushed output) and ends the process there.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+
+
+def exit_now(code: object = 0) -> None:
+    """End the process as ``sys.exit(code)`` would, without the interpreter's teardown."""
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:
+        print(code, file=sys.stderr)
+        status = 1
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
+    os._exit(status)
