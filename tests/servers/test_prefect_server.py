@@ -97,8 +97,12 @@ def test_the_flow_completes_its_first_run_in_a_fresh_process(flowed_pipeline, tm
     assert "Finished in state Completed()" in output and "Traceback" not in output, output[-5000:]
     assert output.count("Starting temporary server") == 1, output[-5000:]  # the task workers use the flow's
     project = copy_state(flowed_pipeline / "project", tmp_path / "project")
-    assert (project / "reports/index.html").is_file() and len(pipeline_runs(project)) == 1
-    assert (project / ".flow-cache").is_dir(), "the flow's results are kept in the project"
+    [parent] = pipeline_runs(project)
+    assert (project / "reports/index.html").is_file() and (project / ".flow-cache").is_dir()
+    stages = {run.info.run_name: run.info for run in stage_runs_under(project, parent.info.run_id)}
+    assert len(stages) == 7
+    precompute, tokenize = stages["precompute"], stages["tokenize"]
+    assert tokenize.start_time < precompute.end_time and precompute.start_time < tokenize.end_time, "side by side"
 
 
 def listening_addresses(pid: int) -> set[tuple[str, int]]:
@@ -143,7 +147,10 @@ def test_a_served_schedule_runs_the_flow_on_its_interval_until_stopped(flowed, s
     assert stage_runs_under(project, scheduled.info.run_id) == [], "a stage ran: the project's flow cache was missed"
 
 
-def test_a_process_worker_runs_a_deployment_from_a_prefect_server(project, tiny):
+def test_a_process_worker_runs_a_deployment_from_a_prefect_server(flowed, small_mirror, tiny_teacher):
+    """In a copy of a project where the flow has run: the deployment's new report title re-runs the report stage
+    alone, in the flow run the worker starts."""
+    project, tiny = flowed, [*tiny_run(small_mirror, tiny_teacher), "report.title=Deployed report"]
     env = user_env(project)
     settings = [item for override in tiny for item in ("--set", override)]
     with api_server(home=project / "prefect-server-home") as url:
@@ -167,4 +174,6 @@ def test_a_process_worker_runs_a_deployment_from_a_prefect_server(project, tiny)
     assert run.state.is_completed(), f"{run.state.message}\n{log_path.read_text()[-5000:]}"
     assert deployment.global_concurrency_limit.limit == 1  # a second run waits for the first (see runlock)
     assert deployment.concurrency_options.collision_strategy == "ENQUEUE"
-    assert (project / "reports/index.html").is_file() and len(pipeline_runs(project)) == 1
+    [deployed] = [parent for parent in pipeline_runs(project) if parent.data.tags["prefect.flow_run_id"] == str(run.id)]
+    assert [stage.info.run_name for stage in stage_runs_under(project, deployed.info.run_id)] == ["report"]
+    assert "Deployed report" in (project / "reports/index.html").read_text()
