@@ -2,8 +2,8 @@
 
 An interpreter that has loaded torch, transformers and sentence-transformers spends 2-2.5 s at exit tearing down
 their ~5,000 modules, once per stage process: seconds on every `dvc repro`. A finished command has nothing left
-that needs the teardown, so it runs what exit would run that matters (other threads finishing, atexit handlers,
-flushed output) and ends the process there.
+that needs the teardown, so it runs what exit would run that matters, in the interpreter's order (threading's
+exit hooks and other threads finishing, then atexit handlers, then flushed output) and ends the process there.
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ def exit_now(code: object = 0) -> None:
     else:
         print(code, file=sys.stderr)
         status = 1
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    threading._shutdown()  # as the interpreter's exit: threading's exit hooks (Prefect's services), then joins
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

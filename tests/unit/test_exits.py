@@ -27,3 +27,18 @@ def test_exit_now_treats_none_and_messages_as_sys_exit_does():
     assert leave("None").returncode == 0
     done = leave("'error: the message'")
     assert done.returncode == 1 and done.stderr.strip() == "error: the message"
+
+
+HOOKED = """
+import threading
+from embedforge.exits import exit_now
+stop = threading.Event()
+threading.Thread(target=stop.wait).start()  # a service thread that stops on threading's exit hook, as Prefect's do
+threading._register_atexit(stop.set)
+exit_now(0)
+"""
+
+
+def test_exit_now_runs_threadings_exit_hooks_before_waiting_for_threads():
+    done = subprocess.run([sys.executable, "-c", HOOKED], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
