@@ -30,10 +30,11 @@ def test_two(worker_id):
 def test_an_xdist_group_runs_on_one_worker(tmp_path):
     (tmp_path / "test_grouped.py").write_text(GROUPED)
     (tmp_path / "pytest.ini").write_text("[pytest]\n")  # this directory is the rootdir: none of our conftest
+    command = [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider"]
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider", "-q"],
+        [*command, "-p", "xdist.plugin"],  # xdist alone, no other installed plugin: a quick start
         cwd=tmp_path,
-        env={**os.environ, "WORKER_IDS": str(tmp_path)},
+        env={**os.environ, "WORKER_IDS": str(tmp_path), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
         capture_output=True,
         text=True,
         timeout=300,
