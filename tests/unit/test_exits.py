@@ -42,3 +42,12 @@ exit_now(0)
 def test_exit_now_runs_threadings_exit_hooks_before_waiting_for_threads():
     done = subprocess.run([sys.executable, "-c", HOOKED], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_embedforge_command_leaves_through_exit_now():
+    from importlib.metadata import entry_points
+
+    from embedforge.cli import entry
+
+    [script] = [point for point in entry_points(group="console_scripts") if point.name == "embedforge"]
+    assert script.load() is entry
