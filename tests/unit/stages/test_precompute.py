@@ -57,6 +57,39 @@ def test_unchanged_rerun_reuses_every_shard(prepared, precompute_params):
     assert again["precompute.shards_reused"] == first["precompute.shards"] > 1
 
 
+def dictionary_encoded(path) -> bool:
+    metadata = pq.ParquetFile(path).metadata
+    return any(
+        metadata.row_group(group).column(column).has_dictionary_page
+        for group in range(metadata.num_row_groups)
+        for column in range(metadata.num_columns)
+    )
+
+
+def test_shards_are_written_plain_and_a_format_1_cache_is_reused_and_read_alike(prepared, precompute_params):
+    """Format 2 shards carry no dictionary pages; a shard written before (format 1: parquet's default dictionary
+    encoding, no format key) still counts as finished, is kept as it is, and reads the same vectors."""
+    precompute.run(precompute_params())
+    shards = sorted(cache_dir(prepared).glob("part-*.parquet"))
+    assert not any(dictionary_encoded(shard) for shard in shards)
+    manifest = json.loads((cache_dir(prepared) / "manifest.json").read_text())
+    assert [shard["format"] for shard in manifest["shards"]] == [2] * len(shards)
+    ids = pq.read_table(shards[0]).column("sentence_id").to_pylist()
+    written = embeddings.load(cache_dir(prepared)).vectors(ids)
+
+    table = pq.read_table(shards[0])
+    old_metadata = {key: value for key, value in table.schema.metadata.items() if key != b"embedforge_format"}
+    pq.write_table(table.replace_schema_metadata(old_metadata), shards[0], row_group_size=1024, compression="zstd")
+    old_bytes = shards[0].read_bytes()
+    assert dictionary_encoded(shards[0])
+
+    again = precompute.run(precompute_params())
+    assert again["precompute.shards_reused"] == len(shards) and shards[0].read_bytes() == old_bytes
+    manifest = json.loads((cache_dir(prepared) / "manifest.json").read_text())
+    assert [shard["format"] for shard in manifest["shards"]] == [1] + [2] * (len(shards) - 1)
+    assert np.array_equal(embeddings.load(cache_dir(prepared)).vectors(ids), written)
+
+
 def kill_after(batches: int):
     """A batch hook that raises once ``batches`` batches have been encoded, as a kill would stop the run."""
     seen = []
