@@ -15,6 +15,7 @@ from sentence_transformers import SentenceTransformer
 from embedforge import devices, embeddings
 from embedforge.config import flatten, load_params
 from embedforge.data.sentences import normalize_text, sentence_id
+from embedforge.embeddings.shards import ROW_GROUP_ROWS, SHARD_FORMAT_KEY
 from embedforge.errors import DataError, UserError
 from embedforge.models import teacher as teachers
 from embedforge.stages import precompute
@@ -78,8 +79,10 @@ def test_shards_are_written_plain_and_a_format_1_cache_is_reused_and_read_alike(
     written = embeddings.load(cache_dir(prepared)).vectors(ids)
 
     table = pq.read_table(shards[0])
-    old_metadata = {key: value for key, value in table.schema.metadata.items() if key != b"embedforge_format"}
-    pq.write_table(table.replace_schema_metadata(old_metadata), shards[0], row_group_size=1024, compression="zstd")
+    old_metadata = {key: value for key, value in table.schema.metadata.items() if key != SHARD_FORMAT_KEY}
+    pq.write_table(
+        table.replace_schema_metadata(old_metadata), shards[0], row_group_size=ROW_GROUP_ROWS, compression="zstd"
+    )
     old_bytes = shards[0].read_bytes()
     assert dictionary_encoded(shards[0])
 
