@@ -121,9 +121,8 @@ def export_variables(variables: dict[str, str]) -> None:
 
 
 @contextmanager
-def worker_environment(parent_run_id: str | None) -> Iterator[None]:
-    """``worker_variables`` in this process's environment while the block runs, for the workers it spawns."""
-    wanted = worker_variables(parent_run_id)
+def exported(wanted: dict[str, str]) -> Iterator[None]:
+    """``wanted`` in this process's environment while the block runs, for the processes it starts."""
     previous = {name: os.environ.get(name) for name in wanted}
     os.environ.update(wanted)
     try:
@@ -141,7 +140,7 @@ def stage_runner(dask_address: str | None, parent_run_id: str | None) -> Iterato
     """Where the stage tasks run: the flow's own worker processes, or the Dask cluster at ``dask_address``,
     connected now so that an unreachable scheduler fails the flow before any stage, naming it."""
     if not dask_address:
-        with worker_environment(parent_run_id):
+        with exported(worker_variables(parent_run_id)):
             yield get_run_context().task_runner
         return
     from prefect_dask import DaskTaskRunner
@@ -265,7 +264,10 @@ def api_server(home: Path | None = None) -> Iterator[str]:
         log.info(
             "Prefect server (scheduler included) on %s, UI %s; its log: %s", url, url.removesuffix("/api"), log_path
         )
-        with temporary_settings({PREFECT_API_URL: url}):
+        # exported too: the flow runs the schedule starts read the URL from their environment at import, and a
+        # flow-run process without it has Prefect's threads start ephemeral servers as the run ends (two at once:
+        # one is left running after the run)
+        with temporary_settings({PREFECT_API_URL: url}), exported({PREFECT_API_URL.name: url}):
             yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # its own session: the server and its service workers stop together

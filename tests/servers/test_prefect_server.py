@@ -145,6 +145,9 @@ def test_a_served_schedule_runs_the_flow_on_its_interval_until_stopped(flowed, s
     runs = pipeline_runs(project)
     [scheduled] = [parent for parent in runs if parent.data.tags["prefect.flow_run_id"] == str(run.id)]
     assert stage_runs_under(project, scheduled.info.run_id) == [], "a stage ran: the project's flow cache was missed"
+    # the scheduled run used the schedule's server: no ephemeral one, which Prefect's threads used to start as a
+    # run ended without the URL in its environment, two at once, one left running after `embedforge schedule`
+    assert "Starting temporary server" not in log_path.read_text(), log_path.read_text()[-5000:]
 
 
 def test_a_process_worker_runs_a_deployment_from_a_prefect_server(flowed, small_mirror, tiny_teacher):
