@@ -56,13 +56,13 @@ def training_flops_per_token(model: torch.nn.Module, mean_length: float) -> floa
     return 3 * (2 * dense + attention)
 
 
-def pair_texts(examples, raw_path: Path) -> tuple[list[str], list[str]]:
+def pair_texts(examples, store, raw_path: Path) -> tuple[list[str], list[str]]:
     from embedforge.training.examples import text_ids
 
     frame = pd.read_parquet(raw_path, columns=["sentence1", "sentence2"])
     texts = dict(zip(text_ids(frame["sentence1"]), frame["sentence1"], strict=True))
     texts.update(zip(text_ids(frame["sentence2"]), frame["sentence2"], strict=True))
-    return [texts[e.anchor] for e in examples], [texts[e.positive] for e in examples]
+    return [texts[i] for i in store.ids(examples.anchors)], [texts[i] for i in store.ids(examples.positives)]
 
 
 def train_with_sentence_transformers(model_dir: Path, anchors, positives, args, workdir: Path) -> dict:
@@ -124,9 +124,10 @@ def main() -> None:
     from embedforge.evaluation.sts import STSEvaluator
     from embedforge.models import teacher as teachers
     from embedforge.models.encoder import build_encoder
-    from embedforge.paths import RAW_DIR
+    from embedforge.paths import RAW_DIR, TOKENS_DIR
     from embedforge.stages import download, tokenize, train, validate
     from embedforge.training.examples import pair_examples
+    from embedforge.training.token_files import TokenStore
 
     layers = [int(i) for i in args.teacher_layers.split(",")]
     mirror = Path(mirror).resolve()
@@ -168,8 +169,10 @@ def main() -> None:
     tokenize.run(cfg)
     tokenize_seconds = time.perf_counter() - started
 
-    examples = pair_examples(RAW_DIR / "snli/train.parquet", labelled=True, min_score=cfg.train.similar_min_score)
-    anchors, positives = pair_texts(examples, RAW_DIR / "snli/train.parquet")
+    snli = RAW_DIR / "snli/train.parquet"
+    store = TokenStore.load(TOKENS_DIR, [snli])
+    examples = pair_examples(snli, labelled=True, min_score=cfg.train.similar_min_score, store=store)
+    anchors, positives = pair_texts(examples, store, snli)
     initial = build_encoder(
         cfg.model,
         Path("data/tokens/tokenizer"),

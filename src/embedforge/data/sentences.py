@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from embedforge.data.schema import TEXT_COLUMNS, raw_split_path
 from embedforge.errors import DataError
@@ -20,6 +21,7 @@ from embedforge.files import stream_parquet
 from embedforge.paths import RAW_DIR
 
 READ_BATCH_ROWS = 65_536
+ID_DTYPE = "S32"  # a sentence id is 32 hex characters
 
 
 def normalize_text(text: str) -> str:
@@ -52,6 +54,18 @@ def search_sorted(sorted_ids: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarra
         return np.zeros(len(wanted), np.int64), np.zeros(len(wanted), bool)
     rows = np.searchsorted(sorted_ids, wanted).clip(max=len(sorted_ids) - 1)
     return rows, sorted_ids[rows] == wanted
+
+
+def fixed_ids(column: pa.Array) -> np.ndarray:
+    """Sentence ids as ``ID_DTYPE`` bytes, straight from Arrow's buffers, without a Python string each."""
+    fixed = column.cast(pa.binary(32))
+    return np.frombuffer(fixed.buffers()[1], dtype=ID_DTYPE, count=len(fixed), offset=32 * fixed.offset).copy()
+
+
+def id_strings(ids: np.ndarray) -> list[str]:
+    """``ID_DTYPE`` ids as Python strings, made straight from their bytes."""
+    text = ids.tobytes().decode("ascii")
+    return [text[start : start + 32] for start in range(0, len(text), 32)]
 
 
 def split_files(datasets: list[str], splits: list[str], root: Path = RAW_DIR) -> list[Path]:

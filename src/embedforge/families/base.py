@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from embedforge.config import ModelParams
     from embedforge.config.base import Section
     from embedforge.training.data import TrainingData
+    from embedforge.training.examples import Examples
     from embedforge.training.hooks import EpochHook
     from embedforge.training.losses import Objective
 
@@ -65,6 +66,6 @@ class Family:
     def start_projection(self, objective: Objective, model: SentenceTransformer, data: TrainingData, seed: int) -> None:
         """Set where the map from the student's space to the teacher's starts, before the first step."""
 
-    def epoch_hook(self, params: ModelParams, data: TrainingData, examples: list) -> EpochHook | None:
+    def epoch_hook(self, params: ModelParams, data: TrainingData, examples: Examples) -> EpochHook | None:
         """What changes the model between epochs of a phase training on ``examples``; None when nothing does."""
         return None

@@ -17,10 +17,11 @@ from embedforge.data.sentences import split_files
 from embedforge.embeddings import EmbeddingCache
 from embedforge.errors import DataError
 from embedforge.paths import CHECKPOINTS_DIR, EMBEDDINGS_DIR, TOKENS_DIR
-from embedforge.training.batches import LengthBucketedBatches, TokenStore
-from embedforge.training.examples import Example, in_order, pair_examples, sentence_examples
+from embedforge.training.batches import LengthBucketedBatches
+from embedforge.training.examples import Examples, pair_examples, sentence_examples
 from embedforge.training.memory_plan import available_memory
 from embedforge.training.phases import Phase, training_phases
+from embedforge.training.token_files import NO_ROW, TokenStore
 from embedforge.training.validation import STSValidation
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class TrainingData:
 
     store: TokenStore
     phases: list[Phase]
-    everything: list[Example]
+    everything: Examples
     all_batches: LengthBucketedBatches
     validation_batches: LengthBucketedBatches | None
     teacher_vectors: torch.Tensor | None
@@ -42,7 +43,7 @@ class TrainingData:
     seed: int
     bucket_batches: int
 
-    def batches_of(self, examples: list[Example], batch_size: int | None = None) -> LengthBucketedBatches:
+    def batches_of(self, examples: Examples, batch_size: int | None = None) -> LengthBucketedBatches:
         """Batches of ``examples``: the ones already built when they are every example at the usual size."""
         size = batch_size or self.batch_size
         if examples is self.everything and size == self.batch_size:
@@ -60,15 +61,17 @@ def load_training_data(cfg: Params, pad_id: int, teacher_name: str) -> TrainingD
     ]
     sts_file = STSValidation.path_of(params.sts_validation) if params.sts_validation else None
     store = TokenStore.load(TOKENS_DIR, train_files + validation_files + ([sts_file] if sts_file else []))
-    phases = training_phases(params, examples_of(cfg, TRAIN_SPLIT, train_files), cfg.seed, CHECKPOINTS_DIR)
+    phases = training_phases(params, examples_of(cfg, store, TRAIN_SPLIT, train_files), cfg.seed, CHECKPOINTS_DIR)
     everything = (
-        phases[-1].examples if params.schedule == "single" else in_order(e for phase in phases for e in phase.examples)
+        phases[-1].examples
+        if params.schedule == "single"
+        else Examples.joined([phase.examples for phase in phases]).in_order()
     )
     all_batches = LengthBucketedBatches(everything, store, params.batch_size, pad_id, cfg.seed, params.bucket_batches)
     validation_batches = None
     if validation_files:
-        examples = examples_of(cfg, params.validation_split, validation_files)
-        pooled = [e for chosen in examples.values() for e in chosen]
+        examples = examples_of(cfg, store, params.validation_split, validation_files)
+        pooled = Examples.joined(list(examples.values()))
         validation_batches = LengthBucketedBatches(pooled, store, params.batch_size, pad_id, cfg.seed)
     teacher_vectors, teacher_dim = None, None
     if params.distills:
@@ -91,7 +94,7 @@ def load_training_data(cfg: Params, pad_id: int, teacher_name: str) -> TrainingD
     )
 
 
-def examples_of(cfg: Params, split: str, files: list[Path]) -> dict[str, list[Example]]:
+def examples_of(cfg: Params, store: TokenStore, split: str, files: list[Path]) -> dict[str, Examples]:
     """Each dataset's examples: pairs (with hard negatives unless train.hard_negatives is off) when InfoNCE is on,
     else every distinct sentence: distillation and the causal LM need no pairs.
 
@@ -103,20 +106,18 @@ def examples_of(cfg: Params, split: str, files: list[Path]) -> dict[str, list[Ex
     for path in files:
         dataset = path.parent.name
         if not params.uses_pairs:
-            by_dataset[dataset] = sentence_examples(TOKENS_DIR, [path])
+            by_dataset[dataset] = sentence_examples(TOKENS_DIR, [path], store)
             continue
         source = cfg.download.datasets[dataset]
         min_score = threshold(source, "similar_min_score", params.similar_min_score)
-        examples = pair_examples(path, source.has_labels, min_score)
-        if not params.hard_negatives:
-            examples = in_order(Example(e.anchor, e.positive, None) for e in examples)
-        by_dataset[dataset] = examples
+        examples = pair_examples(path, source.has_labels, min_score, store)
+        by_dataset[dataset] = examples if params.hard_negatives else examples.without_negatives()
     return by_dataset
 
 
 def used_rows(*batches: LengthBucketedBatches | None) -> np.ndarray:
     rows = [
-        source[source >= 0]
+        source[source != NO_ROW]
         for b in batches
         if b is not None
         for source in (b.anchor_rows, b.positive_rows, b.negative_rows)
@@ -138,13 +139,14 @@ def teacher_matrix(cache: EmbeddingCache, store: TokenStore, needed: np.ndarray,
         )
         with tempfile.TemporaryFile(dir=CHECKPOINTS_DIR) as backing:  # the map keeps its own handle
             matrix = np.memmap(backing, dtype=np.float16, mode="w+", shape=shape)
-        matrix[:] = np.nan
     else:
-        matrix = np.full(shape, np.nan, dtype=np.float16)
+        matrix = np.zeros(shape, dtype=np.float16)  # pages of rows no shard fills are never touched
+    found = np.zeros(len(store), dtype=bool)
     for ids, vectors in cache.iter_shards():
         rows, present = store.lookup(ids)
         matrix[rows[present]] = vectors[present]
-    missing = needed[~np.isfinite(matrix[needed]).all(axis=1)]
+        found[rows[present]] = True
+    missing = needed[~found[needed]]
     if len(missing):
         raise DataError(
             f"{len(missing)} training sentences (e.g. {store.sorted_ids[missing[0]].decode()}) have no teacher "

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from embedforge.config import PhaseParams, TrainParams
-from embedforge.training.examples import Example, in_order
+from embedforge.training.examples import Examples
 
 STAGED_PHASES = ("foundation", "consolidation", "mastery")
 
@@ -25,7 +25,7 @@ STAGED_PHASES = ("foundation", "consolidation", "mastery")
 @dataclass
 class Phase:
     name: str | None  # None: the whole of a single-schedule run
-    examples: list[Example]
+    examples: Examples
     params: TrainParams
     checkpoints: Path
     continues: bool  # starts from the previous phase's best weights, with the resume ramp
@@ -35,14 +35,14 @@ class Phase:
         return self.name or "train"
 
 
-def shuffled(by_dataset: dict[str, list[Example]], seed: int) -> dict[str, list[Example]]:
+def shuffled(by_dataset: dict[str, Examples], seed: int) -> dict[str, Examples]:
     return {
-        name: [examples[i] for i in np.random.default_rng([seed, index]).permutation(len(examples))]
+        name: examples.take(np.random.default_rng([seed, index]).permutation(len(examples)))
         for index, (name, examples) in enumerate(sorted(by_dataset.items()))
     }
 
 
-def phase_examples(by_dataset: dict[str, list[Example]], phase: PhaseParams) -> list[Example]:
+def phase_examples(by_dataset: dict[str, Examples], phase: PhaseParams) -> Examples:
     """A prefix of every (shuffled) dataset: ``data_fraction`` of it, or equal shares when ``balanced``."""
     if phase.balanced:
         total = phase.data_fraction * sum(len(examples) for examples in by_dataset.values())
@@ -50,13 +50,15 @@ def phase_examples(by_dataset: dict[str, list[Example]], phase: PhaseParams) -> 
         counts = dict.fromkeys(by_dataset, share)
     else:
         counts = {name: round(phase.data_fraction * len(examples)) for name, examples in by_dataset.items()}
-    return in_order(example for name, examples in by_dataset.items() for example in examples[: max(counts[name], 1)])
+    return Examples.joined(
+        [examples.take(slice(max(counts[name], 1))) for name, examples in by_dataset.items()]
+    ).in_order()
 
 
-def training_phases(params: TrainParams, by_dataset: dict[str, list[Example]], seed: int, root: Path) -> list[Phase]:
+def training_phases(params: TrainParams, by_dataset: dict[str, Examples], seed: int, root: Path) -> list[Phase]:
     """What to train, in order: the whole data once, or the three staged phases."""
     if params.schedule == "single":
-        everything = in_order(e for examples in by_dataset.values() for e in examples)
+        everything = Examples.joined(list(by_dataset.values())).in_order()
         return [Phase(None, everything, params, root, continues=False)]
     mixed = shuffled(by_dataset, seed)
     phases = []

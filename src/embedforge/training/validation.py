@@ -18,10 +18,11 @@ from embedforge.config import TrainParams
 from embedforge.data.schema import downloaded_split
 from embedforge.errors import DataError, UserError
 from embedforge.evaluation.sts import cosine_scores, sts_correlation
-from embedforge.training.batches import LengthBucketedBatches, TokenStore
+from embedforge.training.batches import LengthBucketedBatches
 from embedforge.training.examples import text_ids
 from embedforge.training.hooks import Loop
 from embedforge.training.inference import embed_rows, mean_loss
+from embedforge.training.token_files import TokenStore
 
 SIMILARITY_SENTENCES = 2000  # validation sentences the epoch's "similarity" is averaged over
 

@@ -20,6 +20,8 @@ from embedforge.errors import DataError, UserError, ValidationFailed
 from embedforge.stages import download, validate
 from embedforge.stages.evaluate import retrieval_task
 from embedforge.training import data as training_data
+from embedforge.training.examples import text_ids
+from embedforge.training.token_files import TokenStore
 
 
 @pytest.fixture
@@ -162,8 +164,11 @@ def test_scored_pairs_train_infonce_above_their_own_threshold(own_files, mirror_
     cfg = mirror_params(*OWN, "download.datasets.my_pairs.similar_min_score=0.8", "train.datasets=[my_pairs]")
     download.run(cfg)
     path = own_files / "data/raw/my_pairs/validation.parquet"
-    examples = training_data.examples_of(cfg, "validation", [path])["my_pairs"]
     pairs = pd.read_parquet(path)
+    texts = pd.concat([pairs["sentence1"], pairs["sentence2"]])
+    ids = np.unique(text_ids(texts).to_numpy(dtype="S32"))  # a store of one token a sentence: only ids matter
+    store = TokenStore(ids, np.zeros(len(ids), np.int64), np.ones(len(ids), np.int32), np.ones(1, np.int32))
+    examples = training_data.examples_of(cfg, store, "validation", [path])["my_pairs"]
     assert len(examples) == (pairs["score"] >= 0.8).sum() > 0
 
 

@@ -1,13 +1,14 @@
 """The seed families' rules that need no training run: a lattice too big for memory is refused, a balanced
 phase draws evenly. Their training runs: tests/pipeline/test_family_training.py."""
 
+import numpy as np
 import pytest
 from helpers import LATTICE
 
 from embedforge.config import PhaseParams
 from embedforge.errors import UserError
 from embedforge.stages import train
-from embedforge.training.examples import Example
+from embedforge.training.examples import Examples
 from embedforge.training.phases import phase_examples
 
 
@@ -19,11 +20,10 @@ def test_a_lattice_that_cannot_fit_in_memory_is_refused_before_training(project,
 
 
 def test_a_balanced_phase_takes_as_many_examples_from_every_dataset():
-    by_dataset = {
-        "snli": [Example(f"s{i}", f"t{i}", None) for i in range(100)],
-        "stsb": [Example(f"b{i}", f"c{i}", None) for i in range(30)],
-    }
+    snli, stsb = np.arange(100), np.arange(100, 130)  # rows of the two datasets' anchors
+    by_dataset = {"snli": Examples(snli, snli + 1000, snli * 0 - 1), "stsb": Examples(stsb, stsb + 1000, stsb * 0 - 1)}
     balanced = phase_examples(by_dataset, PhaseParams(data_fraction=0.5, epochs=1, balanced=True))
     plain = phase_examples(by_dataset, PhaseParams(data_fraction=0.5, epochs=1))
-    assert sum(e.anchor.startswith("s") for e in balanced) == sum(e.anchor.startswith("b") for e in balanced) == 30
-    assert sum(e.anchor.startswith("s") for e in plain) == 50 and sum(e.anchor.startswith("b") for e in plain) == 15
+    assert (balanced.anchors < 100).sum() == (balanced.anchors >= 100).sum() == 30
+    assert (plain.anchors < 100).sum() == 50 and (plain.anchors >= 100).sum() == 15
+    assert (np.diff(plain.anchors) > 0).all()  # in order, each once

@@ -9,10 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
+from embedforge.data.sentences import normalize_text, sentence_id
 from embedforge.errors import UserError
 from embedforge.models.encoder import build_encoder
-from embedforge.stages import train
+from embedforge.stages import tokenize, train
 from embedforge.training import data as training_data
+from embedforge.training.token_files import TokenStore
 
 
 def test_resume_refuses_a_checkpoint_of_another_architecture(ready):
@@ -57,19 +59,20 @@ def test_hard_negatives_can_be_left_out(ready):
     )
     frame.to_parquet("data/raw/snli/train.parquet", index=False)
     files = [Path("data/raw/snli/train.parquet")]
-    with_negatives = training_data.examples_of(ready("train.datasets=[snli]"), "train", files)["snli"]
-    without = training_data.examples_of(ready("train.datasets=[snli]", "train.hard_negatives=false"), "train", files)[
-        "snli"
-    ]
-    assert [e.negative is not None for e in with_negatives] == [True]
-    assert [e.negative for e in without] == [None]
-    assert with_negatives[0].positive == without[0].positive
+    cfg = ready("train.datasets=[snli]")
+    tokenize.run(cfg)
+    store = TokenStore.load(Path("data/tokens"), files)
+    with_negatives = training_data.examples_of(cfg, store, "train", files)["snli"]
+    plain = ready("train.datasets=[snli]", "train.hard_negatives=false")
+    without = training_data.examples_of(plain, store, "train", files)
+    assert with_negatives.negatives.tolist() == store.rows([sentence_id(normalize_text("A man runs."))]).tolist()
+    assert without["snli"].negatives.tolist() == [-1]
+    assert with_negatives.positives.tolist() == without["snli"].positives.tolist()
 
 
 def test_teacher_vectors_beyond_the_memory_budget_are_memory_mapped(ready, caplog):
     from embedforge.embeddings import EmbeddingCache
     from embedforge.models import teacher as teachers
-    from embedforge.training.batches import TokenStore
 
     caplog.set_level("INFO", logger="embedforge.training.data")
     cfg = ready()

@@ -1,4 +1,5 @@
 import math
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +13,28 @@ from transformers import AutoTokenizer
 from embedforge.data.sentences import normalize_text, sentence_id
 from embedforge.errors import DataError
 from embedforge.stages import tokenize
-from embedforge.training.batches import LengthBucketedBatches, TokenStore
-from embedforge.training.examples import Example, in_order, pair_examples
+from embedforge.training import batches as batches_module
+from embedforge.training.batches import LengthBucketedBatches
+from embedforge.training.examples import Examples, pair_examples
 from embedforge.training.loader import EpochBatches
+from embedforge.training.token_files import TokenStore
 
 PAD = 0
 
 
 def sid(text: str) -> str:
     return sentence_id(normalize_text(text))
+
+
+def examples(store: TokenStore, triples: list[tuple[str, str | None, str | None]]) -> Examples:
+    """Examples from (anchor, positive, negative) sentence ids."""
+    return Examples.of_ids(store, pd.DataFrame(triples, columns=["anchor", "positive", "negative"]))
+
+
+def triples(store: TokenStore, chosen: Examples) -> list[tuple[str, str | None, str | None]]:
+    """Examples as (anchor, positive, negative) sentence ids, in their order."""
+    columns = (store.ids(chosen.anchors), store.ids(chosen.positives), store.ids(chosen.negatives))
+    return list(zip(*columns, strict=True))
 
 
 def write_token_file(path: Path, tokens: dict[str, list[int]]) -> None:
@@ -59,11 +73,11 @@ def nli_like(tmp_path):
     premise_lengths = rng.integers(6, 61, premises)
     hypothesis_lengths = np.repeat(premise_lengths // 2, hypotheses) + rng.integers(0, 5, premises * hypotheses)
     store, ids = synthetic_store(tmp_path, np.r_[premise_lengths, hypothesis_lengths].tolist())
-    examples = []
+    chosen = []
     for p in range(premises):
         anchor, own = ids[p], ids[premises + p * hypotheses : premises + (p + 1) * hypotheses]
-        examples += [Example(anchor, own[h], own[4 + h % 2]) for h in range(4)]
-    return store, examples
+        chosen += [(anchor, own[h], own[4 + h % 2]) for h in range(4)]
+    return store, examples(store, chosen)
 
 
 @pytest.fixture
@@ -77,26 +91,27 @@ def test_examples_follow_the_raw_pairs(tokenized):
     snli = pd.read_parquet(raw / "snli/train.parquet").assign(
         anchor=lambda f: f["sentence1"].map(sid), positive=lambda f: f["sentence2"].map(sid)
     )
-    examples = pair_examples(raw / "snli/train.parquet", labelled=True, min_score=4.0)
+    store = TokenStore.load(tokenized / "data/tokens", [raw / "snli/train.parquet", raw / "stsb/train.parquet"])
+    examples = triples(store, pair_examples(raw / "snli/train.parquet", labelled=True, min_score=4.0, store=store))
 
     entailed = snli[(snli["label"] == "entailment") & (snli["anchor"] != snli["positive"])]
     assert len(examples) == len(entailed[["anchor", "positive"]].drop_duplicates()) > 0
-    assert examples == sorted(examples, key=lambda e: (e.anchor, e.positive, e.negative or ""))
+    assert examples == sorted(examples, key=lambda e: (e[0], e[1], e[2] or ""))
     contradicting = snli[snli["label"] == "contradiction"]
     contradictions = set(zip(contradicting["anchor"], contradicting["positive"], strict=True))
-    with_negative = [e for e in examples if e.negative]
-    assert all((e.anchor, e.negative) in contradictions for e in with_negative)
+    with_negative = [(anchor, negative) for anchor, _, negative in examples if negative]
+    assert all(pair in contradictions for pair in with_negative)  # this slice may have none: see the next test
     premises_with_contradiction = {anchor for anchor, _ in contradictions}
-    assert all(e.negative for e in examples if e.anchor in premises_with_contradiction)
+    assert all(negative for anchor, _, negative in examples if anchor in premises_with_contradiction)
 
     stsb = pd.read_parquet(raw / "stsb/train.parquet")
-    similar = pair_examples(raw / "stsb/train.parquet", labelled=False, min_score=4.0)
+    similar = triples(store, pair_examples(raw / "stsb/train.parquet", labelled=False, min_score=4.0, store=store))
     high = {
         (sid(a), sid(b))
         for a, b, s in zip(stsb["sentence1"], stsb["sentence2"], stsb["score"], strict=True)
-        if s >= 4.0
+        if s >= 4.0 and sid(a) != sid(b)
     }
-    assert {(e.anchor, e.positive) for e in similar} == high and all(e.negative is None for e in similar)
+    assert {(a, p) for a, p, _ in similar} == high and all(n is None for _, _, n in similar)
 
 
 def test_hard_negatives_are_contradictions_of_the_same_premise_taken_in_turn(tmp_path):
@@ -115,14 +130,17 @@ def test_hard_negatives_are_contradictions_of_the_same_premise_taken_in_turn(tmp
         pair_id=lambda f: f.index.astype(str), score=None, genre=None
     )
     write_raw_split(frame, tmp_path / "snli/train.parquet")
+    texts = pd.concat([frame["sentence1"], frame["sentence2"]])
+    write_token_file(tmp_path / "tokens/snli/train.parquet", {sid(text): [1, 2] for text in texts})
+    store = TokenStore.load(tmp_path / "tokens", [Path("snli/train.parquet")])
 
-    examples = pair_examples(tmp_path / "snli/train.parquet", labelled=True, min_score=4.0)
+    examples = pair_examples(tmp_path / "snli/train.parquet", labelled=True, min_score=4.0, store=store)
 
     man = sorted(sid(t) for t in ("A person plays.", "Someone is playing.", "A human plays music."))
     turns = sorted(sid(t) for t in ("A woman sleeps.", "Nobody plays."))
-    expected = [Example(sid("A man plays."), positive, turns[i % 2]) for i, positive in enumerate(man)]
-    expected.append(Example(sid("A dog runs."), sid("An animal runs."), None))
-    assert examples == sorted(expected, key=lambda e: (e.anchor, e.positive))
+    expected = [(sid("A man plays."), positive, turns[i % 2]) for i, positive in enumerate(man)]
+    expected.append((sid("A dog runs."), sid("An animal runs."), None))
+    assert triples(store, examples) == sorted(expected, key=lambda e: (e[0], e[1]))
 
 
 def test_token_store_returns_the_tokenizer_ids(tokenized):
@@ -142,13 +160,14 @@ def test_token_store_returns_the_tokenizer_ids(tokenized):
     with pytest.raises(DataError, match="run `embedforge tokenize` first"):
         TokenStore.load(tokenized / "data/tokens", [raw / "snli/missing.parquet"])
 
-    examples = in_order(
-        example
-        for dataset, labelled in [("snli", True), ("stsb", False), ("sick", True)]
-        for example in pair_examples(raw / f"{dataset}/train.parquet", labelled, min_score=4.0)
-    )
     full = TokenStore.load(tokenized / "data/tokens", [raw / f"{d}/train.parquet" for d in ("snli", "stsb", "sick")])
-    batches = LengthBucketedBatches(examples, full, batch_size=8, pad_id=tokenizer.pad_token_id, seed=1)
+    every = Examples.joined(
+        [
+            pair_examples(raw / f"{dataset}/train.parquet", labelled, min_score=4.0, store=full)
+            for dataset, labelled in [("snli", True), ("stsb", False), ("sick", True)]
+        ]
+    ).in_order()
+    batches = LengthBucketedBatches(every, full, batch_size=8, pad_id=tokenizer.pad_token_id, seed=1)
     first = next(batches.epoch(0))
     alone, _ = full.padded(full.rows(first.anchors.sentence_ids[:1]), tokenizer.pad_token_id)
     assert first.anchors.input_ids[0, : first.anchors.attention_mask[0].sum()].tolist() == alone[0].tolist()
@@ -166,26 +185,26 @@ def test_every_example_once_per_epoch_and_no_sentence_twice_in_a_batch(nli_like)
             assert len(batch.sentence_ids) == len(set(batch.sentence_ids))
             seen += [(a, p) for a, p in zip(batch.anchors.sentence_ids, batch.positives.sentence_ids, strict=True)]
             assert batch.negatives is not None and batch.num_examples == len(batch.positives.sentence_ids)
-        assert sorted(seen) == sorted((e.anchor, e.positive) for e in examples)
+        assert sorted(seen) == sorted((a, p) for a, p, _ in triples(store, examples))
         assert all(size == 32 for size in sorted(b.num_examples for b in produced)[1:])
 
 
 def test_heavily_shared_sentences_are_carried_not_dropped(tmp_path):
     store, ids = synthetic_store(tmp_path, [5] * 60)
     # 24 examples, 4 a batch: sentence 0 is in 6 examples and sentence 1 in 5, so nearly every batch needs one of each
-    examples = [Example(ids[0], ids[2 + i], None) for i in range(5)]
-    examples += [Example(ids[10 + i], ids[1], ids[20 + i]) for i in range(5)]
-    examples += [Example(ids[30 + i], ids[45 + i], None) for i in range(13)] + [Example(ids[44], ids[59], ids[0])]
-    batches = LengthBucketedBatches(examples, store, batch_size=4, pad_id=PAD, seed=0)
+    chosen = [(ids[0], ids[2 + i], None) for i in range(5)]
+    chosen += [(ids[10 + i], ids[1], ids[20 + i]) for i in range(5)]
+    chosen += [(ids[30 + i], ids[45 + i], None) for i in range(13)] + [(ids[44], ids[59], ids[0])]
+    batches = LengthBucketedBatches(examples(store, chosen), store, batch_size=4, pad_id=PAD, seed=0)
 
     for epoch in range(50):
         produced = list(batches.epoch(epoch))
         assert len(produced) == len(batches)
-        assert sorted(i for b in produced for i in b.anchors.sentence_ids) == sorted(e.anchor for e in examples)
+        assert sorted(i for b in produced for i in b.anchors.sentence_ids) == sorted(e[0] for e in chosen)
         assert all(len(b.sentence_ids) == len(set(b.sentence_ids)) for b in produced)
 
-    crowded = [Example(ids[0], ids[2 + i], None) for i in range(5)]
-    with pytest.raises(DataError, match="without repeating a sentence"):
+    crowded = examples(store, [(ids[0], ids[2 + i], None) for i in range(5)])
+    with pytest.raises(DataError, match=f"cannot place \\(anchor {ids[0]}, positive [0-9a-f]+, negative None\\)"):
         list(LengthBucketedBatches(crowded, store, batch_size=2, pad_id=PAD, seed=0).epoch(0))
 
 
@@ -234,7 +253,7 @@ def test_bucketing_pads_far_less_than_random_order(nli_like):
 
 def test_lone_sentences_batch_as_anchors_only_and_carry_their_store_rows(tmp_path):
     store, ids = synthetic_store(tmp_path, [3, 9, 4, 7, 5, 6, 8, 2])
-    lone = [Example(identifier, None, None) for identifier in ids]
+    lone = Examples.lone(store.rows(ids))
     batches = LengthBucketedBatches(lone, store, batch_size=3, pad_id=PAD, seed=0)
 
     produced = list(batches.epoch(0))
@@ -243,4 +262,24 @@ def test_lone_sentences_batch_as_anchors_only_and_carry_their_store_rows(tmp_pat
     for batch in produced:
         assert batch.anchors.rows.tolist() == store.rows(batch.anchors.sentence_ids).tolist()
     with pytest.raises(ValueError, match="not a mix"):
-        LengthBucketedBatches(lone + [Example(ids[0], ids[1], None)], store, batch_size=3, pad_id=PAD, seed=0)
+        mixed = Examples.joined([lone, examples(store, [(ids[0], ids[1], None)])])
+        LengthBucketedBatches(mixed, store, batch_size=3, pad_id=PAD, seed=0)
+
+
+def test_a_plan_costs_a_few_bytes_an_example_not_a_python_object(monkeypatch):
+    """Batches and an epoch's plan are index arrays: 8 bytes an example for the plan and 4 for its sort key."""
+    count = 200_000
+    ids = np.array([f"{i:032d}".encode() for i in range(2 * count)], dtype="S32")
+    lengths = (3 + np.arange(2 * count) % 20).astype(np.int32)
+    store = TokenStore(ids, np.cumsum(lengths, dtype=np.int64) - lengths, lengths, np.ones(lengths.sum(), np.int32))
+    anchors = np.arange(count, dtype=np.int32)
+    monkeypatch.setattr(batches_module, "FILL_CHUNK", 4096)  # the tuples of one chunk are a constant, not per example
+    for chosen, most in [(Examples.lone(anchors), 20), (Examples(anchors, anchors + count, anchors * 0 - 1), 32)]:
+        tracemalloc.start()
+        try:
+            plan = LengthBucketedBatches(chosen, store, batch_size=64, pad_id=PAD, seed=0).plan(0)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert sorted(np.concatenate(plan).tolist()) == list(range(count))
+        assert peak / count < most

@@ -7,10 +7,11 @@ import torch
 from torch import nn
 
 from embedforge.config import TrainParams
-from embedforge.training.batches import LengthBucketedBatches, TokenStore
+from embedforge.training.batches import LengthBucketedBatches
 from embedforge.training.checkpoint import TrainState
-from embedforge.training.examples import Example
+from embedforge.training.examples import Examples
 from embedforge.training.losses import InfoNCELoss, Objective
+from embedforge.training.token_files import TokenStore
 from embedforge.training.trainer import Trainer
 
 VOCABULARY, WIDTH, SENTENCES = 40, 8, 24
@@ -38,9 +39,10 @@ def token_store() -> TokenStore:
     return TokenStore(ids, starts, lengths, tokens)
 
 
-def pairs() -> list[Example]:
-    """Sentence 2k and 2k + 1 are a pair."""
-    return [Example(f"{i:032d}", f"{i + 1:032d}", None) for i in range(0, SENTENCES, 2)]
+def pairs() -> Examples:
+    """Sentence 2k and 2k + 1 are a pair (rows follow the ids' order)."""
+    anchors = np.arange(0, SENTENCES, 2, dtype=np.int32)
+    return Examples(anchors, anchors + 1, np.full(len(anchors), -1, np.int32))
 
 
 def trainer(tmp_path, scores=None, **params) -> Trainer:
