@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from embedforge.data.sentences import normalize_text, search_sorted, sentence_id
+from embedforge.data.sentences import fixed_ids, normalize_text, search_sorted, sentence_id
 from embedforge.embeddings.shards import MANIFEST_NAME, ROW_GROUP_ROWS
 from embedforge.errors import UserError
 
@@ -19,8 +19,9 @@ from embedforge.errors import UserError
 class EmbeddingCache:
     """Lookup from sentence id or text to its teacher vector, holding only ids and a few row groups in memory.
 
-    The id index costs 24 bytes a sentence; vectors are read from the memory-mapped
-    shards one row group at a time, keeping the ``cached_row_groups`` most recent.
+    The id index costs 24 bytes a sentence and is built on the first lookup, so a reader
+    of whole shards never pays for it; vectors are read from the memory-mapped shards one
+    row group at a time, keeping the ``cached_row_groups`` most recent.
     """
 
     def __init__(self, directory: str | Path, cached_row_groups: int = 64):
@@ -33,10 +34,12 @@ class EmbeddingCache:
             )
         self.manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
         self.dim: int = self.manifest["dim"]
+        self.dtype = np.dtype(self.manifest["dtype"])
+        self.rows: int = sum(shard["rows"] for shard in self.manifest["shards"])
         self.files = [self.directory / shard["file"] for shard in self.manifest["shards"]]
         self._row_groups: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cached_row_groups = cached_row_groups
-        self._build_index()
+        self._keys: np.ndarray | None = None
 
     def _build_index(self) -> None:
         keys, shards, rows = [], [], []
@@ -51,12 +54,14 @@ class EmbeddingCache:
         self._row = np.concatenate(rows)[order] if rows else np.array([], dtype=np.int32)
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return self.rows
 
     def __contains__(self, identifier: str) -> bool:
         return self._positions([identifier], missing_ok=True)[0] >= 0
 
     def _positions(self, ids: list[str], missing_ok: bool = False) -> np.ndarray:
+        if self._keys is None:
+            self._build_index()
         positions, found = search_sorted(self._keys, np.array([bytes.fromhex(i) for i in ids], dtype="S16"))
         if not missing_ok and not found.all():
             missing = ids[int(np.argmin(found))]
@@ -89,12 +94,23 @@ class EmbeddingCache:
         """The teacher vectors of ``texts`` as the teacher would give them, read from the cache."""
         return self.vectors([sentence_id(normalize_text(text)) for text in texts])
 
-    def iter_shards(self) -> Iterator[tuple[list[str], np.ndarray]]:
-        """(ids, float32 vectors) shard by shard: the whole cache in bounded memory."""
+    def iter_shards(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(``ID_DTYPE`` ids, vectors as stored: float16 or float32) shard by shard: the whole cache in bounded
+        memory, without a Python string or a float32 copy per sentence."""
         for path in self.files:
             table = pq.read_table(path, columns=["sentence_id", "embedding"], memory_map=True)
             vectors = table.column("embedding").combine_chunks().values.to_numpy().reshape(-1, self.dim)
-            yield table.column("sentence_id").to_pylist(), vectors.astype(np.float32)
+            yield fixed_ids(table.column("sentence_id").combine_chunks()), vectors
+
+    def matrix(self) -> np.ndarray:
+        """Every vector as stored (float16 or float32), in shard order: a corpus to search, filled shard by shard
+        into one array, so memory holds the cache once and one shard besides."""
+        out = np.empty((self.rows, self.dim), dtype=self.dtype)
+        start = 0
+        for _, vectors in self.iter_shards():
+            out[start : start + len(vectors)] = vectors
+            start += len(vectors)
+        return out
 
 
 def load(directory: str | Path) -> EmbeddingCache:

@@ -49,7 +49,13 @@ def test_one_row_per_distinct_sentence_matching_the_teacher(prepared, precompute
     assert len(cache) == len(expected) and sentence_id(normalize_text(sample[0])) in cache
     with pytest.raises(KeyError, match="not in the embedding cache"):
         cache.vectors([sentence_id("never seen")])
-    assert sum(len(ids) for ids, _ in cache.iter_shards()) == len(expected)
+    shards = list(cache.iter_shards())
+    assert sum(len(ids) for ids, _ in shards) == len(expected)
+    assert all(ids.dtype == "S32" and vectors.dtype == np.float16 for ids, vectors in shards)  # as stored
+    corpus = cache.matrix()
+    assert corpus.dtype == np.float16 and np.array_equal(corpus, np.concatenate([v for _, v in shards]))
+    first = shards[0][0][:5]
+    assert np.array_equal(cache.vectors([i.decode() for i in first]), corpus[:5].astype(np.float32))
 
 
 def test_unchanged_rerun_reuses_every_shard(prepared, precompute_params):
