@@ -32,7 +32,7 @@ from great_expectations.data_context.types.base import (
 )
 
 from embedforge.config import NLI_LABELS, DatasetSource, ValidateParams
-from embedforge.data.row_hashes import read_batches, repeats_in_split, row_hashes
+from embedforge.data.row_hashes import in_sorted, read_batches, repeats_in_split, row_hashes
 from embedforge.data.schema import RAW_COLUMNS, SENTENCES_COLUMNS, raw_split_path
 from embedforge.data.validation_results import describe_outcome, merge_outcomes
 
@@ -206,7 +206,7 @@ class SplitValidator:
         for index, frame in enumerate(read_batches(path, self.params.batch_rows)):
             leaked = np.zeros(len(frame), dtype=bool)
             if train is not None and len(train):
-                leaked = np.isin(row_hashes(frame, columns, exact=False), train)
+                leaked = in_sorted(row_hashes(frame, columns, exact=False), train)
             rows_here = frame.index.to_numpy()
             flagged = frame.assign(
                 **{

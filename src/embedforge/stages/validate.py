@@ -41,6 +41,7 @@ def run(cfg: Params) -> dict[str, float]:
     with atomic_dir(VALIDATION_DIR) as out:
         docs_dir = out / DATA_DOCS_DIR.name if params.data_docs else None
         validator = SplitValidator(params, cfg.download.datasets, docs_dir=docs_dir)
+        held_out = {dataset for dataset, split in splits if split != TRAIN_SPLIT}  # what leakage is checked for
         train_hashes = {
             dataset: np.unique(
                 split_hashes(
@@ -51,7 +52,7 @@ def run(cfg: Params) -> dict[str, float]:
                 )
             )
             for dataset, split in splits
-            if split == TRAIN_SPLIT
+            if split == TRAIN_SPLIT and dataset in held_out
         }
         results = [
             validator.validate(
