@@ -69,3 +69,9 @@ class Family:
     def epoch_hook(self, params: ModelParams, data: TrainingData, examples: Examples) -> EpochHook | None:
         """What changes the model between epochs of a phase training on ``examples``; None when nothing does."""
         return None
+
+    def save(self, model: SentenceTransformer, directory: Path) -> SentenceTransformer:
+        """Write the finished student to ``directory``; returns the model as it loads from there (what MLflow logs
+        and evaluate scores), which differs from ``model`` where the family stores weights in fewer bits."""
+        model.save(str(directory))
+        return model

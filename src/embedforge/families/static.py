@@ -51,6 +51,11 @@ class StaticFamily(Family):
 
         return bag_inputs(model)
 
+    def save(self, model, directory):
+        from embedforge.models.static import save_student
+
+        return save_student(model, directory)
+
     def start_projection(self, objective, model, data, seed):
         """Start the distill projection at the least-squares map from the untrained student's vectors onto the
         teacher's, over a seeded sample of the training sentences. From a random map, the first steps would bend

@@ -9,7 +9,8 @@ law estimates it from its rank in the vocabulary. ``scratch`` starts from seeded
 distils the table onto the teacher's vectors of the corpus sentences (the train stage's ``distill`` objective).
 
 The saved model is sentence-transformers' own StaticEmbedding (+ Dense) + Normalize, so ``SentenceTransformer(dir)``
-loads it without ``trust_remote_code``. StaticEmbedding tokenizes without special tokens; training feeds it the
+loads it without ``trust_remote_code``. Its table is stored in float16, as model2vec stores its own (``save_student``).
+StaticEmbedding tokenizes without special tokens; training feeds it the
 tokenize stage's padded ids as the same bags (``bag_inputs``), so a sentence is the same bag in both.
 """
 
@@ -138,6 +139,30 @@ def build_student(
             )
     modules.append(Normalize())
     return SentenceTransformer(modules=modules, device="cpu")
+
+
+def save_student(model: SentenceTransformer, directory: Path) -> SentenceTransformer:
+    """Save the student with its table in float16: half the bytes of float32, and the rounding moves a vector by
+    about 1e-3 of its length. The table is written in model2vec's layout (``embeddings`` and per-token
+    ``weights``, here all 1), which StaticEmbedding.load folds back into a float32 table, so the model loads
+    without ``trust_remote_code`` and runs in float32 beside its Dense. Checkpoints keep float32, for exact resumes.
+    Returns the model as loaded from ``directory``.
+    """
+    import json
+
+    from safetensors.torch import save_file
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import StaticEmbedding
+
+    model.save(str(directory))
+    modules = json.loads((directory / "modules.json").read_text(encoding="utf-8"))
+    index = next(i for i, module in enumerate(model) if isinstance(module, StaticEmbedding))
+    table = model[index].embedding.weight.detach()
+    save_file(
+        {"embeddings": table.half().contiguous(), "weights": torch.ones(len(table), dtype=torch.float16)},
+        str(directory / modules[index]["path"] / "model.safetensors"),
+    )
+    return SentenceTransformer(str(directory), device="cpu")
 
 
 def bag_inputs(model: SentenceTransformer) -> Any:

@@ -79,7 +79,7 @@ def run(cfg: Params, **hooks: Any) -> dict[str, Any]:
         memory = plan_memory(cfg, model, data, device)
         parts = TrainerParts(model, family, objective, validation, data, device, hooks, world)
         results = run_phases(cfg, parts, architecture_of(cfg, model, data.teacher_dim), memory)
-        return finalize(cfg, results, memory, device, world) if world.is_main else {}
+        return finalize(cfg, family, results, memory, device, world) if world.is_main else {}
     finally:
         distributed.leave()
 
@@ -165,7 +165,12 @@ def plan_memory(cfg: Params, model: torch.nn.Module, data: TrainingData, device:
 
 
 def finalize(
-    cfg: Params, results: list[PhaseResult], memory: dict[str, int], device: str, world: distributed.World
+    cfg: Params,
+    family: Family,
+    results: list[PhaseResult],
+    memory: dict[str, int],
+    device: str,
+    world: distributed.World,
 ) -> dict[str, Any]:
     """The curves, the best epoch's weights as models/student (and in MLflow), and metrics/train.json."""
     trainer = results[-1].trainer
@@ -173,9 +178,8 @@ def finalize(
     best = results[-1].phase.checkpoints / "best"
     if results[-1].state.best_epoch is not None and best.is_dir():
         load_checkpoint_weights(trainer, best)
-    model = trainer.model.to("cpu")
     with atomic_dir(STUDENT_DIR) as out:
-        model.save(str(out))
+        model = family.save(trainer.model.to("cpu"), out)
     tracking.current().log_sentence_transformer(
         model, "student", cfg.tracking.registered_model, sha256_tree(STUDENT_DIR)
     )

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from helpers import REPO_ROOT
+from safetensors.torch import load_file
 from scipy.stats import spearmanr
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Normalize, StaticEmbedding
@@ -69,6 +70,12 @@ def test_distillation_improves_the_init_and_saves_a_plain_sentence_transformer(i
     assert all(module["type"].startswith("sentence_transformers.") for module in modules), modules
     student = SentenceTransformer(str(project / STUDENT_DIR), device="cpu")  # trust_remote_code is False
     assert [type(module) for module in student] == [StaticEmbedding, Normalize]
+    stored = load_file(project / STUDENT_DIR / modules[0]["path"] / "model.safetensors")
+    assert stored["embeddings"].dtype == torch.float16 and stored["embeddings"].shape == table(student).shape
+    assert table(student).dtype == torch.float32  # loaded back as float32, beside any Dense
+    assert torch.equal(table(student), stored["embeddings"].float())
+    trained = load_file(project / "checkpoints/best/weights.safetensors")["model.0.embedding.weight"]
+    assert trained.dtype == torch.float32 and torch.equal(stored["embeddings"], trained.half())  # resumes stay exact
     held_out = list(dict.fromkeys(pd.read_parquet(project / "data/raw/stsb/validation.parquet")["sentence1"]))[:150]
     teacher = SentenceTransformer(str(tiny_teacher), device="cpu")
     before, after = agreement(init, teacher, held_out), agreement(student, teacher, held_out)
