@@ -16,12 +16,14 @@ from embedforge.data.sentences import iter_sentences, partition_of, sentence_id
 SPILL_DIR = ".spill"  # inside the cache directory, removed when the run ends (or at the next start)
 SPILL_SCHEMA = pa.schema([pa.field("sentence_id", pa.string()), pa.field("text", pa.string())])
 SPILL_ROWS = 4096  # sentences buffered per partition before they are appended to its spill file
+SPILL_BUFFER_ROWS = 131_072  # sentences buffered over all partitions: past it, every buffer is written out
 
 
 def spill_partitions(files: list[Path], partitions: int, wanted: set[int], directory: Path) -> dict[int, Path]:
     """One pass over ``files``: every sentence of a ``wanted`` partition appended to that partition's spill file.
 
-    Memory holds ``SPILL_ROWS`` sentences per partition, whatever the corpus size.
+    Memory holds at most ``SPILL_ROWS`` sentences per partition and ``SPILL_BUFFER_ROWS`` in all, whatever the
+    corpus size and however many partitions it has (a thousand at 50 million sentences).
     """
     directory.mkdir(parents=True, exist_ok=True)
     paths = {partition: directory / f"{partition:05d}.arrow" for partition in sorted(wanted)}
@@ -36,6 +38,7 @@ def spill_partitions(files: list[Path], partitions: int, wanted: set[int], direc
         ids.clear()
         texts.clear()
 
+    buffered = 0
     try:
         for text in iter_sentences(files):
             identifier = sentence_id(text)
@@ -45,8 +48,15 @@ def spill_partitions(files: list[Path], partitions: int, wanted: set[int], direc
             ids, texts = buffers[partition]
             ids.append(identifier)
             texts.append(text)
+            buffered += 1
             if len(ids) >= SPILL_ROWS:
+                buffered -= len(ids)
                 flush(partition)
+            if buffered >= SPILL_BUFFER_ROWS:
+                for waiting, (pending, _) in buffers.items():
+                    if pending:
+                        flush(waiting)
+                buffered = 0
         for partition, (ids, _) in buffers.items():
             if ids or partition not in writers:
                 flush(partition)
