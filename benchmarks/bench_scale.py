@@ -1,4 +1,4 @@
-"""Cost growth: seconds, items/s, peak RSS and bytes on disk of every stage from 10 thousand to 5 million sentences.
+"""Cost growth: seconds, items/s, memory and bytes on disk of every stage from 10 thousand to 10 million sentences.
 
     EMBEDFORGE_MIRROR=../shared/data python benchmarks/bench_scale.py --max-n 1000000 [--minilm-max-n 100000]
 
@@ -6,14 +6,19 @@ For each N a seeded generator recombines the mirror's SNLI words into N distinct
 (a fifth of them repeated once, as corpora repeat), written as parquet files and declared as
 an own-data ``sentences`` dataset (``data/external/corpus/*.parquet``), next to the mirror's
 STS-B validation pairs as a small ``pairs_score`` set. Then the real stages run, each in a
-fresh process so its peak RSS is its own (``os.wait4``): download, validate (GX), precompute
+fresh process so its memory is its own: its peak RSS (``VmHWM``) and, sampled every 20 ms, the
+peaks of its anonymous and file-backed pages (``RssAnon``: what it allocated; ``RssFile``: mapped
+files, such as memory-mapped teacher vectors). The stages: download, validate (GX), precompute
 with a tiny random teacher (1 layer, 64 wide: the stage's own reading, dedup, hashing,
 sharding and writing dominate), tokenize, train (data loading, batch planning and 20
-distillation steps), and exact retrieval of 1,000 queries over the N cached vectors. The
+distillation steps), and exact retrieval of 1,000 queries over the N cached float16 vectors. The
 real MiniLM teacher's precompute runs at the sizes up to ``--minilm-max-n`` to show the
 model's share. At the largest N it also times ``dvc commit`` (hashing every output once),
 then ``dvc status`` and a no-op ``dvc repro``, and the Prefect flow's cache keys with
-nothing changed. Prints one JSON object; items/s ratios compare the largest N with 10k.
+nothing changed. Prints one JSON object: items/s ratios compare the largest N with 10k and 100k;
+train's and retrieval's anonymous memory gained from the smallest N to the largest is set against
+the raw bytes of the data they hold; every figure is carried on to 50 million sentences along the
+line through the two largest sizes (``extrapolated``).
 """
 
 from __future__ import annotations
@@ -30,12 +35,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from common import PEAK_RSS_MB, add_set_argument, build_tiny_sentence_model, pinned_params
 
 from embedforge.config import MIRROR_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SIZES = (10_000, 100_000, 1_000_000, 5_000_000)
+SIZES = (10_000, 100_000, 1_000_000, 5_000_000, 10_000_000)
+EXTRAPOLATE_TO = 50_000_000  # sentences, from the slope between the two largest sizes measured
 PART_ROWS = 500_000  # rows per corpus file
 REPEATED_SHARE = 0.2  # of the distinct sentences, this share occurs twice
 DVC = str(Path(sys.executable).with_name("dvc"))  # the dvc of this environment, whatever PATH holds
@@ -63,7 +71,7 @@ import numpy as np
 from embedforge.embeddings import EmbeddingCache
 from embedforge.evaluation.retrieval import retrieval
 cache = EmbeddingCache(sys.argv[1])
-corpus = np.concatenate([vectors.astype(np.float16) for _, vectors in cache.iter_shards()])
+corpus = cache.matrix()  # the cache's float16, read as stored
 rng = np.random.default_rng(0)
 rows = rng.choice(len(corpus), size=min(int(sys.argv[2]), len(corpus)), replace=False)
 queries = corpus[rows].astype(np.float32) + rng.normal(0, 0.05, (len(rows), corpus.shape[1])).astype(np.float32)
@@ -142,13 +150,45 @@ def settings(teacher: str, extra: list[str]) -> list[str]:
 
 
 def run_measured(command: list[str], cwd: Path) -> dict:
-    """Seconds of ``command`` in its own process, and the JSON object its last output line holds."""
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - started
-    if done.returncode:
-        sys.exit(f"{' '.join(command)} failed in {cwd}:\n{done.stderr[-3000:]}")
-    return {"seconds": seconds, **json.loads(done.stdout.strip().splitlines()[-1])}
+    """Seconds of ``command`` in its own process, the JSON object its last output line holds, and the peaks of its
+    anonymous and file-backed resident memory (``RssAnon``, ``RssFile``), sampled every 20 ms."""
+    peaks = {"RssAnon": 0, "RssFile": 0}
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=err, text=True)
+        while process.poll() is None:
+            try:
+                status = Path(f"/proc/{process.pid}/status").read_text()
+            except OSError:  # it ended between the poll and the read
+                break
+            for line in status.splitlines():
+                key, _, value = line.partition(":")
+                if key in peaks:
+                    peaks[key] = max(peaks[key], int(value.split()[0]))
+            time.sleep(0.02)
+        seconds = time.perf_counter() - started
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if process.wait():
+        sys.exit(f"{' '.join(command)} failed in {cwd}:\n{stderr[-3000:]}")
+    return {
+        "seconds": seconds,
+        "anon_peak_mb": peaks["RssAnon"] / 1024,
+        "file_peak_mb": peaks["RssFile"] / 1024,
+        **json.loads(stdout.strip().splitlines()[-1]),
+    }
+
+
+def train_data_bytes(root: Path, dim: int) -> int:
+    """The raw bytes train holds for its data: int32 token ids, float16 teacher vectors and 32-byte ids of every
+    sentence of the token files it reads (chunk 0, as ``TokenStore`` keeps)."""
+    tokens = sentences = 0
+    for path in [root / "data/tokens/corpus/train.parquet", root / "data/tokens/pairs/validation.parquet"]:
+        table = pq.read_table(path, columns=["chunk", "length"])
+        first = table.filter(pc.equal(table["chunk"], 0))
+        tokens += pc.sum(first["length"]).as_py()
+        sentences += first.num_rows
+    return 4 * tokens + sentences * (32 + 2 * dim)
 
 
 def disk_bytes(root: Path, paths: list[str]) -> int:
@@ -185,18 +225,53 @@ def one_size(root: Path, mirror: Path, words: np.ndarray, n: int, teacher: str, 
             "seconds": round(result["seconds"], 2),
             "items_per_s": round(items[stage] / result["seconds"], 1),
             "peak_rss_mb": round(result["peak_rss_mb"], 1),
+            "anon_peak_mb": round(result["anon_peak_mb"], 1),
+            "file_peak_mb": round(result["file_peak_mb"], 1),
             "bytes_on_disk": disk_bytes(root, OUTPUTS[stage]),
         }
     cache = next((root / "data/embeddings").iterdir())
+    manifest = json.loads((cache / "manifest.json").read_text())
+    point["precompute"]["vector_bytes"] = manifest["unique_sentences"] * manifest["dim"] * 2  # float16, raw
+    point["precompute"]["shard_bytes"] = sum(path.stat().st_size for path in cache.glob("*.parquet"))
+    point["train"]["data_bytes"] = train_data_bytes(root, manifest["dim"])
     search = run_measured([sys.executable, "-c", RETRIEVAL, str(cache), str(QUERIES)], root)
     point["retrieval"] = {
         "seconds": round(search["seconds"], 2),
         "search_seconds": round(search["search_seconds"], 2),
         "items_per_s": round(QUERIES * n / search["search_seconds"], 1),  # query-candidate scores per second
         "peak_rss_mb": round(search["peak_rss_mb"], 1),
+        "anon_peak_mb": round(search["anon_peak_mb"], 1),
+        "corpus_bytes": point["precompute"]["vector_bytes"],
         "recall_at_10": search["recall@10"],
     }
     return point
+
+
+def extrapolated(points: list[dict], n: int) -> dict:
+    """Each stage's hours, anonymous peak and bytes on disk at ``n`` sentences, continuing the straight line
+    through the two largest sizes measured (every figure grows linearly from 1M on)."""
+    before, last = points[-2], points[-1]
+    span = last["sentences"] - before["sentences"]
+
+    def at_n(stage: str, key: str) -> float:
+        slope = (last[stage][key] - before[stage][key]) / span
+        return last[stage][key] + slope * (n - last["sentences"])
+
+    figures = {
+        stage: {
+            "hours": round(at_n(stage, "seconds") / 3600, 2),
+            "anon_peak_gb": round(at_n(stage, "anon_peak_mb") / 1024, 2),
+            "bytes_on_disk_gb": round(at_n(stage, "bytes_on_disk") / 2**30, 2) if stage in OUTPUTS else None,
+        }
+        for stage in (*STAGES, "retrieval")
+    }
+    return {"sentences": n, "from_sizes": [before["sentences"], last["sentences"]], "stages": figures}
+
+
+def growth(first: dict, last: dict, stage: str, data_key: str) -> float:
+    """Anonymous memory the stage gained from the smallest to the largest size, over the data bytes it gained."""
+    gained = last[stage]["anon_peak_mb"] - first[stage]["anon_peak_mb"]
+    return round(gained * 2**20 / (last[stage][data_key] - first[stage][data_key]), 3)
 
 
 def no_op_figures(root: Path) -> dict:
@@ -285,6 +360,16 @@ def main() -> None:
         }
         for stage in (*STAGES, "retrieval")
     }
+    if len(points) > 1:
+        sentences = last["sentences"] - first["sentences"]
+        ratios["train"]["anon_gained_vs_data_bytes"] = growth(first, last, "train", "data_bytes")
+        ratios["train"]["anon_bytes_per_sentence"] = round(
+            (last["train"]["anon_peak_mb"] - first["train"]["anon_peak_mb"]) * 2**20 / sentences, 1
+        )
+        ratios["train"]["data_bytes_per_sentence"] = round(
+            (last["train"]["data_bytes"] - first["train"]["data_bytes"]) / sentences, 1
+        )
+        ratios["retrieval"]["anon_gained_vs_corpus_bytes"] = growth(first, last, "retrieval", "corpus_bytes")
     print(
         json.dumps(
             {
@@ -294,6 +379,7 @@ def main() -> None:
                 "ratios": ratios,
                 "minilm_precompute": minilm,
                 "no_op_at_largest": no_op,
+                "extrapolated": extrapolated(points, EXTRAPOLATE_TO) if len(points) > 1 else None,
                 "workdir": str(workdir),
             },
             indent=2,

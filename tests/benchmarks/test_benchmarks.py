@@ -174,7 +174,21 @@ def test_bench_scale(small_mirror: Path, tmp_path: Path) -> None:
     for stage in ("download", "validate", "precompute", "tokenize", "train", "retrieval"):
         for point in report["points"]:
             assert point[stage]["seconds"] > 0 and point[stage]["peak_rss_mb"] > 50, (stage, point[stage])
+            assert 0 < point[stage]["anon_peak_mb"] < point[stage]["peak_rss_mb"], (stage, point[stage])
         assert report["ratios"][stage]["peak_rss_largest_vs_100k"] > 0
+        assert report["extrapolated"]["stages"][stage].keys() == {"hours", "anon_peak_gb", "bytes_on_disk_gb"}
+    assert report["extrapolated"]["sentences"] == 50_000_000 and report["extrapolated"]["from_sizes"] == [1000, 3000]
+    for point in report["points"]:
+        sentences = point["precompute"]["vector_bytes"] / (2 * 64)  # the corpus's and the pairs', as train reads
+        assert 32 + 2 * 64 < point["train"]["data_bytes"] / sentences < 32 + 2 * 64 + 4 * 40  # ids, vectors, tokens
+        assert (
+            point["precompute"]["shard_bytes"]
+            > point["precompute"]["vector_bytes"]
+            == point["retrieval"]["corpus_bytes"]
+        )
+    assert {"anon_gained_vs_data_bytes", "anon_bytes_per_sentence", "data_bytes_per_sentence"} <= report["ratios"][
+        "train"
+    ].keys()
     assert report["points"][1]["rows"] == 3600  # a fifth of the sentences repeated
     assert report["minilm_precompute"]["1000"]["model_share"] > 0
     assert {"dvc_status_seconds", "dvc_repro_noop_seconds", "flow_cache_keys_seconds"} <= report[
