@@ -124,7 +124,7 @@ def main() -> None:
     from embedforge.evaluation.speed import encode_speed
     from embedforge.evaluation.sts import STSEvaluator
     from embedforge.models import teacher as teachers
-    from embedforge.models.static import build_student
+    from embedforge.models.static import build_student, save_student
     from embedforge.paths import STUDENT_DIR, TOKENIZER_DIR
     from embedforge.stages import STAGES
 
@@ -144,7 +144,7 @@ def main() -> None:
     initial = build_student(cfg.model, TOKENIZER_DIR, cfg.tokenize.max_length, teacher_path, cfg.seed)
     init_seconds = time.perf_counter() - start
     shutil.rmtree("students/static_init", ignore_errors=True)
-    initial.save("students/static_init")
+    save_student(initial, Path("students/static_init"))  # as the train stage saves: a float16 table
     trained = STAGES["train"].module().run(cfg)
     shutil.rmtree("students/static_trained", ignore_errors=True)
     shutil.copytree(STUDENT_DIR, "students/static_trained")
