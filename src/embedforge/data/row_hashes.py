@@ -40,11 +40,15 @@ def row_hashes(frame: pd.DataFrame, columns: list[str], exact: bool) -> np.ndarr
     return hashes
 
 
+def unreadable(path: Path, exc: Exception) -> DataError:
+    return DataError(f"{path}: cannot read parquet ({exc}): run `embedforge download` again")
+
+
 def open_split(path: Path) -> pq.ParquetFile:
     try:
         return stream_parquet(path)
     except (OSError, pa.ArrowException) as exc:
-        raise DataError(f"{path}: cannot read parquet ({exc}): run `embedforge download` again") from None
+        raise unreadable(path, exc) from None
 
 
 def read_batches(path: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
@@ -61,7 +65,7 @@ def read_batches(path: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
         if start == 0:
             yield parquet.schema_arrow.empty_table().to_pandas()
     except (OSError, pa.ArrowException) as exc:
-        raise DataError(f"{path}: cannot read parquet ({exc}): run `embedforge download` again") from None
+        raise unreadable(path, exc) from None
 
 
 def split_hashes(path: Path, columns: list[str], exact: bool, batch_rows: int) -> np.ndarray:
