@@ -20,6 +20,8 @@ from embedforge.config.datasets import (
     DatasetName,
     DatasetSource,
     SplitName,
+    documents_split,
+    split_reference,
     threshold,
 )
 from embedforge.config.model import ModelParams
@@ -67,12 +69,14 @@ __all__ = [
     "apply_overrides",
     "apply_preset",
     "deep_merge",
+    "documents_split",
     "flatten",
     "load_params",
     "max_length_problem",
     "parse_override",
     "read_yaml",
     "set_dotted",
+    "split_reference",
     "teacher_shaped",
     "threshold",
     "write_overrides",

@@ -9,7 +9,14 @@ from pydantic import Field, model_validator
 
 from embedforge.config.base import Section
 from embedforge.config.builtin_datasets import BUILTINS, with_builtin_defaults
-from embedforge.config.datasets import RESERVED_NAMES, DatasetName, DatasetSource, SplitName, default_datasets
+from embedforge.config.datasets import (
+    RESERVED_NAMES,
+    DatasetName,
+    DatasetSource,
+    SplitName,
+    check_documents,
+    default_datasets,
+)
 
 ONE_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 CUDA_DEVICE = re.compile(r"cuda:\d+")
@@ -69,6 +76,11 @@ class DownloadParams(Section):
                     "download.source is 'archive' but no archive is set for "
                     + ", ".join(f"download.datasets.{name}.archive" for name in missing)
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _queries_have_documents(self) -> DownloadParams:
+        check_documents(self.datasets)
         return self
 
 

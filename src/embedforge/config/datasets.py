@@ -3,8 +3,11 @@
 A dataset's ``kind`` fixes its common columns (``data.schema``), its expectations and
 the stages it can serve: ``sentences`` feed precompute, tokenize and distillation;
 ``pairs_nli`` (labelled pairs) and ``pairs_score`` (scored pairs) also feed InfoNCE,
-separation and retrieval, and scored pairs STS. ``check_dataset_uses`` turns a dataset
-named where its kind cannot serve into a config error naming the key.
+separation and retrieval, and scored pairs STS. ``documents`` (long texts with an id) feed
+precompute, tokenize and distillation, and are what ``queries`` search in document retrieval:
+a queries dataset names its documents dataset (``documents``), whose split ``documents_split``
+picks. ``check_dataset_uses`` turns a dataset named where its kind cannot serve into a config
+error naming the key.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 from embedforge.config.base import Section
 from embedforge.config.builtin_datasets import BUILTINS
 
-DatasetKind = Literal["sentences", "pairs_nli", "pairs_score"]
+DatasetKind = Literal["sentences", "pairs_nli", "pairs_score", "documents", "queries"]
+PAIR_KINDS = ("pairs_nli", "pairs_score")
 NliLabel = Literal["entailment", "neutral", "contradiction"]
 NLI_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
 # Names become folders (data/raw/<name>/) and GX asset names, and appear in "<dataset>/<split>" params.
@@ -26,17 +30,23 @@ RESERVED_NAMES = {"tokenizer"}  # data/tokens/tokenizer sits beside data/tokens/
 FileFormat = Literal["auto", "parquet", "csv", "tsv", "jsonl", "txt"]
 VALIDATION_SPLIT = "validation"
 TRAIN_SPLIT = "train"
+# The keys whose datasets are embedded (teacher vectors, token ids, training): any kind of text but queries.
+EMBEDDED_KEYS = ("precompute.datasets", "tokenize.datasets", "train.datasets")
 
 # The common columns of each kind, required ones first; ``columns`` maps them onto a file's or hub split's columns.
 KIND_COLUMNS: dict[str, tuple[str, ...]] = {
     "sentences": ("text", "text_id"),
     "pairs_nli": ("sentence1", "sentence2", "label", "score", "pair_id", "genre"),
     "pairs_score": ("sentence1", "sentence2", "score", "label", "pair_id", "genre"),
+    "documents": ("id", "text", "title"),
+    "queries": ("query", "relevant", "query_id"),
 }
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "sentences": ("text",),
     "pairs_nli": ("sentence1", "sentence2", "label"),
     "pairs_score": ("sentence1", "sentence2", "score"),
+    "documents": ("id", "text"),
+    "queries": ("query", "relevant"),
 }
 
 
@@ -58,6 +68,7 @@ class DatasetSource(Section):
     splits: list[SplitName] | dict[SplitName, Annotated[str, Field(min_length=1)]] = Field(min_length=1)
     split_column: str | None = Field(default=None, min_length=1)
     validation_fraction: float | None = Field(default=None, gt=0, lt=1)
+    documents: DatasetName | None = None  # queries only: the documents dataset their relevant ids refer to
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -78,8 +89,16 @@ class DatasetSource(Section):
                 f"columns: {', '.join(unknown)} is not a column of a {self.kind} dataset "
                 f"(columns: {', '.join(allowed)})"
             )
-        if self.kind == "sentences" and (self.labels is not None or self.score_range is not None):
-            raise ValueError("labels and score_range apply to pairs, not to a sentences dataset")
+        if not self.is_pairs and (self.labels is not None or self.score_range is not None):
+            raise ValueError(f"labels and score_range apply to pairs, not to a {self.kind} dataset")
+        if self.kind == "queries" and self.documents is None:
+            raise ValueError(
+                "documents: required for a queries dataset: the documents dataset its relevant ids refer to"
+            )
+        if self.kind != "queries" and self.documents is not None:
+            raise ValueError(
+                f"documents: names the documents of a queries dataset's relevant ids; a {self.kind} dataset has none"
+            )
         if self.kind == "pairs_score" and self.score_range is None:
             raise ValueError("score_range: required for scored pairs, e.g. [0, 5]: scores are checked against it")
         if self.score_range is not None and self.score_range[0] >= self.score_range[1]:
@@ -122,7 +141,7 @@ class DatasetSource(Section):
 
     @property
     def is_pairs(self) -> bool:
-        return self.kind != "sentences"
+        return self.kind in PAIR_KINDS
 
     def split_sources(self) -> dict[str, str]:
         """Each split and where it comes from: a hub split name, a file glob, or a value of ``split_column``.
@@ -135,9 +154,54 @@ class DatasetSource(Section):
             return {self.splits[0]: "*"}
         return {split: split for split in self.splits}
 
+    def produced_splits(self) -> list[str]:
+        """The splits download writes: those declared, and validation when it is carved out of train."""
+        return [*self.split_sources(), *([VALIDATION_SPLIT] if self.validation_fraction is not None else [])]
+
 
 def default_datasets() -> dict[str, DatasetSource]:
     return {name: DatasetSource.model_validate(builtin.default_entry()) for name, builtin in BUILTINS.items()}
+
+
+def documents_split(queries_dataset: str, split: str, declared: dict[str, DatasetSource]) -> tuple[str, str]:
+    """``(documents dataset, split)`` whose ids the relevant ids of ``queries_dataset``/``split`` are.
+
+    The documents dataset is the queries dataset's ``documents``; its split is the one named like the query
+    split, or, when the documents dataset has exactly one split (as download writes them), that one. Anything
+    else is a ValueError naming the key to set.
+    """
+    key = f"download.datasets.{queries_dataset}.documents"
+    source = declared.get(queries_dataset)
+    if source is None or source.kind != "queries" or source.documents is None:
+        kind = "not declared" if source is None else f"a {source.kind} dataset"
+        raise ValueError(f"{queries_dataset} is {kind}, not a queries dataset: it names no documents")
+    documents = source.documents
+    target = declared.get(documents)
+    if target is None:
+        raise ValueError(f"{key}: dataset {documents!r} is not declared in download.datasets ({', '.join(declared)})")
+    if target.kind != "documents":
+        raise ValueError(
+            f"{key}: {documents} is a {target.kind} dataset (download.datasets.{documents}.kind), but the relevant "
+            f"ids of queries must name documents"
+        )
+    splits = target.produced_splits()
+    if split in splits:
+        return documents, split
+    if len(splits) == 1:
+        return documents, splits[0]
+    raise ValueError(
+        f"{key}: {queries_dataset}/{split} needs the documents split {documents}/{split}, but {documents} has the "
+        f"splits {', '.join(splits)}: declare {split} in download.datasets.{documents}.splits, or give {documents} "
+        f"one split"
+    )
+
+
+def check_documents(declared: dict[str, DatasetSource]) -> None:
+    """Every split of every queries dataset has its documents split (``documents_split``); a ValueError if not."""
+    for name, source in declared.items():
+        if source.kind == "queries":
+            for split in source.produced_splits():
+                documents_split(name, split, declared)
 
 
 def split_reference(spec: str) -> tuple[str, str]:
@@ -162,10 +226,15 @@ def check_dataset_uses(params: Any) -> None:
     for key, dataset in names:
         if dataset not in declared:
             raise ValueError(f"{key}: dataset {dataset!r} is not declared in download.datasets ({', '.join(declared)})")
+        if key in EMBEDDED_KEYS and declared[dataset].kind == "queries":
+            refuse(key, dataset, declared[dataset], "texts to embed (queries serve evaluate.document_retrieval only)")
     if params.train.uses_pairs:
         check_training_pairs(params.train, declared)
     for key, spec in references:
-        check_reference(key, split_reference(spec)[0], declared, params.evaluate)
+        if key == "evaluate.document_retrieval":
+            check_document_retrieval(key, spec, declared)
+        else:
+            check_reference(key, split_reference(spec)[0], declared, params.evaluate)
 
 
 def split_references(params: Any) -> list[tuple[str, str]]:
@@ -174,6 +243,7 @@ def split_references(params: Any) -> list[tuple[str, str]]:
     references = [("evaluate.sts_splits", spec) for spec in evaluate.sts_splits]
     references += [("evaluate.separation_splits", spec) for spec in evaluate.separation_splits]
     references += [("evaluate.retrieval_split", evaluate.retrieval_split)]
+    references += [("evaluate.document_retrieval", spec) for spec in evaluate.document_retrieval]
     if train.sts_validation is not None:
         references.append(("train.sts_validation", train.sts_validation))
     for key, spec in references:
@@ -210,7 +280,8 @@ def check_reference(key: str, dataset: str, declared: dict[str, DatasetSource], 
     if key in ("evaluate.sts_splits", "train.sts_validation") and not source.has_scores:
         refuse(key, dataset, source, "scored pairs: pairs_score, or pairs_nli with a score column")
     if key in ("evaluate.separation_splits", "evaluate.retrieval_split") and not source.is_pairs:
-        refuse(key, dataset, source, "pairs: pairs_nli or pairs_score")
+        hint = " (queries search their documents in evaluate.document_retrieval)" if source.kind == "queries" else ""
+        refuse(key, dataset, source, f"pairs: pairs_nli or pairs_score{hint}")
     similar = ("evaluate.similar_min_score", evaluate.similar_min_score, dataset, source, "similar_min_score")
     if key == "evaluate.separation_splits" and source.has_scores:
         within_range(*similar)
@@ -219,6 +290,18 @@ def check_reference(key: str, dataset: str, declared: dict[str, DatasetSource], 
         )
     if key == "evaluate.retrieval_split" and not source.has_labels:
         within_range(*similar)
+
+
+def check_document_retrieval(key: str, spec: str, declared: dict[str, DatasetSource]) -> None:
+    """A ``<queries dataset>/<split>`` of document retrieval: a queries dataset whose documents split is known."""
+    dataset, split = split_reference(spec)
+    source = declared[dataset]
+    if source.kind != "queries":
+        refuse(key, dataset, source, "queries: a queries dataset, whose documents names the documents it searches")
+    try:
+        documents_split(dataset, split, declared)
+    except ValueError as exc:
+        raise ValueError(f"{key}: {spec}: {exc}") from None
 
 
 def within_range(key: str, default: float, dataset: str, source: DatasetSource, own: str) -> None:

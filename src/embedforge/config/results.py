@@ -19,6 +19,16 @@ class EvaluateParams(Section):
     min_gap: float = Field(default=0.2, ge=0, le=2)
     retrieval_split: str = "snli/validation"
     retrieval_ks: list[Annotated[int, Field(gt=0)]] = Field(default=[1, 10], min_length=1)
+    document_retrieval: list[str] = Field(
+        default=[],
+        description="<queries dataset>/<split> of each document retrieval task: the queries search the split of "
+        "their documents dataset (download.datasets.<name>.documents) that documents_split picks.",
+    )
+    document_pooling: Literal["mean", "max_sim"] = Field(
+        default="mean",
+        description="How a long document's chunks score: mean, the normalised mean of its chunks' vectors; max_sim, "
+        "a query scores a document by its best chunk.",
+    )
     speed_sentences: int = Field(default=2000, gt=0)
     speed_rounds: int = Field(default=3, gt=0)
     batch_size: int = Field(default=64, gt=0)

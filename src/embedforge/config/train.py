@@ -76,6 +76,12 @@ class TrainParams(Section):
     temperature: float = Field(default=0.05, gt=0)
     distill_loss: Literal["mse", "cosine"] = "mse"
     hard_negatives: bool = True
+    max_chunks_per_text: int | None = Field(
+        default=None,
+        ge=1,
+        description="Chunks of a text longer than tokenize.max_length that train, from its first; null: every "
+        "chunk, 1: the first chunk only.",
+    )
     datasets: list[DatasetName] = Field(default=["snli", "stsb"], min_length=1)
     similar_min_score: float = Field(default=4.0, ge=0, le=5)
     validation_split: SplitName = "validation"

@@ -18,7 +18,8 @@ from embedforge.data.schema import row_keys
 from embedforge.errors import DataError
 from embedforge.files import stream_parquet
 
-ID_COLUMNS = ["pair_id", "text_id"]  # shown with every failing row: the source's own row id, e.g. train-17
+# A row's id in each kind's schema, shown with every failing row: the source's own row id, e.g. train-17.
+ID_COLUMNS = ["pair_id", "text_id", "id", "query_id"]
 
 
 def row_hashes(frame: pd.DataFrame, columns: list[str], exact: bool) -> np.ndarray:
@@ -85,7 +86,7 @@ def split_hash_columns(path: Path, column_sets: list[list[str]], exact: bool, ba
 
 def repeats_in_split(path: Path, columns: list[str], batch_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """For every row of a raw split, streamed once: does its texts' exact ``row_hashes`` occur again, and
-    does its id (``pair_id`` or ``text_id``, whichever it has)?"""
+    does its id (whichever of ``ID_COLUMNS`` it has)?"""
     names = open_split(path).schema_arrow.names
     id_column = next((c for c in ID_COLUMNS if c in names), ID_COLUMNS[0])
     texts, ids = split_hash_columns(path, [columns, [id_column]], exact=True, batch_rows=batch_rows)

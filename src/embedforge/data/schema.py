@@ -3,7 +3,9 @@
 Pairs (``pairs_nli``, ``pairs_score``) share one table shape:
 ``pair_id, sentence1, sentence2, label, score, genre`` with ``label`` null where a
 dataset has no labels and ``score`` null where it has no scores; scores keep their
-dataset's own scale. A ``sentences`` corpus is ``text_id, text``.
+dataset's own scale. A ``sentences`` corpus is ``text_id, text``; ``documents`` are ``id, text, title``
+(``title`` null where a document has none); ``queries`` are ``query_id, query, relevant``, ``relevant``
+the list of ids of the documents that answer the query.
 """
 
 from __future__ import annotations
@@ -29,12 +31,31 @@ RAW_SCHEMA = pa.schema(
 RAW_COLUMNS = RAW_SCHEMA.names
 SENTENCES_SCHEMA = pa.schema([pa.field("text_id", pa.string(), nullable=False), pa.field("text", pa.string())])
 SENTENCES_COLUMNS = SENTENCES_SCHEMA.names
-# Every column that holds a sentence, in any kind's schema: what precompute and tokenize read.
+DOCUMENTS_SCHEMA = pa.schema(
+    [pa.field("id", pa.string(), nullable=False), pa.field("text", pa.string()), pa.field("title", pa.string())]
+)
+QUERIES_SCHEMA = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("query", pa.string()),
+        pa.field("relevant", pa.list_(pa.string())),
+    ]
+)
+KIND_SCHEMAS = {
+    "sentences": SENTENCES_SCHEMA,
+    "pairs_nli": RAW_SCHEMA,
+    "pairs_score": RAW_SCHEMA,
+    "documents": DOCUMENTS_SCHEMA,
+    "queries": QUERIES_SCHEMA,
+}
+# Every column that holds a text to embed, in any kind's schema: what precompute and tokenize read (a document's
+# title is folded into its text, ``sentences.document_text``; queries are embedded by evaluation alone).
 TEXT_COLUMNS = ("sentence1", "sentence2", "text")
+TITLE_COLUMN = "title"
 
 
 def raw_schema(kind: str) -> pa.Schema:
-    return SENTENCES_SCHEMA if kind == "sentences" else RAW_SCHEMA
+    return KIND_SCHEMAS[kind]
 
 
 def raw_split_path(dataset: str, split: str, root: Path = RAW_DIR) -> Path:
@@ -65,5 +86,7 @@ def pair_keys(frame: pd.DataFrame) -> pd.Series:
 
 
 def row_keys(frame: pd.DataFrame) -> pd.Series:
-    """What makes two rows the same: the pair of a pairs split, the text of a sentences split."""
-    return pair_keys(frame) if "sentence1" in frame else comparable(frame["text"])
+    """What makes two rows the same: the pair of a pairs split, the query of a queries split, else the text."""
+    if "sentence1" in frame:
+        return pair_keys(frame)
+    return comparable(frame["query"] if "query" in frame else frame["text"])

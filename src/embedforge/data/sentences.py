@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from embedforge.data.schema import TEXT_COLUMNS, raw_split_path
+from embedforge.data.schema import TEXT_COLUMNS, TITLE_COLUMN, raw_split_path
 from embedforge.errors import DataError
 from embedforge.files import stream_parquet
 from embedforge.paths import RAW_DIR
@@ -27,6 +27,16 @@ ID_DTYPE = "S32"  # a sentence id is 32 hex characters
 def normalize_text(text: str) -> str:
     """NFC, surrounding whitespace stripped, inner runs of whitespace collapsed; case is kept for cased teachers."""
     return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def document_text(title: str | None, text: str) -> str:
+    """A document's text as it is embedded: its title, a space, then its text; the text alone without a title
+    (null or blank).
+
+    Normalised after (``normalize_text``) as every text is. Precompute and tokenize read documents through
+    ``iter_sentences``, which folds titles in with this; evaluation embeds documents the same way.
+    """
+    return f"{title} {text}" if title and title.strip() else text
 
 
 def sentence_id(normalized: str) -> str:
@@ -79,15 +89,29 @@ def split_files(datasets: list[str], splits: list[str], root: Path = RAW_DIR) ->
 
 
 def iter_sentences(files: list[Path]) -> Iterator[str]:
-    """Every non-empty sentence of ``files`` (pairs' both sides, a corpus' texts), normalised, streamed in batches."""
+    """Every non-empty text of ``files`` (pairs' both sides, a corpus' texts, documents with their titles folded in
+    by ``document_text``), normalised, streamed in batches."""
     for path in files:
         parquet = stream_parquet(path)
-        columns = [name for name in TEXT_COLUMNS if name in parquet.schema_arrow.names]
-        for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=columns):
-            for column in batch.columns:
-                for text in column.to_pylist():
-                    if text and (normalized := normalize_text(text)):
-                        yield normalized
+        names = parquet.schema_arrow.names
+        columns = [name for name in TEXT_COLUMNS if name in names]
+        titled = TITLE_COLUMN in names and "text" in names  # a documents split: one text a row, its title first
+        read = [*columns, TITLE_COLUMN] if titled else columns
+        for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=read):
+            for text in batch_texts(batch, columns, titled):
+                if text and (normalized := normalize_text(text)):
+                    yield normalized
+
+
+def batch_texts(batch: pa.RecordBatch, columns: list[str], titled: bool) -> Iterator[str | None]:
+    """A batch's texts, column by column; a documents batch's row by row, each title folded into its text."""
+    if titled:
+        titles, texts = batch.column(TITLE_COLUMN).to_pylist(), batch.column("text").to_pylist()
+        for title, text in zip(titles, texts, strict=True):
+            yield document_text(title, text) if text else None
+        return
+    for name in columns:
+        yield from batch.column(name).to_pylist()
 
 
 def id_prefixes(files: list[Path]) -> np.ndarray:

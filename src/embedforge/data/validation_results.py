@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from great_expectations.core.expectation_validation_result import ExpectationValidationResult
 
@@ -21,7 +22,7 @@ def json_ready(value: Any) -> Any:
     """A JSON-ready copy of a value from pandas or GX: numpy scalars unwrapped, NaN as None."""
     if isinstance(value, dict):
         return {str(key): json_ready(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, np.ndarray)):  # an array: a list cell (a query's relevant ids) as read
         return [json_ready(item) for item in value]
     if hasattr(value, "item"):
         value = value.item()

@@ -5,7 +5,8 @@ sha256 of inputs and outputs, row counts, the hub commit each hub split was read
 as one atomic directory. A split streams through in batches: its normalised rows are
 staged to disk first, then the seeded ``download.limit`` sample and the drop of train
 rows that repeat an evaluation row are applied in one more streaming pass, so memory
-does not grow with the size of a corpus.
+does not grow with the size of a corpus. A documents dataset that queries search is not sampled, so
+that every relevant id of a query kept stays a document.
 """
 
 from __future__ import annotations
@@ -196,15 +197,16 @@ def run(cfg: Params) -> dict[str, float]:
     with atomic_dir(RAW_DIR) as out:
         for dataset, spec in params.datasets.items():
             writers, records, skipped = stage_splits(sources[dataset], dataset, spec, params, cfg.seed, out)
+            limit = None if dataset in searched_documents(params) else params.limit
             evaluation = [split for split in writers if split != TRAIN_SPLIT]
             for split in evaluation:
-                finish_split(writers[split], raw_split_path(dataset, split, out), params.limit, cfg.seed, None)
+                finish_split(writers[split], raw_split_path(dataset, split, out), limit, cfg.seed, None)
             if TRAIN_SPLIT in writers:
                 held_out = None
                 if params.drop_eval_overlap_from_train:
                     held_out = {split: read_keys(raw_split_path(dataset, split, out)) for split in evaluation}
                 removed, by_split = finish_split(
-                    writers[TRAIN_SPLIT], raw_split_path(dataset, TRAIN_SPLIT, out), params.limit, cfg.seed, held_out
+                    writers[TRAIN_SPLIT], raw_split_path(dataset, TRAIN_SPLIT, out), limit, cfg.seed, held_out
                 )
                 if params.drop_eval_overlap_from_train:
                     by_split = {split: by_split.get(split, 0) for split in evaluation}
@@ -225,6 +227,12 @@ def run(cfg: Params) -> dict[str, float]:
         write_json(out / "manifest.json", manifest)
     metrics["rows.total"] = sum(value for key, value in metrics.items() if key.startswith("rows."))
     return metrics
+
+
+def searched_documents(params: DownloadParams) -> set[str]:
+    """The documents datasets a queries dataset names: download.limit leaves them whole, so that every relevant id
+    of a (sampled) query stays a document."""
+    return {spec.documents for spec in params.datasets.values() if spec.kind == "queries" and spec.documents}
 
 
 def log_overlap(dataset: str, removed: int, by_split: dict[str, int]) -> None:

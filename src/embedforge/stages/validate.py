@@ -3,6 +3,9 @@
 The full report (results.json and, if enabled, GX Data Docs) is written even
 when checks fail, because it is what the user needs to fix the data; only then
 does the stage raise ValidationFailed with a readable summary.
+
+A queries split is checked against the ids of its documents split, read from that split's raw file on its own,
+so it does not wait for (or depend on) the documents split's own validation.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from embedforge.config import TRAIN_SPLIT, Params
+from embedforge.config import TRAIN_SPLIT, DatasetSource, Params, documents_split
 from embedforge.data.expectations import SplitValidator, text_columns
+from embedforge.data.relevance import DocumentIds
 from embedforge.data.row_hashes import split_hashes
 from embedforge.data.schema import raw_split_path
 from embedforge.data.validation_results import describe_failures
@@ -41,25 +45,15 @@ def run(cfg: Params) -> dict[str, float]:
     with atomic_dir(VALIDATION_DIR) as out:
         docs_dir = out / DATA_DOCS_DIR.name if params.data_docs else None
         validator = SplitValidator(params, cfg.download.datasets, docs_dir=docs_dir)
-        held_out = {dataset for dataset, split in splits if split != TRAIN_SPLIT}  # what leakage is checked for
-        train_hashes = {
-            dataset: np.unique(
-                split_hashes(
-                    raw_split_path(dataset, split),
-                    text_columns(cfg.download.datasets[dataset]),
-                    exact=False,
-                    batch_rows=params.batch_rows,
-                )
-            )
-            for dataset, split in splits
-            if split == TRAIN_SPLIT and dataset in held_out
-        }
+        train_hashes = train_split_hashes(splits, cfg.download.datasets, params.batch_rows)
+        documents = documents_of(splits, cfg.download.datasets, params.batch_rows)
         results = [
             validator.validate(
                 dataset,
                 split,
                 raw_split_path(dataset, split),
                 train=None if split == TRAIN_SPLIT else train_hashes.get(dataset),
+                documents=documents.get((dataset, split)),
             )
             for dataset, split in splits
         ]
@@ -91,6 +85,41 @@ def run(cfg: Params) -> dict[str, float]:
         raise ValidationFailed(summary)
     log.info(summary)
     return metrics
+
+
+def train_split_hashes(
+    splits: list[tuple[str, str]], datasets: dict[str, DatasetSource], batch_rows: int
+) -> dict[str, np.ndarray]:
+    """The sorted distinct ``row_hashes`` of each train split that has a held-out split to check for leakage."""
+    held_out = {dataset for dataset, split in splits if split != TRAIN_SPLIT}
+    return {
+        dataset: np.unique(
+            split_hashes(
+                raw_split_path(dataset, split), text_columns(datasets[dataset]), exact=False, batch_rows=batch_rows
+            )
+        )
+        for dataset, split in splits
+        if split == TRAIN_SPLIT and dataset in held_out
+    }
+
+
+def documents_of(
+    splits: list[tuple[str, str]], datasets: dict[str, DatasetSource], batch_rows: int
+) -> dict[tuple[str, str], DocumentIds]:
+    """The documents split of every queries split, its ids read once however many queries splits refer to it."""
+    read: dict[tuple[str, str], DocumentIds] = {}
+    documents = {}
+    for dataset, split in splits:
+        if datasets[dataset].kind != "queries":
+            continue
+        try:
+            target = documents_split(dataset, split, datasets)
+        except ValueError as exc:  # params checked every declared split; this one is not declared
+            raise DataError(f"{raw_split_path(dataset, split)}: {exc}") from None
+        if target not in read:
+            read[target] = DocumentIds.read(*target, batch_rows=batch_rows)
+        documents[dataset, split] = read[target]
+    return documents
 
 
 def summarize(results: list[dict[str, Any]], metrics: dict[str, int]) -> str:

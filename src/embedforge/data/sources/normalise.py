@@ -3,10 +3,17 @@
 Each source returns a split as frames in the dataset's *native* columns (``premise``/``hypothesis`` for SNLI,
 whatever a user's file holds, ...); ``normalise`` maps them onto the common columns, so every source shares
 one code path after loading. A built-in with no ``columns`` is matched by its known native spellings.
+
+A queries dataset's ``relevant`` may be one id, a list of ids, or a JSON list of them in a string (CSV): each
+becomes a list of id strings.
 """
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+import numpy as np
 import pandas as pd
 
 from embedforge.config import DatasetSource
@@ -76,6 +83,10 @@ def normalise(dataset: str, split: str, batch: RawBatch, source: DatasetSource) 
             index=frame.index,
         )
         return out.reset_index(drop=True), 0
+    if source.kind == "documents":
+        return documents(frame, picked).reset_index(drop=True), 0
+    if source.kind == "queries":
+        return queries(dataset, split, batch, picked, ids).reset_index(drop=True), 0
 
     out = pd.DataFrame(index=frame.index)
     out["pair_id"] = frame[picked["pair_id"]].astype("string") if picked["pair_id"] else ids
@@ -100,6 +111,70 @@ def normalise(dataset: str, split: str, batch: RawBatch, source: DatasetSource) 
         dropped = int(unlabelled.sum())
         out = out[~unlabelled]
     return out.reset_index(drop=True), dropped
+
+
+def documents(frame: pd.DataFrame, picked: dict[str, str | None]) -> pd.DataFrame:
+    """``id, text, title``; a blank or absent title is null."""
+    if picked["title"]:
+        title = frame[picked["title"]].astype("string")
+        title = title.mask(title.str.strip().eq("").fillna(True))
+    else:
+        title = pd.Series(pd.NA, index=frame.index, dtype="string")
+    return pd.DataFrame(
+        {
+            "id": frame[picked["id"]].astype("string"),
+            "text": frame[picked["text"]].astype("string"),
+            "title": title,
+        },
+        index=frame.index,
+    )
+
+
+def queries(dataset: str, split: str, batch: RawBatch, picked: dict[str, str | None], ids: pd.Series) -> pd.DataFrame:
+    """``query_id, query, relevant``: ids generated where the source has none, ``relevant`` as lists of ids."""
+    frame = batch.frame
+    column = picked["relevant"]
+    relevant = []
+    for row, value in frame[column].items():
+        try:
+            relevant.append(relevant_ids(value))
+        except ValueError as exc:
+            raise DataError(
+                f"{batch.origin}: {dataset}/{split} row {batch.first_row + row}: column '{column}' is not an id, "
+                f"a list of ids or a JSON list of ids ({exc}): {value!r}"
+            ) from None
+    return pd.DataFrame(
+        {
+            "query_id": frame[picked["query_id"]].astype("string") if picked["query_id"] else ids,
+            "query": frame[picked["query"]].astype("string"),
+            "relevant": pd.Series(relevant, index=frame.index, dtype=object),
+        },
+        index=frame.index,
+    )
+
+
+def relevant_ids(value: Any) -> list[str]:
+    """One row's relevant ids as strings: from an id, a list (or array) of ids, or a string holding a JSON list;
+    null and blank ids are left out. A ValueError says what is malformed."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.startswith("["):
+            return [text] if text else []
+        value = json.loads(text)  # a JSONDecodeError is a ValueError
+    if isinstance(value, list | tuple | np.ndarray):
+        return [text for text in map(id_text, value) if text]
+    return [text] if (text := id_text(value)) else []
+
+
+def id_text(value: Any) -> str:
+    """One id as text ("" for a null); a whole float (a number column with nulls) loses its ".0"."""
+    if pd.api.types.is_scalar(value) and pd.isna(value):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, str | int | float | np.integer | np.floating):
+        return str(value).strip()
+    raise ValueError(f"an id is a string or a number, got {type(value).__name__}")
 
 
 def map_labels(column: pd.Series, source: DatasetSource) -> pd.Series:
