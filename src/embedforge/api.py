@@ -4,9 +4,13 @@
     model = load_model("models/student")
     model.similarity("A man plays a guitar.", "Someone is playing music.")   # cosine, -1..1
     model.search("a dog in the snow", candidates, top_k=3)                  # [(text, score), ...]
+    model.search("refund for a late order", tickets, pooling="max_sim")     # long texts: their best chunk
 
-A student is an ordinary SentenceTransformer directory; this only adds the checks
-and the two calls people reach for first.
+A student is an ordinary SentenceTransformer directory; this only adds the checks,
+the two calls people reach for first, and long texts: a text longer than the model
+reads is cut into chunks as the pipeline cuts documents (``data.chunks``, by the
+model's own tokenizer at its ``max_seq_length``) and scored from all of them, never
+truncated.
 """
 
 from __future__ import annotations
@@ -14,11 +18,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from embedforge.errors import UserError
+
+if TYPE_CHECKING:
+    from embedforge.data.chunks import Chunker
+
+POOLINGS = ("mean", "max_sim")
 
 
 def load_sentence_transformer(path: str | Path, device: str = "cpu") -> Any:
@@ -55,28 +64,56 @@ class Match:
     score: float
 
 
+def chunker_of(model: Any) -> Chunker | None:
+    """How ``model`` cuts a long text: by its own fast tokenizer at its ``max_seq_length``; None for a model that
+    reads any length (the static family's mean) or has no tokenizer that maps tokens back to characters."""
+    tokenizer, limit = getattr(model, "tokenizer", None), getattr(model, "max_seq_length", None)
+    if not limit or not getattr(tokenizer, "is_fast", False):
+        return None
+    from embedforge.data.chunks import Chunker  # pyarrow and pandas: loaded with a model, not with the package
+
+    return Chunker(tokenizer, limit, 0)
+
+
 class Embedder:
-    """A loaded model with cosine ``similarity`` and exact ``search``."""
+    """A loaded model with cosine ``similarity`` and exact ``search``, over texts of any length."""
 
     def __init__(self, model: Any):
         self.model = model
+        self.chunker = chunker_of(model)
+
+    def chunk_vectors(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Unit-length vectors of every chunk of ``texts`` (one for a text that fits), and each one's text."""
+        units = [chunked.units for chunked in self.chunker.split(texts)] if self.chunker else [[t] for t in texts]
+        owner = np.repeat(np.arange(len(texts)), [len(parts) for parts in units])
+        flat = [unit for parts in units for unit in parts]
+        vectors = self.model.encode(flat, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+        return vectors, owner
 
     def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """Unit-length float32 vectors, one row per text."""
-        return self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+        """Unit-length float32 vectors, one row per text; a long text's is the normalised mean of its chunks'."""
+        vectors, owner = self.chunk_vectors(texts, batch_size)
+        pooled = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
+        np.add.at(pooled, owner, vectors)
+        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
 
     def similarity(self, first: str, second: str) -> float:
         vectors = self.embed([first, second])
         return float(vectors[0] @ vectors[1])
 
-    def search(self, query: str, candidates: list[str], top_k: int = 5) -> list[Match]:
-        """The ``top_k`` candidates most similar to ``query``, best first."""
+    def search(self, query: str, candidates: list[str], top_k: int = 5, pooling: str = "mean") -> list[Match]:
+        """The ``top_k`` candidates most similar to ``query``, best first. A long candidate is scored from its
+        chunks: their pooled vector (``mean``), or its best chunk (``max_sim``)."""
         if top_k < 1:
             raise UserError(f"search: top_k must be >= 1, got {top_k}")
+        if pooling not in POOLINGS:
+            raise UserError(f"search: pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if not candidates:
             return []
-        vectors = self.embed([query, *candidates])
-        scores = vectors[1:] @ vectors[0]
+        from embedforge.evaluation.retrieval import pooled_scores  # torch: loaded with the model, not the package
+
+        vectors, owner = self.chunk_vectors(candidates)
+        scores = pooled_scores(self.embed([query]), vectors, owner, len(candidates), pooling)[0]
         best = np.argsort(-scores, kind="stable")[:top_k]
         return [Match(candidates[i], float(scores[i])) for i in best]
 

@@ -17,6 +17,7 @@ DATA_DOCS_DIR = VALIDATION_DIR / "docs"
 EMBEDDINGS_DIR = Path("data/embeddings")
 TOKENS_DIR = Path("data/tokens")
 TOKENIZER_DIR = TOKENS_DIR / "tokenizer"
+TOKEN_STATS_PATH = TOKENS_DIR / "stats.json"
 STUDENT_DIR = Path("models/student")
 CHECKPOINTS_DIR = Path("checkpoints")
 TRAIN_METRICS_PATH = Path("metrics/train.json")

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from helpers import REPO_ROOT
 
+from embedforge.config import Params, flatten
 from embedforge.families import FAMILIES
 from embedforge.paths import RESOLVED_PARAMS_PATH, VALIDATION_RESULTS_PATH
 from embedforge.stages import STAGES
@@ -111,3 +112,26 @@ def test_each_stage_reads_its_params_from_the_resolved_file(stage):
 @pytest.mark.parametrize("stage", GATED)
 def test_gated_stages_depend_on_the_validation_results(stage):
     assert str(VALIDATION_RESULTS_PATH) in dvc_stages()[stage]["deps"]
+
+
+def declared_param_keys(stage: str) -> list[str]:
+    return [key for entry in dvc_stages()[stage].get("params", []) for key in next(iter(entry.values()))]
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_each_declared_param_names_a_resolved_param(stage):
+    """A key in dvc.yaml is a dotted name (or section) of the resolved params, as MLflow logs them."""
+    resolved = flatten(Params().to_dict())
+    unknown = [
+        key
+        for key in declared_param_keys(stage)
+        if not any(name == key or name.startswith(f"{key}.") for name in resolved)
+    ]
+    assert not unknown, f"{stage}: dvc.yaml names params the schema does not have: {unknown}"
+
+
+def test_precompute_reads_the_chunking_params_and_train_its_whole_section():
+    """Precompute embeds a long text as chunks of tokenize.max_length tokens sharing tokenize.chunk_overlap; train
+    reads all of train (train.max_chunks_per_text among it)."""
+    assert {"tokenize.max_length", "tokenize.chunk_overlap"} <= set(declared_param_keys("precompute"))
+    assert "train" in declared_param_keys("train")

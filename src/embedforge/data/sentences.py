@@ -36,7 +36,7 @@ def document_text(title: str | None, text: str) -> str:
     Normalised after (``normalize_text``) as every text is. Precompute and tokenize read documents through
     ``iter_sentences``, which folds titles in with this; evaluation embeds documents the same way.
     """
-    return f"{title} {text}" if title and title.strip() else text
+    return f"{title} {text}" if isinstance(title, str) and title.strip() else text
 
 
 def sentence_id(normalized: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,11 +117,12 @@ class Target:
         }
 
     @contextmanager
-    def spilled(self, files: list[Path], finished: set[int]) -> Iterator[dict[int, Path]]:
-        """The spill file of each unfinished partition, all removed when the block ends, however it ends."""
+    def spilled(self, units: Iterable[tuple[str, str]], finished: set[int]) -> Iterator[dict[int, Path]]:
+        """The spill file of each unfinished partition, from ``units`` (``(unit_id, text)``), all removed when the
+        block ends, however it ends."""
         unfinished = set(range(self.plan.partitions)) - finished
         try:
-            yield spill_partitions(files, self.plan.partitions, unfinished, self.spill_dir) if unfinished else {}
+            yield spill_partitions(units, self.plan.partitions, unfinished, self.spill_dir) if unfinished else {}
         finally:
             shutil.rmtree(self.spill_dir, ignore_errors=True)
 

@@ -6,12 +6,13 @@ corpus once whatever the number of shards, and memory grows with the shard, not 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from embedforge.data.sentences import iter_sentences, partition_of, sentence_id
+from embedforge.data.sentences import partition_of
 
 SPILL_DIR = ".spill"  # inside the cache directory, removed when the run ends (or at the next start)
 SPILL_SCHEMA = pa.schema([pa.field("sentence_id", pa.string()), pa.field("text", pa.string())])
@@ -19,8 +20,11 @@ SPILL_ROWS = 4096  # sentences buffered per partition before they are appended t
 SPILL_BUFFER_ROWS = 131_072  # sentences buffered over all partitions: past it, every buffer is written out
 
 
-def spill_partitions(files: list[Path], partitions: int, wanted: set[int], directory: Path) -> dict[int, Path]:
-    """One pass over ``files``: every sentence of a ``wanted`` partition appended to that partition's spill file.
+def spill_partitions(
+    units: Iterable[tuple[str, str]], partitions: int, wanted: set[int], directory: Path
+) -> dict[int, Path]:
+    """One pass over ``units`` (``(unit_id, text)``, as ``data.chunks.iter_units`` reads a corpus): every unit of a
+    ``wanted`` partition appended to that partition's spill file.
 
     Memory holds at most ``SPILL_ROWS`` sentences per partition and ``SPILL_BUFFER_ROWS`` in all, whatever the
     corpus size and however many partitions it has (a thousand at 50 million sentences).
@@ -40,8 +44,7 @@ def spill_partitions(files: list[Path], partitions: int, wanted: set[int], direc
 
     buffered = 0
     try:
-        for text in iter_sentences(files):
-            identifier = sentence_id(text)
+        for identifier, text in units:
             partition = partition_of(identifier, partitions)
             if partition not in buffers:
                 continue

@@ -8,6 +8,7 @@ and MLflow run that depends on it.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from embedforge import devices
+from embedforge.data.chunks import Chunker
 from embedforge.errors import UserError
 from embedforge.files import sha256_tree
 
@@ -87,6 +89,39 @@ def resolve(spec: str, key: str = "precompute.teacher") -> TeacherRef:
             f"save it with SentenceTransformer.save() or point at one that was"
         )
     return TeacherRef(spec=spec, path=path, name=re.sub(r"[^A-Za-z0-9._-]+", "-", name))
+
+
+def load_tokenizer(ref: TeacherRef) -> Any:
+    """The teacher's own tokenizer, without the model: what cuts long texts into chunks."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(ref.path))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load the tokenizer of teacher {ref.spec!r} from {ref.path}: {exc}") from None
+
+
+def max_seq_length(ref: TeacherRef) -> int | None:
+    """The tokens the teacher reads before it truncates (sentence-transformers' ``max_seq_length``), if it says."""
+    config = ref.path / "sentence_bert_config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text(encoding="utf-8")).get("max_seq_length")
+
+
+def chunker(params: Any) -> Chunker:
+    """This run's chunker (``params`` is the whole ``Params``): the teacher's tokenizer at ``tokenize.max_length``
+    and ``tokenize.chunk_overlap``. A chunk the teacher would truncate is refused here, so that no text is ever cut
+    without a word."""
+    teacher = resolve(params.precompute.teacher)
+    limit = max_seq_length(teacher)
+    max_length = params.tokenize.max_length
+    if limit is not None and max_length > limit:
+        raise UserError(
+            f"tokenize.max_length ({max_length}) must be <= the teacher's max_seq_length ({limit}, "
+            f"{teacher.path / 'sentence_bert_config.json'}): the teacher would truncate every longer chunk"
+        )
+    return Chunker(load_tokenizer(teacher), max_length, params.tokenize.chunk_overlap)
 
 
 def pick_backend(requested: str, device: str) -> str:

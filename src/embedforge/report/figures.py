@@ -276,3 +276,42 @@ def frontier(points: pd.DataFrame, split: str) -> Drawing:
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small", loc="best")
     return Drawing(png(figure), ())
+
+
+def length_bins(edges: list[int]) -> list[str]:
+    """``[16, 32, 64]`` -> ``["≤16", "17–32", "33–64", ">64"]``: the bins of a length histogram as labels."""
+    lows = [0, *edges]
+    return [
+        f"≤{edges[0]}",
+        *(f"{low + 1}–{high}" for low, high in zip(lows[1:], edges[1:], strict=False)),
+        f">{edges[-1]}",
+    ]
+
+
+def text_lengths(stats: dict, max_length: int) -> Drawing:
+    """Texts by length in tokens before chunking, a panel per split with ``max_length`` marked, and one more panel of
+    texts by their number of chunks for the splits that were cut."""
+    splits = {name: split for name, split in stats.items() if split.get("sentences")}
+    if not splits:
+        return Drawing(None, ("No split has a text: no length histogram to draw.",))
+    cut = {name: split for name, split in splits.items() if split.get("chunked_sentences")}
+    figure, panels = panel_grid(len(splits) + bool(cut), 2.8)
+    for axes, (name, split) in zip(panels, splits.items(), strict=False):
+        histogram = split["text_length"]
+        labels = length_bins(histogram["edges"])
+        axes.bar(range(len(labels)), histogram["counts"], color="#2a6f97")
+        if max_length in histogram["edges"]:
+            axes.axvline(histogram["edges"].index(max_length) + 0.5, color="#e76f51", linestyle="--")
+        axes.set_xticks(range(len(labels)), labels, rotation=45, fontsize="small")
+        axes.set(title=f"{name} ({split['sentences']:,} texts)", xlabel="tokens", ylabel="texts")
+        axes.grid(alpha=0.3, axis="y")
+    if cut:
+        axes = panels[-1]
+        for name, split in cut.items():
+            chunks, counts = np.array(split["chunks_per_text"]["chunks"]), np.array(split["chunks_per_text"]["counts"])
+            used = counts > 0
+            axes.plot(chunks[used], counts[used], marker="o", label=name)
+        axes.set(title="texts by chunks", xlabel="chunks per text", ylabel="texts", yscale="log")
+        axes.legend(fontsize="small")
+        axes.grid(alpha=0.3)
+    return Drawing(png(figure))

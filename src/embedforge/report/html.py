@@ -102,6 +102,7 @@ class Page:
     map_examples: list[tuple[str, str]]
     manifest: dict[str, Any] | None
     validation: dict[str, Any] | None
+    tokens: dict[str, Any] | None = None
     generations: list[tuple[int, str, str]] = ()
     notes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     frontier: tuple[str, ...] = ()
@@ -165,13 +166,14 @@ def separation_rows(evaluation: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def measure_name(key: str) -> str:
+    return key.replace("mrr", "MRR").replace("ndcg", "nDCG")
+
+
 def retrieval_rows(evaluation: dict[str, Any]) -> list[Row]:
     student, teacher = (evaluation[model]["retrieval"] for model in MODELS)
-    measures = [key for key in student if key.startswith("recall@")] + ["mrr"]
-    rows = [
-        Row(key.replace("mrr", "MRR"), Cell(number(student.get(key))), Cell(number(teacher.get(key))))
-        for key in measures
-    ]
+    measures = [key for key in student if key.startswith(("recall@", "ndcg@"))] + ["mrr"]
+    rows = [Row(measure_name(key), Cell(number(student.get(key))), Cell(number(teacher.get(key)))) for key in measures]
     rows.append(
         Row(
             "Queries / corpus",
@@ -179,6 +181,29 @@ def retrieval_rows(evaluation: dict[str, Any]) -> list[Row]:
         )
     )
     return rows
+
+
+DOCUMENT_WAYS = {"chunked": "from its chunks", "first_chunk": "first chunk only (truncated)"}
+DOCUMENT_SUBSETS = {"all": "all queries", "long": "queries for documents of several chunks"}
+
+
+def document_rows(evaluation: dict[str, Any], spec: str) -> list[Row]:
+    """Each measure of one document set, a document scored from its chunks beside its first chunk alone."""
+    student, teacher = (evaluation[model]["documents"][spec] for model in MODELS)
+    rows = []
+    for subset, subset_name in DOCUMENT_SUBSETS.items():
+        if subset not in student:
+            continue
+        for measure in student[subset]["chunked"]:
+            rows += [
+                Row(
+                    f"{measure_name(measure)}, {subset_name}, {way_name}",
+                    *(Cell(number(side[subset][way].get(measure))) for side in (student, teacher)),
+                )
+                for way, way_name in DOCUMENT_WAYS.items()
+            ]
+    counts = f"{number(student['queries'])} / {number(student['documents'])} / {number(student['units'])}"
+    return [*rows, Row("Queries / documents / chunks", Cell(counts), Cell(counts))]
 
 
 def megabytes(size: Any) -> str:
@@ -204,6 +229,13 @@ def summary(evaluation: dict[str, Any]) -> list[Group]:
         Group("STS: agreement with human similarity scores", sts_rows(evaluation)),
         Group("Separation of similar from dissimilar pairs", separation_rows(evaluation)),
         Group("Retrieval: premise to entailed hypothesis", retrieval_rows(evaluation)),
+        *(
+            Group(
+                f"Document retrieval: {spec} ({sets['pooling']} pooling of chunks)",
+                document_rows(evaluation, spec),
+            )
+            for spec, sets in evaluation["student"].get("documents", {}).items()
+        ),
         Group("Speed and size", cost_rows(evaluation)),
     ]
 
@@ -264,6 +296,22 @@ def validation_view(results: dict[str, Any]) -> dict[str, Any]:
     return {"passed": results.get("success") is True, "summary": results.get("summary", ""), "splits": splits}
 
 
+def texts_view(stats: dict[str, Any]) -> list[dict[str, str]]:
+    """Per split (data/tokens/stats.json): its texts, how many were cut into chunks, and what cutting them to the
+    first chunk would have dropped."""
+    return [
+        {
+            "name": name,
+            "texts": number(split.get("sentences")),
+            "chunked": number(split.get("chunked_sentences")),
+            "chunks": number(split.get("chunks")),
+            "dropped": f"{split.get('truncation_dropped_share', 0.0):.1%}",
+            "truncated": number(split.get("truncated_chunks")),
+        }
+        for name, split in stats.get("splits", {}).items()
+    ]
+
+
 def param_text(value: Any) -> str:
     """A param as params.yaml-like text: lists and nulls in JSON, strings as they are."""
     return value if isinstance(value, str) else json.dumps(value)
@@ -294,6 +342,8 @@ def render(page: Page) -> str:
         map_examples=page.map_examples,
         manifest=manifest_view(page.manifest) if page.manifest is not None else None,
         validation=validation_view(page.validation) if page.validation is not None else None,
+        texts=texts_view(page.tokens) if page.tokens is not None else None,
+        max_length=page.tokens.get("max_length") if page.tokens is not None else None,
         params=param_groups(page.params),
         lineage=page.lineage,
         sha_shown=SHA_SHOWN,

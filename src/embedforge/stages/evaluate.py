@@ -5,7 +5,9 @@ in ``evaluate.*`` (any split name: validation here, test where a user has it). E
 model encodes every distinct sentence it needs once. Writes:
 
 - ``metrics/eval.json``: per model STS (Spearman, Pearson per split), separation,
-  retrieval, speed and size, plus the student/teacher speed and size ratios;
+  retrieval, document retrieval (each ``evaluate.document_retrieval`` split, documents
+  from their chunks and from their first chunk alone), speed and size, plus the
+  student/teacher speed and size ratios;
 - ``plots/eval/sts.csv`` (gold vs predicted), ``separation.csv`` (cosine by pair kind),
   ``embedding_map.csv`` (a t-SNE map of student embeddings), for ``dvc plots`` and the report.
 """
@@ -22,9 +24,11 @@ import pandas as pd
 from embedforge import devices, tracking
 from embedforge.api import load_sentence_transformer
 from embedforge.config import DatasetSource, EvaluateParams, Params, flatten, threshold
+from embedforge.data.chunks import Chunker
 from embedforge.data.gate import require_passed
 from embedforge.data.schema import downloaded_split
 from embedforge.errors import DataError
+from embedforge.evaluation.document_sets import read_document_set, score_document_set
 from embedforge.evaluation.retrieval import retrieval
 from embedforge.evaluation.separation import DISSIMILAR, SIMILAR, pair_kinds, separation
 from embedforge.evaluation.speed import encode_speed
@@ -85,7 +89,9 @@ def retrieval_task(
 class Evaluation:
     """The evaluation data of one run, and the scores of one model on it."""
 
-    def __init__(self, params: EvaluateParams, datasets: dict[str, DatasetSource], seed: int):
+    def __init__(
+        self, params: EvaluateParams, datasets: dict[str, DatasetSource], seed: int, chunker: Chunker | None = None
+    ):
         self.params = params
         self.sts = {spec: read_split(spec, "evaluate.sts_splits") for spec in params.sts_splits}
         parts = []
@@ -100,6 +106,7 @@ class Evaluation:
         source = datasets[retrieval_frame["dataset"].iloc[0]]
         similar = None if source.has_labels else threshold(source, "similar_min_score", params.similar_min_score)
         self.queries, self.corpus, self.relevant = retrieval_task(retrieval_frame, similar)
+        self.document_sets = [read_document_set(spec, datasets, chunker) for spec in params.document_retrieval]
         self.map_sentences = self.sample_map(seed)
 
     def sample_map(self, seed: int) -> pd.DataFrame:
@@ -112,7 +119,9 @@ class Evaluation:
     def texts(self) -> list[str]:
         parts = [frame[column] for frame in self.sts.values() for column in ("sentence1", "sentence2")]
         parts += [self.separation_pairs["sentence1"], self.separation_pairs["sentence2"]]
-        return [text for part in parts for text in part] + self.queries + self.corpus + list(self.map_sentences["text"])
+        parts += [self.queries, self.corpus, list(self.map_sentences["text"])]
+        parts += [texts for documents in self.document_sets for texts in (documents.queries, documents.units)]
+        return [text for part in parts for text in part]
 
     def score(self, name: str, encoded: EncodedTexts) -> tuple[dict[str, Any], list[pd.DataFrame]]:
         """One model's metrics, and its rows of the sts and separation plot files."""
@@ -149,8 +158,19 @@ class Evaluation:
         metrics["retrieval"] = {
             **{f"recall@{k}": value for k, value in found.recall.items()},
             "mrr": found.mrr,
+            "ndcg@10": found.ndcg,
             "queries": found.queries,
             "corpus": found.corpus,
+        }
+        metrics["documents"] = {
+            documents.spec: score_document_set(
+                documents,
+                encoded(documents.queries),
+                encoded(documents.units),
+                params.document_pooling,
+                tuple(params.retrieval_ks),
+            )
+            for documents in self.document_sets
         }
         return metrics, [pd.concat(sts_rows), pd.concat(separation_rows)]
 
@@ -179,7 +199,8 @@ def run(cfg: Params) -> dict[str, float | str]:
     teacher = teachers.resolve(cfg.precompute.teacher)
     paths = {"student": STUDENT_DIR, "teacher": teacher.path}
     models = {name: load_sentence_transformer(path, device) for name, path in paths.items()}
-    data = Evaluation(params, cfg.download.datasets, cfg.seed)
+    chunker = teachers.chunker(cfg) if params.document_retrieval else None
+    data = Evaluation(params, cfg.download.datasets, cfg.seed, chunker)
     texts = data.texts()
 
     report: dict[str, Any] = {}

@@ -1,4 +1,7 @@
-"""precompute: run the teacher once over every distinct sentence and cache the vectors as parquet shards.
+"""precompute: run the teacher once over every distinct unit and cache the vectors as parquet shards.
+
+A unit is a text that fits ``tokenize.max_length`` tokens, or one chunk of a longer text (``data.chunks``): the
+teacher embeds every chunk, keyed by the id of the characters it covers, and never truncates one.
 
 Sentences are hash-partitioned into shards, so each shard can be gathered,
 encoded and written on its own: memory grows with the shard size, not the
@@ -21,8 +24,9 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 
 from embedforge.config import Params, PrecomputeParams
+from embedforge.data.chunks import iter_units, unit_prefixes
 from embedforge.data.gate import require_passed
-from embedforge.data.sentences import id_prefixes, split_files
+from embedforge.data.sentences import split_files
 from embedforge.embeddings import on_dask
 from embedforge.embeddings.encoding import BatchHook, Outcome
 from embedforge.embeddings.in_process import InProcess
@@ -45,12 +49,13 @@ def run(cfg: Params, on_batch: BatchHook | None = None) -> dict[str, float | str
     require_passed()
     teacher = teachers.resolve(params.teacher)
     files = split_files(params.datasets, params.splits)
+    chunker = teachers.chunker(cfg)
     with executor(params, teacher, on_batch) as running:
         started = time.perf_counter()
-        plan = Plan.of(id_prefixes(files), params.shard_size)
+        plan = Plan.of(unit_prefixes(files, chunker), params.shard_size)
         target = Target(EMBEDDINGS_DIR / teacher.name, plan, teacher, running.teacher_dim(), params)
         finished = target.prepare()
-        with target.spilled(files, finished) as spills, target.progress() as progress:
+        with target.spilled(iter_units(files, chunker), finished) as spills, target.progress() as progress:
             outcome = running.build(target, finished, spills, progress)
         seconds = time.perf_counter() - started
         target.write_manifest(files, outcome.shards)

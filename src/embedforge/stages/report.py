@@ -37,6 +37,7 @@ from embedforge.paths import (
     EVAL_PLOTS_DIR,
     MANIFEST_PATH,
     REPORT_DIR,
+    TOKEN_STATS_PATH,
     TRAIN_METRICS_PATH,
     TRAIN_PLOTS_DIR,
     VALIDATION_RESULTS_PATH,
@@ -154,14 +155,19 @@ def label_examples(points: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def draw(
-    evaluation: dict[str, Any], plots: dict[str, pd.DataFrame | None], frontier: figures.Drawing
+    evaluation: dict[str, Any],
+    plots: dict[str, pd.DataFrame | None],
+    frontier: figures.Drawing,
+    tokens: dict[str, Any] | None,
 ) -> tuple[dict[str, bytes], dict[str, tuple[str, ...]]]:
     """Every figure the inputs allow, by name, and the sentences standing for what they were too thin to show.
 
-    The training curves need plots/train/steps.csv.
+    The training curves need plots/train/steps.csv, the text lengths data/tokens/stats.json.
     """
     targets = evaluation["targets"]
     drawings: dict[str, figures.Drawing] = {"frontier": frontier}
+    if tokens is not None:
+        drawings["text_lengths"] = figures.text_lengths(tokens.get("splits", {}), tokens.get("max_length"))
     if plots["steps"] is not None:
         drawings["training_curves"] = figures.training_curves(plots["steps"], plots["epochs"])
     drawings["cosine_histograms"] = figures.cosine_histograms(
@@ -305,7 +311,8 @@ def run(cfg: Params) -> dict[str, float | str]:
     training = read_object(TRAIN_METRICS_PATH, TRAIN)
     plots = read_plots()
     frontier, frontier_sentences = frontier_view(cfg, evaluation)
-    drawn, notes = draw(evaluation, plots, frontier)
+    tokens = read_object(TOKEN_STATS_PATH, "embedforge tokenize") if TOKEN_STATS_PATH.is_file() else None
+    drawn, notes = draw(evaluation, plots, frontier, tokens)
     generations = generation_rows(plots["generations"])
     page = html.Page(
         title=cfg.report.title,
@@ -313,7 +320,10 @@ def run(cfg: Params) -> dict[str, float | str]:
         evaluation=evaluation,
         training=training,
         figures=drawn,
-        missing_figures={"training_curves": f"no {TRAIN_PLOTS_DIR / 'steps.csv'} (run `{TRAIN}`)"},
+        missing_figures={
+            "training_curves": f"no {TRAIN_PLOTS_DIR / 'steps.csv'} (run `{TRAIN}`)",
+            "text_lengths": f"no {TOKEN_STATS_PATH} (run `embedforge tokenize`)",
+        },
         params=flatten(redacted(cfg.to_dict())),
         lineage=lineage(),
         map_examples=label_examples(plots["embedding_map"]),
@@ -321,6 +331,7 @@ def run(cfg: Params) -> dict[str, float | str]:
         validation=(
             read_object(VALIDATION_RESULTS_PATH, "embedforge validate") if VALIDATION_RESULTS_PATH.is_file() else None
         ),
+        tokens=tokens,
         generations=generations,
         notes={**notes, **generation_notes(cfg, generations)},
         frontier=frontier_sentences,

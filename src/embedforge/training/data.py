@@ -106,7 +106,7 @@ def examples_of(cfg: Params, store: TokenStore, split: str, files: list[Path]) -
     for path in files:
         dataset = path.parent.name
         if not params.uses_pairs:
-            by_dataset[dataset] = sentence_examples(TOKENS_DIR, [path], store)
+            by_dataset[dataset] = sentence_examples(TOKENS_DIR, [path], store, params.max_chunks_per_text)
             continue
         source = cfg.download.datasets[dataset]
         min_score = threshold(source, "similar_min_score", params.similar_min_score)
@@ -143,7 +143,7 @@ def teacher_matrix(cache: EmbeddingCache, store: TokenStore, needed: np.ndarray,
         matrix = np.zeros(shape, dtype=np.float16)  # pages of rows no shard fills are never touched
     found = np.zeros(len(store), dtype=bool)
     for ids, vectors in cache.iter_shards():
-        rows, present = store.lookup(ids)
+        rows, present = store.lookup(ids, texts=False)
         matrix[rows[present]] = vectors[present]
         found[rows[present]] = True
     missing = needed[~found[needed]]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embedforge.data.sentences import fixed_ids, normalize_text, sentence_id
+from embedforge.data.sentences import normalize_text, sentence_id
 from embedforge.errors import DataError
 from embedforge.training.token_files import (
     NO_ROW,
@@ -22,6 +22,7 @@ from embedforge.training.token_files import (
     TokenStore,
     token_batches,
     token_file_of,
+    unit_ids,
 )
 
 
@@ -132,11 +133,14 @@ def pair_examples(path: Path, labelled: bool, min_score: float, store: TokenStor
     return Examples.of_ids(store, pairs).in_order()
 
 
-def sentence_examples(tokens_dir: Path, files: list[Path], store: TokenStore) -> Examples:
-    """Every distinct sentence of the splits named by ``files``, alone: what distillation trains on."""
+def sentence_examples(
+    tokens_dir: Path, files: list[Path], store: TokenStore, max_chunks: int | None = None
+) -> Examples:
+    """Every distinct unit of the splits named by ``files``, alone: what distillation trains on. A long text gives
+    each of its chunks, or its first ``max_chunks`` (``train.max_chunks_per_text``)."""
     rows = [
-        store.rows(fixed_ids(batch["sentence_id"]))
+        store.rows(unit_ids(batch))
         for path in files
-        for batch in token_batches(token_file_of(tokens_dir, path), ["sentence_id"])
+        for batch in token_batches(token_file_of(tokens_dir, path), [], max_chunks)
     ]
     return Examples.lone(np.unique(np.concatenate(rows)) if rows else np.zeros(0, ROW_DTYPE))

@@ -19,10 +19,17 @@ ROW_DTYPE = np.int32  # a TokenStore row: two billion sentences is far past one 
 NO_ROW = -1  # an example's missing positive or hard negative
 
 
-def token_batches(token_file: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    """The first chunk of every sentence of a token file, a row group at a time: memory holds one group."""
-    for batch in stream_parquet(token_file).iter_batches(columns=[*columns, "chunk"]):
-        yield batch.filter(pc.equal(batch["chunk"], 0))
+def token_batches(token_file: Path, columns: list[str], max_chunks: int | None = None) -> Iterator[pa.RecordBatch]:
+    """The units of a token file (with ``sentence_id``, ``unit_id`` and ``chunk``), a row group at a time: memory
+    holds one group. ``max_chunks`` keeps a text's first chunks only (None: every chunk)."""
+    wanted = list(dict.fromkeys([*columns, "sentence_id", "unit_id", "chunk"]))
+    for batch in stream_parquet(token_file).iter_batches(columns=wanted):
+        yield batch if max_chunks is None else batch.filter(pc.less(batch["chunk"], max_chunks))
+
+
+def unit_ids(batch: pa.RecordBatch) -> np.ndarray:
+    """Each row's unit id (``ID_DTYPE``): its ``unit_id``, or its text's id where the unit is the whole text."""
+    return fixed_ids(pc.coalesce(batch["unit_id"], batch["sentence_id"]))
 
 
 def token_file_of(tokens_dir: Path, path: Path) -> Path:
@@ -34,17 +41,27 @@ def token_file_of(tokens_dir: Path, path: Path) -> Path:
 
 
 class TokenStore:
-    """Chunk-0 token ids of every sentence, as one flat int32 array indexed by sorted sentence ids.
+    """The token ids of every unit (a text, or a chunk of a long one), as one flat int32 array indexed by sorted
+    unit ids.
 
-    A sentence costs its tokens plus 44 bytes (its id, start and length), not a Python object. Rows follow
-    the ids' order, so sorting rows sorts by id.
+    A unit costs its tokens plus 44 bytes (its id, start and length), not a Python object. Rows follow the ids'
+    order, so sorting rows sorts by id. A text cut into chunks is also found by its own id, at its first chunk
+    (``aliases``): pairs name texts, and pair their first chunks.
     """
 
-    def __init__(self, sorted_ids: np.ndarray, starts: np.ndarray, lengths: np.ndarray, tokens: np.ndarray):
+    def __init__(
+        self,
+        sorted_ids: np.ndarray,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        tokens: np.ndarray,
+        aliases: tuple[np.ndarray, np.ndarray] | None = None,
+    ):
         self.sorted_ids = sorted_ids
         self.starts = starts
         self.lengths = lengths
         self.tokens = tokens
+        self.alias_ids, self.alias_rows = aliases or (np.zeros(0, ID_DTYPE), np.zeros(0, ROW_DTYPE))
 
     @classmethod
     def load(cls, tokens_dir: Path, files: list[Path]) -> TokenStore:
@@ -55,34 +72,47 @@ class TokenStore:
         """
         if not files:
             raise DataError("no splits to read token ids for")
-        ids, lengths, tokens = [], [], []
+        ids, lengths, tokens, chunked_texts, first_chunks = [], [], [], [], []
         for path in files:
-            for batch in token_batches(token_file_of(tokens_dir, path), ["sentence_id", "input_ids"]):
-                ids.append(fixed_ids(batch["sentence_id"]))
+            for batch in token_batches(token_file_of(tokens_dir, path), ["input_ids"]):
+                ids.append(unit_ids(batch))
                 lengths.append(pc.list_value_length(batch["input_ids"]).to_numpy().astype(np.int32))
                 tokens.append(pc.list_flatten(batch["input_ids"]).to_numpy().astype(np.int32))
+                first_chunk = batch.filter(pc.and_(pc.is_valid(batch["unit_id"]), pc.equal(batch["chunk"], 0)))
+                chunked_texts.append(fixed_ids(first_chunk["sentence_id"]))
+                first_chunks.append(fixed_ids(first_chunk["unit_id"]))
         tokens = np.concatenate(tokens)
         pa.default_memory_pool().release_unused()  # the parquet buffers, which the pool would otherwise keep
         lengths = np.concatenate(lengths)
         starts = np.cumsum(lengths, dtype=np.int64) - lengths
         sorted_ids, first = np.unique(np.concatenate(ids), return_index=True)
-        return cls(sorted_ids, starts[first], lengths[first], tokens)
+        texts, at = np.unique(np.concatenate(chunked_texts), return_index=True)
+        alias_rows = search_sorted(sorted_ids, np.concatenate(first_chunks)[at])[0].astype(ROW_DTYPE)
+        return cls(sorted_ids, starts[first], lengths[first], tokens, (texts, alias_rows))
 
-    def lookup(self, sentence_ids: Sequence[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Row of each id (meaningless where absent) and whether it is present, by binary search."""
-        rows, present = search_sorted(self.sorted_ids, np.asarray(sentence_ids, dtype=ID_DTYPE))
-        return rows.astype(ROW_DTYPE), present
+    def lookup(self, ids: Sequence[str] | np.ndarray, texts: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Row of each unit id (meaningless where absent) and whether it is present, by binary search; with
+        ``texts``, the id of a text cut into chunks finds its first chunk."""
+        wanted = np.asarray(ids, dtype=ID_DTYPE)
+        rows, present = search_sorted(self.sorted_ids, wanted)
+        rows = rows.astype(ROW_DTYPE)
+        if texts and len(self.alias_ids) and not present.all():
+            missing = np.flatnonzero(~present)
+            at, aliased = search_sorted(self.alias_ids, wanted[missing])
+            rows[missing[aliased]] = self.alias_rows[at[aliased]]
+            present[missing[aliased]] = True
+        return rows, present
 
-    def rows(self, sentence_ids: Sequence[str] | np.ndarray) -> np.ndarray:
-        """Row of each id; a missing id is a data error (its split was not tokenized)."""
-        rows, present = self.lookup(sentence_ids)
+    def rows(self, ids: Sequence[str] | np.ndarray) -> np.ndarray:
+        """Row of each text or unit id; a missing id is a data error (its split was not tokenized)."""
+        rows, present = self.lookup(ids)
         if not present.all():
-            first = np.asarray(sentence_ids, dtype=ID_DTYPE)[int(np.argmin(present))].decode()
+            first = np.asarray(ids, dtype=ID_DTYPE)[int(np.argmin(present))].decode()
             raise DataError(f"sentence {first} has no token ids ({int((~present).sum())} missing): re-run tokenize")
         return rows
 
     def ids(self, rows: np.ndarray) -> list[str | None]:
-        """The sentence id of each row; None for ``NO_ROW``."""
+        """The unit id of each row; None for ``NO_ROW``."""
         rows = np.asarray(rows)
         found = iter(id_strings(self.sorted_ids[rows[rows != NO_ROW]]))
         return [next(found) if row != NO_ROW else None for row in rows.tolist()]

@@ -1,7 +1,6 @@
 """Spill files: one pass over the corpus sorts every sentence of the wanted partitions into its own file, with a
 bounded number of sentences waiting in memory however many partitions there are."""
 
-import pandas as pd
 import pyarrow as pa
 
 from embedforge.data.sentences import partition_of, sentence_id
@@ -10,8 +9,6 @@ from embedforge.embeddings import spill
 
 def test_every_sentence_reaches_its_partition_and_the_buffers_stay_bounded(tmp_path, monkeypatch):
     texts = [f"Sentence number {i} of the corpus." for i in range(500)]
-    corpus = tmp_path / "corpus.parquet"
-    pd.DataFrame({"text": texts}).to_parquet(corpus)
     monkeypatch.setattr(spill, "SPILL_ROWS", 50)
     monkeypatch.setattr(spill, "SPILL_BUFFER_ROWS", 30)  # below one partition's share: the total cap writes
     written = []
@@ -24,7 +21,9 @@ def test_every_sentence_reaches_its_partition_and_the_buffers_stay_bounded(tmp_p
         return writer
 
     monkeypatch.setattr(pa.ipc, "new_file", counting)
-    paths = spill.spill_partitions([corpus], partitions=7, wanted={0, 2, 5}, directory=tmp_path / "spill")
+    paths = spill.spill_partitions(
+        ((sentence_id(t), t) for t in texts), partitions=7, wanted={0, 2, 5}, directory=tmp_path / "spill"
+    )
 
     expected = {p: sorted(sentence_id(t) for t in texts if partition_of(sentence_id(t), 7) == p) for p in (0, 2, 5)}
     for partition, path in paths.items():

@@ -142,3 +142,70 @@ def test_similarity_and_search_on_a_model_directory(tiny_student):
         model.search("A dog runs.", candidates, top_k=0)
     with pytest.raises(UserError, match="no model directory here"):
         load_model(tiny_student.parent / "missing")
+
+
+def test_search_scores_a_long_candidate_from_all_its_chunks_not_its_first(tiny_student):
+    model = load_model(tiny_student)  # max_seq_length 128
+    filler = " ".join(["The committee discussed the quarterly budget at length."] * 40)
+    late_match = f"{filler} A dog runs through the snow."
+    vectors, owner = model.chunk_vectors(["A dog runs.", late_match])
+    assert owner.tolist() == [0, 1, 1, 1]  # 41 sentences of about 9 tokens: three chunks of at most 128
+    pooled = vectors[owner == 1].mean(axis=0)
+    assert model.embed([late_match])[0] == pytest.approx(pooled / np.linalg.norm(pooled), abs=1e-6)
+    best_chunk = float((vectors[owner == 1] @ model.embed(["A dog runs through the snow."])[0]).max())
+    [match] = model.search("A dog runs through the snow.", [late_match], top_k=1, pooling="max_sim")
+    assert match.text == late_match and match.score == pytest.approx(best_chunk, abs=1e-5)
+    truncated = model.model.encode([late_match], normalize_embeddings=True)[0]  # sentence-transformers cuts at 128
+    assert not np.allclose(model.embed([late_match])[0], truncated, atol=1e-3)
+    with pytest.raises(UserError, match="pooling must be one of mean, max_sim"):
+        model.search("a", ["b"], pooling="first")
+
+
+def ndcg_at_10(scores: np.ndarray, relevant: list[list[int]]) -> float:
+    """Brute force over the whole score matrix: the reference the blockwise search must equal."""
+    total = 0.0
+    for row, wanted in zip(scores, relevant, strict=True):
+        ranked = np.argsort(-row, kind="stable")[:10]
+        gained = sum(1 / np.log2(rank + 2) for rank, document in enumerate(ranked) if document in wanted)
+        total += gained / sum(1 / np.log2(rank + 2) for rank in range(min(len(wanted), 10)))
+    return total / len(relevant)
+
+
+def test_documents_are_searched_from_their_chunks_beside_their_first_chunk(project, ready, tiny_teacher, shared_mirror):
+    from document_set import build
+    from helpers import write_raw_split
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer
+
+    from embedforge.data.chunks import Chunker
+    from embedforge.data.schema import raw_schema
+
+    built = build(shared_mirror / "snli/test.parquet", seed=0, documents=6)
+    write_raw_split(built.documents.assign(title=None), project / "data/raw/docs/test.parquet", raw_schema("documents"))
+    write_raw_split(built.queries, project / "data/raw/queries/test.parquet", raw_schema("queries"))
+    results = evaluate.run(
+        ready(
+            'download.datasets.docs={kind: documents, files: "d.jsonl", splits: [test]}',
+            'download.datasets.queries={kind: queries, files: "q.jsonl", documents: docs, splits: [test]}',
+            "evaluate.document_retrieval=[queries/test]",
+            "tokenize.max_length=32",
+        )
+    )
+
+    scored = json.loads((project / "metrics/eval.json").read_text())["teacher"]["documents"]["queries/test"]
+    chunker = Chunker(AutoTokenizer.from_pretrained(str(tiny_teacher)), 32, 0)
+    chunked = chunker.split(built.documents["text"].tolist())
+    teacher = SentenceTransformer(str(tiny_teacher), device="cpu")
+    position = {identifier: index for index, identifier in enumerate(built.documents["id"])}
+    relevant = [[position[i] for i in ids] for ids in built.queries["relevant"]]
+    queries = teacher.encode(built.queries["query"].tolist(), normalize_embeddings=True)
+    units = [teacher.encode(document.units, normalize_embeddings=True) for document in chunked]
+    pooled = np.stack([vectors.mean(axis=0) / np.linalg.norm(vectors.mean(axis=0)) for vectors in units])
+    first = np.stack([vectors[0] for vectors in units])
+    assert scored["queries"] == len(built.queries) and scored["documents"] == 6
+    assert scored["units"] == sum(len(document.units) for document in chunked) > 6 * 3
+    assert scored["long_queries"] == len(built.queries)  # every document is longer than 32 tokens
+    assert scored["all"]["chunked"]["ndcg@10"] == pytest.approx(ndcg_at_10(queries @ pooled.T, relevant), abs=1e-5)
+    assert scored["all"]["first_chunk"]["ndcg@10"] == pytest.approx(ndcg_at_10(queries @ first.T, relevant), abs=1e-5)
+    assert scored["long"] == scored["all"]
+    assert results["eval.student.documents.queries/test.all.chunked.ndcg_at_10"] > 0

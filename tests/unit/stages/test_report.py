@@ -330,8 +330,61 @@ def test_optional_inputs_may_be_missing(project):
         "plots/train/steps.csv",
         "data/raw/manifest.json",
         "data/validation/results.json",
+        "data/tokens/stats.json",
         "dvc.lock",
     ]
+
+
+def token_stats(name: str, texts: int, chunked: int, chunks_per_text: list[int], dropped: float) -> dict:
+    """One split of data/tokens/stats.json, as tokenize writes it."""
+    return {
+        "sentences": texts,
+        "chunks": sum((c + 1) * n for c, n in enumerate(chunks_per_text)),
+        "chunked_sentences": chunked,
+        "truncated_chunks": 0,
+        "truncation_dropped_share": dropped,
+        "text_length": {"edges": [16, 32, 64, 128, 256, 512], "counts": [texts - chunked, 0, 0, 0, chunked, 0, 0]},
+        "chunks_per_text": {"chunks": [1, 2, 3], "counts": chunks_per_text},
+    }
+
+
+def document_figures(chunked: float, first: float) -> dict:
+    measures = ("recall@1", "recall@10", "mrr", "ndcg@10")
+    return {"chunked": dict.fromkeys(measures, chunked), "first_chunk": dict.fromkeys(measures, first)}
+
+
+def test_page_shows_texts_and_chunks_and_document_retrieval_from_chunks_beside_truncation(project):
+    evaluation = eval_metrics()
+    for model, (chunked, first) in {"student": (0.61, 0.42), "teacher": (0.66, 0.47)}.items():
+        evaluation[model]["documents"] = {
+            "queries/test": {
+                "queries": 40,
+                "documents": 12,
+                "units": 30,
+                "long_queries": 31,
+                "pooling": "mean",
+                "all": document_figures(chunked, first),
+                "long": document_figures(chunked - 0.01, first - 0.1),
+            }
+        }
+    write_inputs(project, evaluation)
+    splits = {
+        "docs/train": token_stats("docs/train", 10, 8, [2, 5, 3], 0.375),
+        "stsb/validation": token_stats("stsb/validation", 50, 0, [50, 0, 0], 0.0),
+    }
+    write_json(project / "data/tokens/stats.json", {"max_length": 128, "splits": splits})
+    results = report.run(params(project))
+
+    page = page_of(project)
+    assert results["report.figures"] == 6 and any(alt.startswith("Texts by their length") for alt in images_of(page))
+    assert '<td>docs/train</td><td class="num">10</td><td class="num">8</td>' in page
+    assert '<td class="num">37.5%</td>' in page and '<td class="num">0.0%</td>' in page
+    assert "Document retrieval: queries/test (mean pooling of chunks)" in page
+    row = re.search(r"<td>nDCG@10, queries for documents of several chunks, from its chunks</td>(.*?)</tr>", page)
+    assert row and re.findall(r">([0-9.]+)<", row.group(1)) == ["0.600", "0.650"]
+    row = re.search(r"<td>nDCG@10, all queries, first chunk only \(truncated\)</td>(.*?)</tr>", page)
+    assert row and re.findall(r">([0-9.]+)<", row.group(1)) == ["0.420", "0.470"]
+    assert "40 / 12 / 30" in page
 
 
 def test_page_shows_data_manifest_validation_and_resolved_params(project):

@@ -5,6 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
+from embedforge.data.chunks import Chunker
 from embedforge.data.sentences import iter_sentences, sentence_id
 from embedforge.errors import UserError
 from embedforge.stages import tokenize
@@ -38,21 +39,35 @@ def test_teacher_tokenizer_ids_for_every_distinct_sentence(prepared, params, tin
     assert not (prepared / "data/tokens/sick/test.parquet").exists()
 
 
-def test_long_texts_become_overlapping_chunks_that_cover_them(prepared, params, tiny_teacher):
+def test_long_texts_become_the_teachers_chunks_each_a_unit_of_its_own(prepared, params, tiny_teacher):
     results = tokenize.run(params("tokenize.max_length=12", "tokenize.chunk_overlap=3"))
 
     table = pq.read_table(prepared / "data/tokens/stsb/train.parquet").to_pandas()
     assert table["length"].max() <= 12
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_teacher))
     texts = {sentence_id(t): t for t in iter_sentences([prepared / "data/raw/stsb/train.parquet"])}
-    long_ones = [i for i, t in texts.items() if len(tokenizer(t)["input_ids"]) > 12]
+    lengths = {i: len(tokenizer(t)["input_ids"]) for i, t in texts.items()}
+    long_ones = [i for i, length in lengths.items() if length > 12]
     assert results["tokenize.stsb.train.chunked_sentences"] == len(long_ones) > 0
+    assert results["tokenize.stsb.train.truncated_chunks"] == 0  # the student's tokenizer is the teacher's
 
-    chunks = table[table["sentence_id"] == long_ones[0]].sort_values("chunk")
-    assert chunks["chunk"].tolist() == list(range(len(chunks)))
-    content = [list(ids[1:-1]) for ids in chunks["input_ids"]]  # without [CLS]/[SEP]
-    rebuilt = content[0] + [token for part in content[1:] for token in part[3:]]
-    assert rebuilt == tokenizer(texts[long_ones[0]], add_special_tokens=False)["input_ids"]
+    chunker = Chunker(tokenizer, 12, 3)
+    for text_id in long_ones:
+        rows = table[table["sentence_id"] == text_id].sort_values("chunk")
+        units = chunker.split([texts[text_id]])[0].units
+        assert rows["chunk"].tolist() == list(range(len(units))) and len(units) > 1
+        assert rows["unit_id"].tolist() == [sentence_id(unit) for unit in units]
+        assert [list(ids) for ids in rows["input_ids"]] == [tokenizer(unit)["input_ids"] for unit in units]
+    assert table.loc[~table["sentence_id"].isin(long_ones), "unit_id"].isna().all()
+
+    split = json.loads((prepared / "data/tokens/stats.json").read_text())["splits"]["stsb/train"]
+    before = np.array([lengths[i] for i in texts])
+    assert split["text_tokens"] == before.sum()
+    assert split["truncation_dropped_share"] == pytest.approx(1 - np.minimum(before, 12).sum() / before.sum())
+    assert sum(split["text_length"]["counts"]) == len(texts) == split["sentences"]
+    assert split["text_length"]["counts"][0] == (before <= 16).sum()
+    assert split["chunks_per_text"]["counts"][0] == len(texts) - len(long_ones)
+    assert sum(c * n for c, n in zip(*split["chunks_per_text"].values(), strict=True)) == split["chunks"] == len(table)
 
 
 @pytest.mark.parametrize("kind", ["wordpiece", "bpe"])

@@ -46,6 +46,7 @@ def write_token_file(path: Path, tokens: dict[str, list[int]]) -> None:
             {
                 "sentence_id": ids,
                 "chunk": np.zeros(len(ids), np.int16),
+                "unit_id": [None] * len(ids),
                 "input_ids": pa.array([tokens[i] for i in ids], pa.list_(pa.int32())),
                 "length": np.array([len(tokens[i]) for i in ids], np.int32),
             },

@@ -1,0 +1,179 @@
+"""Long documents: training on every chunk against the first chunk only, each searched by pooled chunks and by
+truncation, beside the teacher.
+
+Builds the synthetic document set of ``document_set.py`` from the mirror's SNLI *test* split (documents of 5-40
+premises, queries that are hypotheses entailed by one premise; synthetic, not a published benchmark) and splits
+its documents into train, validation and test: the student distils on the train documents, picks its best epoch
+by the distillation loss on the validation documents, and is scored on the test documents and their queries,
+which it never saw. Two students of the same family, init and steps: one distils on every chunk of a document
+(``train.max_chunks_per_text`` null), one on each document's first chunk only (``1``). Evaluate scores each
+against the teacher with documents pooled from their chunks (``evaluate.document_pooling``) and truncated to their
+first chunk; the figures that matter are on the queries whose relevant document is longer than
+``tokenize.max_length``.
+
+    EMBEDFORGE_MIRROR=../shared/data .venv/bin/python benchmarks/bench_documents.py
+
+prints one JSON object: the four-way table (training x search) and the teacher, recall@10 and nDCG@10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import document_set
+from common import add_set_argument, pinned_params
+
+SPLIT_SHARES = {"train": 0.6, "validation": 0.1, "test": 0.3}
+COMMON = [
+    "preset=development",
+    "tracking.enabled=false",
+    "precompute.teacher=packaged:all-MiniLM-L6-v2",
+    "download.datasets.docs={kind: documents, files: data/external/docs/*.jsonl, format: jsonl, "
+    "splits: {train: '*train*', validation: '*validation*', test: '*test*'}}",
+    "download.datasets.queries={kind: queries, files: data/external/queries/*.jsonl, format: jsonl, "
+    "documents: docs, splits: [test]}",
+    "precompute.datasets=[docs]",
+    "tokenize.datasets=[docs, stsb]",
+    "train.datasets=[docs]",
+    "train.objectives={infonce: 0.0, distill: 1.0}",
+    "train.distill_loss=cosine",
+    "train.lr=1e-4",
+    "train.batch_size=32",
+    "train.epochs=1000",
+    "train.sts_validation=null",
+    "train.early_stopping.monitor=val_loss",
+    "train.early_stopping.patience=1000",
+    "evaluate.sts_splits=[stsb/validation]",
+    "evaluate.separation_splits=[stsb/validation]",
+    "evaluate.document_retrieval=[queries/test]",
+    "evaluate.speed_sentences=200",
+    "evaluate.speed_rounds=1",
+    "evaluate.map_sentences=100",
+]
+TRAININGS = {"every_chunk": "train.max_chunks_per_text=null", "first_chunk": "train.max_chunks_per_text=1"}
+SEARCHES = {"pooled": "chunked", "truncated": "first_chunk"}
+MEASURES = ("recall@10", "ndcg@10")
+
+
+def write_split_set(snli_test: Path, directory: Path, seed: int, documents: int | None) -> dict:
+    """The document set, its documents dealt into train, validation and test; only test's queries are kept."""
+    built = document_set.build(snli_test, seed=seed, documents=documents)
+    order = built.documents.sample(frac=1.0, random_state=seed)["id"].tolist()
+    bounds = [0, round(len(order) * SPLIT_SHARES["train"]), round(len(order) * (1 - SPLIT_SHARES["test"]))]
+    splits = dict(
+        zip(SPLIT_SHARES, (order[a:b] for a, b in zip(bounds, [*bounds[1:], len(order)], strict=True)), strict=True)
+    )
+    for split, ids in splits.items():
+        chosen = built.documents[built.documents["id"].isin(set(ids))]
+        (directory / "docs").mkdir(parents=True, exist_ok=True)
+        chosen.to_json(directory / "docs" / f"{split}.jsonl", orient="records", lines=True)
+    test = set(splits["test"])
+    queries = built.queries[built.queries["relevant"].map(lambda ids: all(i in test for i in ids))]
+    (directory / "queries").mkdir(parents=True, exist_ok=True)
+    queries.to_json(directory / "queries" / "test.jsonl", orient="records", lines=True)
+    return {split: len(ids) for split, ids in splits.items()} | {"test_queries": len(queries)}
+
+
+def table(evaluation: dict, spec: str, subset: str) -> dict:
+    """recall@10 and nDCG@10 of ``subset`` of the queries, per model and search."""
+    return {
+        model: {
+            search: {
+                measure: round(evaluation[model]["documents"][spec][subset][way][measure], 4) for measure in MEASURES
+            }
+            for search, way in SEARCHES.items()
+        }
+        for model in ("student", "teacher")
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps of each student")
+    parser.add_argument("--documents", type=int, default=None, help="documents to build (default: all it can)")
+    parser.add_argument("--limit", type=int, default=500, help="download.limit of the built-in splits (STS only)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=Path("bench-documents"))
+    add_set_argument(parser)
+    args = parser.parse_args()
+
+    from embedforge.stages import STAGES
+
+    mirror = Path(os.environ["EMBEDFORGE_MIRROR"]).resolve()
+    workdir = args.workdir.resolve()
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    os.chdir(workdir)
+    counts = write_split_set(mirror / "snli" / "test.parquet", workdir / "data" / "external", args.seed, args.documents)
+    common = [*COMMON, f"download.limit={args.limit}", f"train.max_steps={args.steps}", f"seed={args.seed}"]
+
+    def params(*overrides: str):
+        return pinned_params(workdir, [*common, *overrides, *args.set])
+
+    prepared = {
+        stage: STAGES[stage].module().run(params()) for stage in ("download", "validate", "precompute", "tokenize")
+    }
+    cfg = params()
+    spec = cfg.evaluate.document_retrieval[0]
+    report: dict = {
+        "benchmark": "long_documents",
+        "synthetic": "documents of 5-40 SNLI test premises; queries are hypotheses entailed by one premise",
+        "documents": counts,
+        "steps": args.steps,
+        "max_length": cfg.tokenize.max_length,
+        "pooling": cfg.evaluate.document_pooling,
+        "train_documents": {
+            key.removeprefix("tokenize.docs.train."): value
+            for key, value in prepared["tokenize"].items()
+            if key.startswith("tokenize.docs.train.")
+        },
+    }
+    runs = {}
+    for training, setting in TRAININGS.items():
+        trained = STAGES["train"].module().run(params(setting))
+        STAGES["evaluate"].module().run(params(setting))
+        evaluation = json.loads(Path("metrics/eval.json").read_text(encoding="utf-8"))
+        runs[training] = evaluation
+        report[f"train_{training}"] = {
+            key: trained.get(f"result.{key}")
+            for key in ("steps", "epochs", "best_epoch", "train_seconds")
+            if f"result.{key}" in trained
+        }
+    long = {training: table(evaluation, spec, "long") for training, evaluation in runs.items()}
+    report["queries"] = {
+        key: runs["every_chunk"]["student"]["documents"][spec][key]
+        for key in ("queries", "long_queries", "documents", "units")
+    }
+    report["long_documents"] = {
+        **{f"student_{training}": figures["student"] for training, figures in long.items()},
+        "teacher": long["every_chunk"]["teacher"],
+    }
+    report["all_queries"] = {
+        **{f"student_{training}": table(evaluation, spec, "all")["student"] for training, evaluation in runs.items()},
+        "teacher": table(runs["every_chunk"], spec, "all")["teacher"],
+    }
+    ndcg = {
+        training: {search: long[training]["student"][search]["ndcg@10"] for search in SEARCHES}
+        for training in TRAININGS
+    }
+    report["targets"] = {
+        "pooled_minus_truncated_ndcg@10": {
+            training: round(v["pooled"] - v["truncated"], 4) for training, v in ndcg.items()
+        },
+        "every_chunk_minus_first_chunk_pooled_ndcg@10": round(
+            ndcg["every_chunk"]["pooled"] - ndcg["first_chunk"]["pooled"], 4
+        ),
+    }
+    report["targets"]["met"] = bool(
+        min(report["targets"]["pooled_minus_truncated_ndcg@10"].values()) >= 0.05
+        and report["targets"]["every_chunk_minus_first_chunk_pooled_ndcg@10"] >= 0
+    )
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
