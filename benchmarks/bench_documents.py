@@ -1,12 +1,13 @@
 """Long documents: training on every chunk against the first chunk only, each searched by pooled chunks and by
 truncation, beside the teacher.
 
-Builds the synthetic document set of ``document_set.py`` from the mirror's SNLI *test* split (documents of 5-40
-premises, queries that are hypotheses entailed by one premise; synthetic, not a published benchmark) and splits
-its documents into train, validation and test: the student distils on the train documents, picks its best epoch
-by the distillation loss on the validation documents, and is scored on the test documents and their queries,
-which it never saw. Two students of the same family, init and steps: one distils on every chunk of a document
-(``train.max_chunks_per_text`` null), one on each document's first chunk only (``1``). Evaluate scores each
+Builds the synthetic document set of ``document_set.py`` (documents of 5-40 SNLI premises, queries that are
+hypotheses entailed by exactly one premise; synthetic, not a published benchmark): the test documents and their
+queries from the mirror's SNLI *test* split, the train and validation documents from its validation split's
+premises. The student distils on the train documents, picks its best epoch by the distillation loss on the
+validation documents, and is scored on the test documents and their queries, which it never saw. Two students
+of the same family, init and steps: one distils on every chunk of a document (``train.max_chunks_per_text``
+null), one on each document's first chunk only (``1``). Evaluate scores each
 against the teacher with documents pooled from their chunks (``evaluate.document_pooling``) and truncated to their
 first chunk; the figures that matter are on the queries whose relevant document is longer than
 ``tokenize.max_length``.
@@ -27,7 +28,7 @@ from pathlib import Path
 import document_set
 from common import add_set_argument, pinned_params
 
-SPLIT_SHARES = {"train": 0.6, "validation": 0.1, "test": 0.3}
+VALIDATION_SHARE = 0.1  # of the training documents: the distillation loss that picks the best epoch
 COMMON = [
     "preset=development",
     "tracking.enabled=false",
@@ -36,6 +37,8 @@ COMMON = [
     "splits: {train: '*train*', validation: '*validation*', test: '*test*'}}",
     "download.datasets.queries={kind: queries, files: data/external/queries/*.jsonl, format: jsonl, "
     "documents: docs, splits: [test]}",
+    "download.datasets.stsb.splits=[train, validation]",  # STS-B and SNLI validation: what evaluate always scores
+    "download.datasets.snli.splits=[validation]",
     "precompute.datasets=[docs]",
     "tokenize.datasets=[docs, stsb]",
     "train.datasets=[docs]",
@@ -59,23 +62,27 @@ SEARCHES = {"pooled": "chunked", "truncated": "first_chunk"}
 MEASURES = ("recall@10", "ndcg@10")
 
 
-def write_split_set(snli_test: Path, directory: Path, seed: int, documents: int | None) -> dict:
-    """The document set, its documents dealt into train, validation and test; only test's queries are kept."""
-    built = document_set.build(snli_test, seed=seed, documents=documents)
-    order = built.documents.sample(frac=1.0, random_state=seed)["id"].tolist()
-    bounds = [0, round(len(order) * SPLIT_SHARES["train"]), round(len(order) * (1 - SPLIT_SHARES["test"]))]
-    splits = dict(
-        zip(SPLIT_SHARES, (order[a:b] for a, b in zip(bounds, [*bounds[1:], len(order)], strict=True)), strict=True)
-    )
-    for split, ids in splits.items():
-        chosen = built.documents[built.documents["id"].isin(set(ids))]
+def write_document_sets(mirror: Path, directory: Path, seed: int, documents: int | None, sentences: range) -> dict:
+    """Test documents and their queries from SNLI test; train and validation documents (queries dropped) from
+    SNLI validation premises, so the student never distils on a document it is scored on."""
+    sizes = {"min_sentences": sentences.start, "max_sentences": sentences.stop}
+    held_out = document_set.build(mirror / "snli" / "test.parquet", seed=seed, documents=documents, **sizes)
+    training = document_set.build(mirror / "snli" / "validation.parquet", seed=seed, documents=documents, **sizes)
+    cut = min(len(training.documents) - 1, round(len(training.documents) * (1 - VALIDATION_SHARE)))
+    splits = {
+        "train": training.documents.iloc[:cut],
+        "validation": training.documents.iloc[cut:],
+        "test": held_out.documents,
+    }
+    for split, frame in splits.items():
         (directory / "docs").mkdir(parents=True, exist_ok=True)
-        chosen.to_json(directory / "docs" / f"{split}.jsonl", orient="records", lines=True)
-    test = set(splits["test"])
-    queries = built.queries[built.queries["relevant"].map(lambda ids: all(i in test for i in ids))]
+        frame.assign(id=f"{split}-" + frame["id"]).to_json(
+            directory / "docs" / f"{split}.jsonl", orient="records", lines=True
+        )
+    queries = held_out.queries.assign(relevant=[[f"test-{i}" for i in ids] for ids in held_out.queries["relevant"]])
     (directory / "queries").mkdir(parents=True, exist_ok=True)
     queries.to_json(directory / "queries" / "test.jsonl", orient="records", lines=True)
-    return {split: len(ids) for split, ids in splits.items()} | {"test_queries": len(queries)}
+    return {split: len(frame) for split, frame in splits.items()} | {"test_queries": len(queries)}
 
 
 def table(evaluation: dict, spec: str, subset: str) -> dict:
@@ -96,6 +103,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps of each student")
     parser.add_argument("--documents", type=int, default=None, help="documents to build (default: all it can)")
     parser.add_argument("--limit", type=int, default=500, help="download.limit of the built-in splits (STS only)")
+    parser.add_argument("--sentences", type=int, nargs=2, default=(5, 40), help="premises a document, min max")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("bench-documents"))
     add_set_argument(parser)
@@ -108,7 +116,9 @@ def main() -> None:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     os.chdir(workdir)
-    counts = write_split_set(mirror / "snli" / "test.parquet", workdir / "data" / "external", args.seed, args.documents)
+    counts = write_document_sets(
+        mirror, workdir / "data" / "external", args.seed, args.documents, range(*args.sentences)
+    )
     common = [*COMMON, f"download.limit={args.limit}", f"train.max_steps={args.steps}", f"seed={args.seed}"]
 
     def params(*overrides: str):
@@ -121,7 +131,8 @@ def main() -> None:
     spec = cfg.evaluate.document_retrieval[0]
     report: dict = {
         "benchmark": "long_documents",
-        "synthetic": "documents of 5-40 SNLI test premises; queries are hypotheses entailed by one premise",
+        "synthetic": "documents of 5-40 SNLI premises (test: SNLI test, train: SNLI validation); queries are "
+        "hypotheses entailed by exactly one premise",
         "documents": counts,
         "steps": args.steps,
         "max_length": cfg.tokenize.max_length,

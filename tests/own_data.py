@@ -17,6 +17,14 @@ MY_PAIRS = (
     "columns: {sentence1: q1, sentence2: q2, score: sim}, score_range: [0, 1], "
     'splits: {validation: "*dev*", test: "*test*"}}'
 )
+DOCUMENTS = (
+    'download.datasets.manuals={kind: documents, files: "data/external/manuals/*.jsonl", '
+    "splits: {train: '*train*', test: '*test*'}}"
+)
+QUERIES = (
+    'download.datasets.questions={kind: queries, files: "data/external/questions.jsonl", documents: manuals, '
+    "splits: [test]}"
+)
 OWN = [TICKETS, MY_PAIRS]
 
 
@@ -43,3 +51,20 @@ def write_pairs(root: Path, mirror: Path) -> None:
         stsb = pd.read_parquet(mirror / f"stsb/{split}.parquet")
         frame = pd.DataFrame({"q1": stsb["sentence1"], "q2": stsb["sentence2"], "sim": stsb["score"] / 5})
         frame.to_csv(folder / name, index=False)
+
+
+def write_documents(root: Path, mirror: Path) -> int:
+    """Documents of SNLI test premises (the benchmark's synthetic set, small) as two JSONL files, half of them to
+    train on and half searched by the queries of that half; returns the number of test queries."""
+    from document_set import build
+
+    built = build(mirror / "snli/test.parquet", seed=0, min_sentences=5, max_sentences=10)
+    folder = root / "data/external/manuals"
+    folder.mkdir(parents=True, exist_ok=True)
+    half = len(built.documents) // 2
+    for split, part in (("train", built.documents.iloc[:half]), ("test", built.documents.iloc[half:])):
+        part.to_json(folder / f"{split}.jsonl", orient="records", lines=True)
+    searched = set(built.documents["id"].iloc[half:])
+    queries = built.queries[[all(i in searched for i in ids) for ids in built.queries["relevant"]]]
+    queries.to_json(root / "data/external/questions.jsonl", orient="records", lines=True)
+    return len(queries)

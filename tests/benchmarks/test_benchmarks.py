@@ -145,6 +145,34 @@ def test_bench_families(small_mirror: Path, tiny_teacher: Path, tmp_path: Path) 
     assert all(promised <= report[family].keys() for family in families)
 
 
+def test_bench_documents(small_mirror: Path, tiny_teacher: Path, tmp_path: Path) -> None:
+    overrides = [f"precompute.teacher={tiny_teacher}", "precompute.backend=torch", *TINY_STUDENT, "train.batch_size=8"]
+    overrides.append("model.teacher_layers=[1, 0]")
+    report = run_benchmark(
+        REPO_ROOT / "benchmarks/bench_documents.py",
+        [
+            *("--steps", "2", "--limit", "60", "--sentences", "5", "8", "--workdir", str(tmp_path / "work")),
+            *sets(*overrides, "tokenize.max_length=48"),
+        ],
+        tmp_path,
+        small_mirror,
+    )
+    assert report["documents"]["test"] > 0 and report["documents"]["train"] > 0 and report["documents"]["validation"]
+    assert report["train_every_chunk"]["steps"] == report["train_first_chunk"]["steps"] == 2
+    assert report["train_documents"]["chunked_sentences"] > 0 and report["max_length"] == 48
+    table = report["long_documents"]
+    assert set(table) == {"student_every_chunk", "student_first_chunk", "teacher"}
+    for searches in table.values():
+        assert {"pooled", "truncated"} == set(searches)
+        assert all(0 <= searches[way][measure] <= 1 for way in searches for measure in ("recall@10", "ndcg@10"))
+    targets = report["targets"]
+    margins = targets["pooled_minus_truncated_ndcg@10"]
+    assert margins["every_chunk"] == round(
+        table["student_every_chunk"]["pooled"]["ndcg@10"] - table["student_every_chunk"]["truncated"]["ndcg@10"], 4
+    )
+    assert isinstance(targets["met"], bool)
+
+
 def test_bench_static(small_mirror: Path, tiny_teacher: Path, tmp_path: Path) -> None:
     report = run_benchmark(
         REPO_ROOT / "benchmarks/bench_static.py",

@@ -7,37 +7,52 @@ import json
 import math
 
 import pyarrow.parquet as pq
-from own_data import OWN, corpus_texts, write_pairs, write_tickets
+from own_data import DOCUMENTS, OWN, QUERIES, corpus_texts, write_documents, write_pairs, write_tickets
 
 
-def test_the_whole_pipeline_distils_on_a_corpus_and_scores_own_pairs(tmp_path, small_mirror, tiny):
+def test_the_whole_pipeline_distils_on_a_corpus_and_documents_and_scores_own_pairs_and_queries(
+    tmp_path, small_mirror, tiny
+):
     from conftest import make_clone, sh
 
     own_stages = [
         *OWN,
+        DOCUMENTS,
+        QUERIES,
         "download.datasets.my_pairs.similar_min_score=0.7",
         "download.datasets.my_pairs.dissimilar_max_score=0.3",
-        "precompute.datasets=[tickets, my_pairs]",
-        "tokenize.datasets=[tickets, my_pairs]",
-        "train.datasets=[tickets]",
+        "precompute.datasets=[tickets, my_pairs, manuals]",
+        "tokenize.datasets=[tickets, my_pairs, manuals]",
+        "tokenize.max_length=64",
+        "train.datasets=[tickets, manuals]",
         "train.objectives={infonce: 0.0, distill: 1.0}",
         "train.sts_validation=my_pairs/validation",
         "evaluate.sts_splits=[my_pairs/validation]",
         "evaluate.separation_splits=[my_pairs/validation]",
         "evaluate.retrieval_split=my_pairs/validation",
+        "evaluate.document_retrieval=[questions/test]",
     ]
     repo, env = make_clone(tmp_path / "repo", small_mirror, [*tiny, *own_stages])
     write_tickets(repo, corpus_texts(small_mirror))  # git-ignored, as a user's data is: DVC reads them from disk
     write_pairs(repo, small_mirror)
+    queries = write_documents(repo, small_mirror)
     sh("embedforge", "run", cwd=repo, env=env)
 
     summary = json.loads((repo / "metrics/train.json").read_text())
     evaluation = json.loads((repo / "metrics/eval.json").read_text())
     sentences = set(pq.read_table(repo / "data/tokens/tickets/train.parquet").column("sentence_id").to_pylist())
-    assert summary["steps"] == math.ceil(len(sentences) / 8)  # one epoch over every corpus sentence, batches of 8
+    chunks = pq.read_table(repo / "data/tokens/manuals/train.parquet").num_rows
+    chunked = json.loads((repo / "data/tokens/stats.json").read_text())["splits"]["manuals/train"]
+    assert chunks == chunked["chunks"] > chunked["sentences"] >= chunked["chunked_sentences"] > 0
+    assert summary["steps"] == math.ceil((len(sentences) + chunks) / 8)  # one epoch over every sentence and chunk
     assert -1 <= evaluation["student"]["sts"]["my_pairs/validation"]["spearman"] <= 1
     assert evaluation["student"]["retrieval"]["queries"] > 0
-    assert "my_pairs/validation" in (repo / "reports/index.html").read_text()
+    searched = evaluation["student"]["documents"]["questions/test"]
+    assert searched["queries"] == min(queries, 60) > 0 and searched["units"] > searched["documents"] > 0
+    assert 0 < searched["all"]["chunked"]["ndcg@10"] <= 1 and 0 < searched["all"]["first_chunk"]["ndcg@10"] <= 1
+    page = (repo / "reports/index.html").read_text()
+    assert "my_pairs/validation" in page and "Document retrieval: questions/test (mean pooling of chunks)" in page
+    assert "<td>manuals/train</td>" in page and "Texts by their length in tokens" in page
 
     with (repo / "data/external/tickets/b.jsonl").open("a") as handle:
         handle.write(json.dumps({"body": "A brand new ticket about a refund."}) + "\n")
