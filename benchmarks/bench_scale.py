@@ -88,13 +88,14 @@ def corpus_words(mirror: Path) -> np.ndarray:
     return np.asarray(words, dtype=object)
 
 
-def write_corpus(directory: Path, words: np.ndarray, distinct: int, seed: int) -> int:
-    """``distinct`` seeded, distinct sentences of 5-17 mirror words, a share of them twice; returns the rows."""
+def write_corpus(directory: Path, words: np.ndarray, distinct: int, seed: int, sentences_per_text: int = 1) -> int:
+    """``distinct`` seeded, distinct texts of ``sentences_per_text`` sentences of 5-17 mirror words each, a share of
+    them twice; returns the rows."""
     rng = np.random.default_rng(seed)
     seen: set[int] = set()
     sentences: list[str] = []
-    while len(sentences) < distinct:
-        wanted = distinct - len(sentences)
+    while len(sentences) < distinct * sentences_per_text:
+        wanted = distinct * sentences_per_text - len(sentences)
         lengths = rng.integers(5, 18, size=wanted)
         picks = rng.integers(0, len(words), size=(wanted, 17))
         for length, row in zip(lengths, picks, strict=True):
@@ -102,6 +103,10 @@ def write_corpus(directory: Path, words: np.ndarray, distinct: int, seed: int) -
             if hash(text) not in seen:
                 seen.add(hash(text))
                 sentences.append(text)
+    if sentences_per_text > 1:  # documents: runs of distinct sentences, so distinct too
+        sentences = [
+            " ".join(sentences[i : i + sentences_per_text]) for i in range(0, len(sentences), sentences_per_text)
+        ]
     repeats = rng.choice(distinct, size=int(distinct * REPEATED_SHARE), replace=False)
     order = rng.permutation(np.r_[np.arange(distinct), repeats])
     directory.mkdir(parents=True, exist_ok=True)
@@ -181,14 +186,13 @@ def run_measured(command: list[str], cwd: Path) -> dict:
 
 def train_data_bytes(root: Path, dim: int) -> int:
     """The raw bytes train holds for its data: int32 token ids, float16 teacher vectors and 32-byte ids of every
-    sentence of the token files it reads (chunk 0, as ``TokenStore`` keeps)."""
-    tokens = sentences = 0
+    unit (a sentence, or a chunk of a longer text) of the token files it reads, as ``TokenStore`` keeps them."""
+    tokens = units = 0
     for path in [root / "data/tokens/corpus/train.parquet", root / "data/tokens/pairs/validation.parquet"]:
-        table = pq.read_table(path, columns=["chunk", "length"])
-        first = table.filter(pc.equal(table["chunk"], 0))
-        tokens += pc.sum(first["length"]).as_py()
-        sentences += first.num_rows
-    return 4 * tokens + sentences * (32 + 2 * dim)
+        table = pq.read_table(path, columns=["length"])
+        tokens += pc.sum(table["length"]).as_py()
+        units += table.num_rows
+    return 4 * tokens + units * (32 + 2 * dim)
 
 
 def disk_bytes(root: Path, paths: list[str]) -> int:
@@ -204,19 +208,23 @@ def stage_process(stage: str) -> list[str]:
     return [sys.executable, "-c", STAGE, stage]
 
 
-def prepare_project(root: Path, mirror: Path, words: np.ndarray, n: int, teacher: str, extra: list[str]) -> int:
-    """A project directory holding a corpus of ``n`` distinct sentences, the eval pairs and pinned params; returns
+def prepare_project(
+    root: Path, mirror: Path, words: np.ndarray, n: int, teacher: str, extra: list[str], sentences_per_text: int
+) -> int:
+    """A project directory holding a corpus of ``n`` distinct texts, the eval pairs and pinned params; returns
     the corpus rows."""
     root.mkdir(parents=True)
-    rows = write_corpus(root / "data/external/corpus", words, n, seed=n)
+    rows = write_corpus(root / "data/external/corpus", words, n, seed=n, sentences_per_text=sentences_per_text)
     stsb = pd.read_parquet(mirror / "stsb/validation.parquet")
     stsb[["sentence1", "sentence2", "score"]].to_csv(root / "data/external/pairs.csv", index=False)
     pinned_params(root, settings(teacher, extra))
     return rows
 
 
-def one_size(root: Path, mirror: Path, words: np.ndarray, n: int, teacher: str, extra: list[str]) -> dict:
-    rows = prepare_project(root, mirror, words, n, teacher, extra)
+def one_size(
+    root: Path, mirror: Path, words: np.ndarray, n: int, teacher: str, extra: list[str], sentences_per_text: int
+) -> dict:
+    rows = prepare_project(root, mirror, words, n, teacher, extra, sentences_per_text)
     point: dict = {"sentences": n, "rows": rows}
     items = {"download": rows, "validate": rows, "precompute": rows, "tokenize": rows, "train": n}
     for stage in STAGES:
@@ -232,6 +240,7 @@ def one_size(root: Path, mirror: Path, words: np.ndarray, n: int, teacher: str, 
     cache = next((root / "data/embeddings").iterdir())
     manifest = json.loads((cache / "manifest.json").read_text())
     point["precompute"]["vector_bytes"] = manifest["unique_sentences"] * manifest["dim"] * 2  # float16, raw
+    point["precompute"]["units"] = manifest["unique_sentences"]  # distinct sentences and chunks the teacher embedded
     point["precompute"]["shard_bytes"] = sum(path.stat().st_size for path in cache.glob("*.parquet"))
     point["train"]["data_bytes"] = train_data_bytes(root, manifest["dim"])
     search = run_measured([sys.executable, "-c", RETRIEVAL, str(cache), str(QUERIES)], root)
@@ -320,6 +329,9 @@ def main() -> None:
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="comma-separated sizes to measure")
     parser.add_argument("--minilm-max-n", type=int, default=100_000, help="largest size for the real teacher (0: none)")
     parser.add_argument("--workdir", type=Path, default=None, help="where the corpora and outputs go (default: temp)")
+    parser.add_argument(
+        "--sentences-per-text", type=int, default=1, help="texts of this many sentences: >1 measures long documents"
+    )
     add_set_argument(parser)
     args = parser.parse_args()
     mirror = os.environ.get(MIRROR_ENV)
@@ -332,7 +344,10 @@ def main() -> None:
     teacher = build_tiny_sentence_model(workdir / "tiny-teacher", layers=1, hidden_size=64)
     env_mirror = os.environ.pop(MIRROR_ENV)  # the benchmark's data is its own files, not the mirror's datasets
     try:
-        points = [one_size(workdir / f"n{n}", mirror, words, n, str(teacher), args.set) for n in sizes]
+        points = [
+            one_size(workdir / f"n{n}", mirror, words, n, str(teacher), args.set, args.sentences_per_text)
+            for n in sizes
+        ]
         minilm = {}
         for n in [n for n in sizes if n <= args.minilm_max_n]:
             root = workdir / f"n{n}"
@@ -375,6 +390,7 @@ def main() -> None:
             {
                 "cpu_count": os.cpu_count(),
                 "sizes": sizes,
+                "sentences_per_text": args.sentences_per_text,
                 "points": points,
                 "ratios": ratios,
                 "minilm_precompute": minilm,
