@@ -75,6 +75,7 @@ class Chunker:
             return_offsets_mapping=True,
             return_attention_mask=False,
             return_token_type_ids=False,
+            verbose=False,  # longer than the model reads: that is why it is being cut
         )
         for index, offsets in zip(long, encoded["offset_mapping"], strict=True):
             text = texts[index]
