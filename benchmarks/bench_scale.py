@@ -209,7 +209,7 @@ def stage_process(stage: str) -> list[str]:
 
 
 def prepare_project(
-    root: Path, mirror: Path, words: np.ndarray, n: int, teacher: str, extra: list[str], sentences_per_text: int
+    root: Path, mirror: Path, words: np.ndarray, n: int, teacher: str, extra: list[str], sentences_per_text: int = 1
 ) -> int:
     """A project directory holding a corpus of ``n`` distinct texts, the eval pairs and pinned params; returns
     the corpus rows."""
