@@ -25,12 +25,10 @@ BATCH_TEXTS = 1024  # texts read at a time; only the long ones among them are to
 
 @dataclass(frozen=True)
 class Chunked:
-    """One text and its units (``[text]`` when it fits); ``tokens`` is its length before chunking, in the
-    teacher's tokens, special tokens included (None for a text that fits by its byte count alone)."""
+    """One text and its units (``[text]`` when it fits)."""
 
     text: str
     units: list[str]
-    tokens: int | None
 
     @property
     def text_id(self) -> str:
@@ -66,7 +64,7 @@ class Chunker:
     def split(self, texts: list[str]) -> list[Chunked]:
         """Each text with its units, in order; the texts that may not fit are tokenized in one call."""
         long = [index for index, text in enumerate(texts) if not self.fits(text)]
-        out = [Chunked(text, [text], None) for text in texts]
+        out = [Chunked(text, [text]) for text in texts]
         if not long:
             return out
         encoded = self.tokenizer(
@@ -79,9 +77,7 @@ class Chunker:
         )
         for index, offsets in zip(long, encoded["offset_mapping"], strict=True):
             text = texts[index]
-            tokens = len(offsets) + self.max_length - self.budget
-            units = [text] if len(offsets) <= self.budget else self.cut(text, offsets)
-            out[index] = Chunked(text, units, tokens)
+            out[index] = Chunked(text, [text] if len(offsets) <= self.budget else self.cut(text, offsets))
         return out
 
     def cut(self, text: str, offsets: list[tuple[int, int]]) -> list[str]:
@@ -100,21 +96,20 @@ class Chunker:
             first = next((k for k in range(wanted, end) if word_start[k]), end)
 
 
-def chunked_texts(files: list[Path], chunker: Chunker) -> Iterator[Chunked]:
-    """Every text of ``files`` (as ``iter_sentences`` reads them) with its units, in file order."""
+def iter_units(files: list[Path], chunker: Chunker) -> Iterator[tuple[str, str]]:
+    """``(unit_id, unit text)`` of every unit of every text of ``files`` (as ``iter_sentences`` reads them), in file
+    order: what the teacher embeds. Texts are cut ``BATCH_TEXTS`` at a time."""
     batch: list[str] = []
     for text in iter_sentences(files):
         batch.append(text)
         if len(batch) == BATCH_TEXTS:
-            yield from chunker.split(batch)
+            yield from units_of(chunker.split(batch))
             batch = []
-    if batch:
-        yield from chunker.split(batch)
+    yield from units_of(chunker.split(batch))
 
 
-def iter_units(files: list[Path], chunker: Chunker) -> Iterator[tuple[str, str]]:
-    """``(unit_id, unit text)`` of every unit of every text of ``files``: what the teacher embeds."""
-    for chunked in chunked_texts(files, chunker):
+def units_of(texts: list[Chunked]) -> Iterator[tuple[str, str]]:
+    for chunked in texts:
         yield from zip(chunked.unit_ids(), chunked.units, strict=True)
 
 
