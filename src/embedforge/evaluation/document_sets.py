@@ -19,10 +19,9 @@ from embedforge.data.chunks import Chunker
 from embedforge.data.schema import downloaded_split, raw_split_path
 from embedforge.data.sentences import document_text, normalize_text
 from embedforge.errors import DataError
-from embedforge.evaluation.retrieval import RetrievalResult, document_retrieval
+from embedforge.evaluation.retrieval import NDCG_DEPTH, RetrievalResult, document_retrieval
 
 KEY = "evaluate.document_retrieval"
-NDCG_DEPTH = 10
 
 
 @dataclass(frozen=True)
