@@ -4,7 +4,8 @@
     model = load_model("models/student")
     model.similarity("A man plays a guitar.", "Someone is playing music.")   # cosine, -1..1
     model.search("a dog in the snow", candidates, top_k=3)                  # [(text, score), ...]
-    model.search("refund for a late order", tickets, pooling="max_sim")     # long texts: their best chunk
+    model.search("refund for a late order", tickets)                        # long texts: by their best chunk
+    model.search("refund for a late order", tickets, pooling="mean")        # or by their chunks' mean
 
 A student is an ordinary SentenceTransformer directory; this only adds the checks,
 the two calls people reach for first, and long texts: a text longer than the model
@@ -101,9 +102,9 @@ class Embedder:
         vectors = self.embed([first, second])
         return float(vectors[0] @ vectors[1])
 
-    def search(self, query: str, candidates: list[str], top_k: int = 5, pooling: str = "mean") -> list[Match]:
+    def search(self, query: str, candidates: list[str], top_k: int = 5, pooling: str = "max_sim") -> list[Match]:
         """The ``top_k`` candidates most similar to ``query``, best first. A long candidate is scored from its
-        chunks: their pooled vector (``mean``), or its best chunk (``max_sim``)."""
+        chunks: its best chunk (``max_sim``, as evaluate's default), or their pooled vector (``mean``)."""
         if top_k < 1:
             raise UserError(f"search: top_k must be >= 1, got {top_k}")
         if pooling not in POOLINGS:

@@ -31,12 +31,12 @@ def test_documents_and_queries_serve_where_their_kinds_can():
         "train.datasets=[snli, docs]",
         *DISTIL,
         "evaluate.document_retrieval=[questions/test, questions/validation]",
-        "evaluate.document_pooling=max_sim",
+        "evaluate.document_pooling=mean",
         "train.max_chunks_per_text=1",
     )
     assert cfg.download.datasets["questions"].documents == "docs"
     assert cfg.evaluate.document_retrieval == ["questions/test", "questions/validation"]
-    assert (cfg.evaluate.document_pooling, cfg.train.max_chunks_per_text) == ("max_sim", 1)
+    assert (cfg.evaluate.document_pooling, cfg.train.max_chunks_per_text) == ("mean", 1)
 
 
 @pytest.mark.parametrize(
@@ -161,7 +161,7 @@ def test_documents_split_is_the_split_of_the_same_name_or_the_only_one():
 
 def test_the_document_params_have_one_dotted_name_in_params_yaml_the_schema_and_mlflow():
     """params.yaml spells them, the schema resolves them and MLflow logs them under the same dotted names."""
-    keys = {"evaluate.document_retrieval": [], "evaluate.document_pooling": "mean", "train.max_chunks_per_text": None}
+    keys = {"evaluate.document_retrieval": [], "evaluate.document_pooling": "max_sim", "train.max_chunks_per_text": None}
     in_file = flatten(yaml.safe_load(PARAMS_YAML.read_text(encoding="utf-8")))
     cfg = load_params(PARAMS_YAML)
     logged = flatten(redacted(cfg.to_dict()))  # what tracking logs to every run
