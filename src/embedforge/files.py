@@ -24,10 +24,12 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedforge.errors import UserError
 
+BATCH_BYTES = 32 << 20  # a parquet batch's data at most, uncompressed: long documents are fewer rows a batch
 NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # a full disk, a quota, a read-only mount
 AT_FDCWD, RENAME_EXCHANGE = -100, 2  # Linux's renameat2(2)
 
@@ -54,6 +56,29 @@ def stream_parquet(path: Path) -> pq.ParquetFile:
     """A parquet file to read a batch at a time. Arrow's pre-buffering would keep every row group it read
     cached until the file is closed: about 400 MB over a 6-million-row split, growing with the file."""
     return pq.ParquetFile(path, pre_buffer=False)
+
+
+def parquet_batches(
+    parquet: pq.ParquetFile, max_rows: int, columns: list[str] | None = None
+) -> Iterator[pa.RecordBatch]:
+    """``parquet``'s records (``columns`` only, if given) in batches of at most ``max_rows`` rows and about
+    ``BATCH_BYTES``, reckoned from the row groups' sizes: a batch of documents holds as much data as a batch of
+    sentences, not as many rows, so a reader's memory goes with the bytes it holds, whatever a row's length."""
+    yield from parquet.iter_batches(batch_size=rows_per_batch(parquet.metadata, max_rows, columns), columns=columns)
+
+
+def rows_per_batch(metadata: pq.FileMetaData, max_rows: int, columns: list[str] | None = None) -> int:
+    """``max_rows``, or fewer where the file's mean row (of ``columns``) is so long that they would pass
+    ``BATCH_BYTES``."""
+    data = sum(
+        group.column(index).total_uncompressed_size
+        for group in (metadata.row_group(number) for number in range(metadata.num_row_groups))
+        for index in range(group.num_columns)
+        if columns is None or group.column(index).path_in_schema.split(".")[0] in columns
+    )
+    if not metadata.num_rows or not data:
+        return max_rows
+    return max(1, min(max_rows, BATCH_BYTES * metadata.num_rows // data))
 
 
 def _umask() -> int:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from embedforge.data.sentences import id_prefix, iter_sentences, sentence_id
+from embedforge.data.sentences import id_prefix, iter_sentences, sentence_id, text_batches
 
 BATCH_TEXTS = 1024  # texts read at a time; only the long ones among them are tokenized, in one call
 
@@ -98,14 +98,9 @@ class Chunker:
 
 def iter_units(files: list[Path], chunker: Chunker) -> Iterator[tuple[str, str]]:
     """``(unit_id, unit text)`` of every unit of every text of ``files`` (as ``iter_sentences`` reads them), in file
-    order: what the teacher embeds. Texts are cut ``BATCH_TEXTS`` at a time."""
-    batch: list[str] = []
-    for text in iter_sentences(files):
-        batch.append(text)
-        if len(batch) == BATCH_TEXTS:
-            yield from units_of(chunker.split(batch))
-            batch = []
-    yield from units_of(chunker.split(batch))
+    order: what the teacher embeds. Texts are cut ``BATCH_TEXTS`` (or ``BATCH_CHARS`` of text) at a time."""
+    for batch in text_batches(iter_sentences(files), BATCH_TEXTS):
+        yield from units_of(chunker.split(batch))
 
 
 def units_of(texts: list[Chunked]) -> Iterator[tuple[str, str]]:

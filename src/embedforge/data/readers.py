@@ -1,7 +1,8 @@
 """Local files as a stream of frames: parquet, csv, tsv, jsonl and txt (one sentence a line), plain or gzipped.
 
-A file of any size is read ``BATCH_ROWS`` records at a time, so download's memory does
-not grow with the corpus. Each frame comes with the file's row number of its first
+A file of any size is read ``BATCH_ROWS`` records at a time, or fewer where the records are long
+(``files.BATCH_BYTES`` of text a batch), so download's memory grows neither with the corpus nor with
+the length of its documents. Each frame comes with the file's row number of its first
 record, so a later error can name the file and row; a parse error here names the line.
 """
 
@@ -18,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from embedforge.errors import DataError, UserError
-from embedforge.files import stream_parquet
+from embedforge.files import BATCH_BYTES, parquet_batches, stream_parquet
 
 BATCH_ROWS = 65_536
 SUFFIX_FORMATS = {
@@ -32,6 +33,7 @@ SUFFIX_FORMATS = {
     ".txt": "txt",
 }
 TXT_COLUMN = "text"  # the one column of a .txt file
+SAMPLE_BYTES = 1 << 20  # of a CSV file's start, to size its batches by its mean line
 
 
 @dataclass
@@ -79,7 +81,7 @@ def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def read_batches(path: Path, fmt: str) -> Iterator[RawBatch]:
-    """Every record of ``path`` in frames of at most ``BATCH_ROWS`` rows, in file order."""
+    """Every record of ``path`` in frames of at most ``BATCH_ROWS`` rows and about ``BATCH_BYTES``, in file order."""
     reader = {"parquet": _parquet, "csv": _delimited, "tsv": _delimited, "jsonl": _jsonl, "txt": _txt}[fmt]
     try:
         yield from reader(path, fmt)
@@ -95,7 +97,7 @@ def _parquet(path: Path, fmt: str) -> Iterator[RawBatch]:
     try:
         parquet = stream_parquet(path)
         first = 0
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+        for batch in parquet_batches(parquet, BATCH_ROWS):
             yield RawBatch(batch.to_pandas(), str(path), first)
             first += batch.num_rows
     except pa.ArrowException as exc:
@@ -111,7 +113,7 @@ def _delimited(path: Path, fmt: str) -> Iterator[RawBatch]:
             sep="\t" if fmt == "tsv" else ",",
             dtype=str,
             keep_default_na=False,
-            chunksize=BATCH_ROWS,
+            chunksize=rows_fitting(path),
             compression="infer",
             encoding="utf-8-sig",
         ) as chunks:
@@ -124,10 +126,19 @@ def _delimited(path: Path, fmt: str) -> Iterator[RawBatch]:
         raise DataError(f"{path}: not valid {fmt.upper()} ({str(exc).strip()})") from None
 
 
+def rows_fitting(path: Path) -> int:
+    """``BATCH_ROWS``, or as many of the mean line of the file's first ``SAMPLE_BYTES`` as fit ``BATCH_BYTES``
+    (pandas reads CSV in chunks of a fixed number of rows)."""
+    with open_binary(path) as handle:
+        sample = handle.read(SAMPLE_BYTES)
+    lines = max(1, sample.count(b"\n"))
+    return max(1, min(BATCH_ROWS, BATCH_BYTES * lines // max(1, len(sample))))
+
+
 def _jsonl(path: Path, fmt: str) -> Iterator[RawBatch]:
     """One JSON object a line; blank lines are skipped."""
     records: list[dict] = []
-    first = 0
+    first = size = 0
     for number, line in numbered_lines(path):
         if not line.strip():
             continue
@@ -138,10 +149,11 @@ def _jsonl(path: Path, fmt: str) -> Iterator[RawBatch]:
         if not isinstance(record, dict):
             raise DataError(f"{path} line {number}: expected a JSON object, got {type(record).__name__}")
         records.append(record)
-        if len(records) == BATCH_ROWS:
+        size += len(line)
+        if len(records) == BATCH_ROWS or size >= BATCH_BYTES:
             yield RawBatch(pd.DataFrame.from_records(records), str(path), first)
             first += len(records)
-            records = []
+            records, size = [], 0
     if records:
         yield RawBatch(pd.DataFrame.from_records(records), str(path), first)
 
@@ -149,13 +161,14 @@ def _jsonl(path: Path, fmt: str) -> Iterator[RawBatch]:
 def _txt(path: Path, fmt: str) -> Iterator[RawBatch]:
     """One sentence a line, in a column named ``text``; blank lines are skipped."""
     lines: list[str] = []
-    first = 0
+    first = size = 0
     for _, line in numbered_lines(path):
         if text := line.strip():
             lines.append(text)
-        if len(lines) == BATCH_ROWS:
+            size += len(text)
+        if len(lines) == BATCH_ROWS or size >= BATCH_BYTES:
             yield RawBatch(pd.DataFrame({TXT_COLUMN: lines}), str(path), first)
             first += len(lines)
-            lines = []
+            lines, size = [], 0
     if lines:
         yield RawBatch(pd.DataFrame({TXT_COLUMN: lines}), str(path), first)

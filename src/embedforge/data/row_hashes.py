@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from embedforge.data.schema import row_keys
 from embedforge.errors import DataError
-from embedforge.files import stream_parquet
+from embedforge.files import parquet_batches, stream_parquet
 
 # A row's id in each kind's schema, shown with every failing row: the source's own row id, e.g. train-17.
 ID_COLUMNS = ["pair_id", "text_id", "id", "query_id"]
@@ -58,7 +58,7 @@ def read_batches(path: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
     parquet = open_split(path)
     try:
         start = 0
-        for batch in parquet.iter_batches(batch_size=batch_rows):
+        for batch in parquet_batches(parquet, batch_rows):
             frame = batch.to_pandas()
             frame.index = pd.RangeIndex(start, start + len(frame))
             start += len(frame)

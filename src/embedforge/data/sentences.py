@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +17,12 @@ import pyarrow as pa
 
 from embedforge.data.schema import TEXT_COLUMNS, TITLE_COLUMN, raw_split_path
 from embedforge.errors import DataError
-from embedforge.files import stream_parquet
+from embedforge.files import parquet_batches, stream_parquet
 from embedforge.paths import RAW_DIR
 
 READ_BATCH_ROWS = 65_536
 ID_DTYPE = "S32"  # a sentence id is 32 hex characters
+BATCH_CHARS = 1 << 21  # of text a batch of texts holds at most: documents are cut and tokenized a few at a time
 
 
 def normalize_text(text: str) -> str:
@@ -97,7 +98,7 @@ def iter_sentences(files: list[Path]) -> Iterator[str]:
         columns = [name for name in TEXT_COLUMNS if name in names]
         titled = TITLE_COLUMN in names and "text" in names  # a documents split: one text a row, its title first
         read = [*columns, TITLE_COLUMN] if titled else columns
-        for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=read):
+        for batch in parquet_batches(parquet, READ_BATCH_ROWS, read):
             for text in batch_texts(batch, columns, titled):
                 if text and (normalized := normalize_text(text)):
                     yield normalized
@@ -117,3 +118,19 @@ def batch_texts(batch: pa.RecordBatch, columns: list[str], titled: bool) -> Iter
 def id_prefixes(files: list[Path]) -> np.ndarray:
     """``id_prefix`` of every sentence of ``files``, 8 bytes a sentence."""
     return np.fromiter((id_prefix(sentence_id(text)) for text in iter_sentences(files)), dtype=np.uint64)
+
+
+def text_batches(texts: Iterable[str], max_texts: int) -> Iterator[list[str]]:
+    """``texts`` in lists of at most ``max_texts`` texts and about ``BATCH_CHARS`` characters, in order: what a
+    batch costs to cut and tokenize goes with its characters, so long documents come fewer at a time than
+    sentences (whose batches stay ``max_texts`` long)."""
+    batch: list[str] = []
+    size = 0
+    for text in texts:
+        batch.append(text)
+        size += len(text)
+        if len(batch) == max_texts or size >= BATCH_CHARS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch

@@ -27,7 +27,7 @@ from embedforge.data.readers import BATCH_ROWS
 from embedforge.data.schema import raw_schema, raw_split_path, row_keys
 from embedforge.data.sources import Source, SplitNotFound, make_sources, normalise
 from embedforge.errors import DataError
-from embedforge.files import atomic_dir, sha256_file, stream_parquet, write_json
+from embedforge.files import atomic_dir, parquet_batches, sha256_file, stream_parquet, write_json
 from embedforge.paths import RAW_DIR
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def finish_split(
         return removed, by_split
     result = SplitWriter(final, staged.schema)
     start = 0
-    for batch in stream_parquet(staged.path).iter_batches(batch_size=BATCH_ROWS):
+    for batch in parquet_batches(stream_parquet(staged.path), BATCH_ROWS):
         frame = batch.to_pandas()
         rows = np.arange(start, start + len(frame))
         start += len(frame)
@@ -177,7 +177,7 @@ def finish_split(
 def read_keys(path: Path) -> set[str]:
     """``row_keys`` of every row of a raw split."""
     keys: set[str] = set()
-    for batch in stream_parquet(path).iter_batches(batch_size=BATCH_ROWS):
+    for batch in parquet_batches(stream_parquet(path), BATCH_ROWS):
         keys.update(row_keys(batch.to_pandas()).dropna())
     return keys
 

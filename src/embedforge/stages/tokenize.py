@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from embedforge.config import TRAIN_SPLIT, Params
 from embedforge.data.chunks import Chunker
 from embedforge.data.gate import require_passed
-from embedforge.data.sentences import id_prefixes, iter_sentences, split_files
+from embedforge.data.sentences import id_prefixes, iter_sentences, split_files, text_batches
 from embedforge.errors import UserError
 from embedforge.files import atomic_dir, write_json
 from embedforge.models import teacher as teachers
@@ -217,8 +217,8 @@ def tokenize_split(tokenizer: Any, chunker: Chunker, source: Path, destination: 
     """Write the distinct texts of one raw split as token rows, one per unit, in the order the texts first occur.
 
     Two streaming passes: the first finds each distinct text's first row from 8-byte id prefixes (as
-    precompute counts them), the second chunks and tokenizes those rows in batches; memory holds one batch and
-    17 bytes a row, never the texts.
+    precompute counts them), the second chunks and tokenizes those rows in batches (``BATCH_SENTENCES`` texts or
+    ``BATCH_CHARS`` of text); memory holds one batch and 17 bytes a row, never the texts.
     """
     prefixes = id_prefixes([source])
     first_rows = np.unique(prefixes, return_index=True)[1]
@@ -228,14 +228,8 @@ def tokenize_split(tokenizer: Any, chunker: Chunker, source: Path, destination: 
     stats = SplitStats(max_length)
     destination.parent.mkdir(parents=True, exist_ok=True)
     with pq.ParquetWriter(destination, TOKEN_SCHEMA, compression="zstd") as writer:
-        batch: list[str] = []
-        for row, text in enumerate(iter_sentences([source])):
-            if keep[row]:
-                batch.append(text)
-            if len(batch) == BATCH_SENTENCES:
-                writer.write_table(tokenize_batch(tokenizer, chunker, batch, max_length, stats))
-                batch = []
-        if batch:
+        distinct = (text for row, text in enumerate(iter_sentences([source])) if keep[row])
+        for batch in text_batches(distinct, BATCH_SENTENCES):
             writer.write_table(tokenize_batch(tokenizer, chunker, batch, max_length, stats))
     return stats
 

@@ -5,6 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
+from embedforge.data import sentences
 from embedforge.data.chunks import Chunker
 from embedforge.data.sentences import iter_sentences, sentence_id
 from embedforge.errors import UserError
@@ -68,6 +69,17 @@ def test_long_texts_become_the_teachers_chunks_each_a_unit_of_its_own(prepared, 
     assert split["text_length"]["counts"][0] == (before <= 16).sum()
     assert split["chunks_per_text"]["counts"][0] == len(texts) - len(long_ones)
     assert sum(c * n for c, n in zip(*split["chunks_per_text"].values(), strict=True)) == split["chunks"] == len(table)
+
+
+def test_long_texts_are_tokenized_a_few_characters_at_a_time_with_the_same_rows(prepared, params, monkeypatch):
+    cfg = params("tokenize.max_length=12", "tokenize.chunk_overlap=3")
+    tokenize.run(cfg)
+    whole = pq.read_table(prepared / "data/tokens/stsb/train.parquet")
+    assert pq.ParquetFile(prepared / "data/tokens/stsb/train.parquet").metadata.num_row_groups == 1
+    monkeypatch.setattr(sentences, "BATCH_CHARS", 100)  # a few sentences a batch, far under BATCH_SENTENCES
+    tokenize.run(cfg)
+    batched = pq.ParquetFile(prepared / "data/tokens/stsb/train.parquet")
+    assert batched.read().equals(whole) and batched.metadata.num_row_groups > 5
 
 
 @pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
