@@ -3,8 +3,8 @@ truncation, beside the teacher.
 
 Builds the synthetic document set of ``document_set.py`` (documents of 5-40 SNLI premises, queries that are
 hypotheses entailed by exactly one premise; synthetic, not a published benchmark): the test documents and their
-queries from the mirror's SNLI *test* split, the train and validation documents from its validation split's
-premises. The student distils on the train documents, picks its best epoch by the distillation loss on the
+queries from the mirror's SNLI *test* split, the train and validation documents from the premises of its train
+and validation splits. The student distils on the train documents, picks its best epoch by the distillation loss on the
 validation documents, and is scored on the test documents and their queries, which it never saw. Two students
 of the same family, init and steps: one distils on every chunk of a document (``train.max_chunks_per_text``
 null), one on each document's first chunk only (``1``). Evaluate scores each
@@ -148,7 +148,7 @@ def main() -> None:
     spec = cfg.evaluate.document_retrieval[0]
     report: dict = {
         "benchmark": "long_documents",
-        "synthetic": "documents of 5-40 SNLI premises (test: SNLI test, train: SNLI validation); queries are "
+        "synthetic": "documents of 5-40 SNLI premises (test: SNLI test, train: SNLI train and validation); queries are "
         "hypotheses entailed by exactly one premise",
         "documents": counts,
         "steps": args.steps,

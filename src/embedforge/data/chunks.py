@@ -82,13 +82,17 @@ class Chunker:
 
     def cut(self, text: str, offsets: list[tuple[int, int]]) -> list[str]:
         """Windows of at most ``budget`` tokens over ``offsets``: each ends before a word, unless its one word is
-        longer than a window, and starts at most ``overlap`` tokens back, at a word."""
+        longer than a window, and starts at most ``overlap`` tokens back, at a word. The last window ends at the
+        text's end and reaches back as far as a window holds, sharing more with its neighbour: a full chunk, never
+        a scrap of the text's last few words."""
         word_start = [start == 0 or text[start - 1].isspace() for start, _ in offsets]
         units, first, count = [], 0, len(offsets)
         while True:
             end = min(first + self.budget, count)
             if end < count:
                 end = next((k for k in range(end, first, -1) if word_start[k]), end)
+            elif first:
+                first = next(k for k in range(count - self.budget, first + 1) if word_start[k] or k == first)
             units.append(text[offsets[first][0] : offsets[end - 1][1]])
             if end == count:
                 return units

@@ -161,7 +161,11 @@ def test_documents_split_is_the_split_of_the_same_name_or_the_only_one():
 
 def test_the_document_params_have_one_dotted_name_in_params_yaml_the_schema_and_mlflow():
     """params.yaml spells them, the schema resolves them and MLflow logs them under the same dotted names."""
-    keys = {"evaluate.document_retrieval": [], "evaluate.document_pooling": "max_sim", "train.max_chunks_per_text": None}
+    keys = {
+        "evaluate.document_retrieval": [],
+        "evaluate.document_pooling": "max_sim",
+        "train.max_chunks_per_text": None,
+    }
     in_file = flatten(yaml.safe_load(PARAMS_YAML.read_text(encoding="utf-8")))
     cfg = load_params(PARAMS_YAML)
     logged = flatten(redacted(cfg.to_dict()))  # what tracking logs to every run

@@ -38,21 +38,34 @@ def test_chunks_fit_start_at_words_and_retokenize_to_the_tokens_they_were_cut_fr
     assert len(whole) > 16 and len(chunked.units) > 4
     assert chunked.unit_ids() == [sentence_id(unit) for unit in chunked.units]
     assert sentence_id(text) not in chunked.unit_ids()  # the text's own id stays the text's
-    position, previous_end, overlaps = 0, 0, 0
-    for unit in chunked.units:
+    position, previous_end, overlaps, last = 0, 0, 0, len(chunked.units) - 1
+    for index, unit in enumerate(chunked.units):
         ids = minilm_tokenizer(unit, add_special_tokens=False)["input_ids"]
         assert len(ids) + 2 <= 16
         start = text.index(unit, max(0, position))
         assert start == 0 or text[start - 1] == " "  # a word start
+        assert start <= previous_end + 1  # no gap: every token is in a chunk
         assert ids == minilm_tokenizer(text[start : start + len(unit)], add_special_tokens=False)["input_ids"]
         shared = len(minilm_tokenizer(text[start:previous_end], add_special_tokens=False)["input_ids"])
-        assert shared <= overlap
-        overlaps += start < previous_end
+        if index < last:
+            assert shared <= overlap
+            overlaps += start < previous_end
         position, previous_end = start + 1, start + len(unit)
     assert (overlaps > 0) == (overlap > 0)
     assert text.startswith(chunked.units[0]) and text.endswith(chunked.units[-1])
     if overlap == 0:
-        assert " ".join(chunked.units) == text  # nothing lost, nothing twice
+        assert text.startswith(" ".join(chunked.units[:-1]))  # nothing twice before the last chunk
+    tail = minilm_tokenizer(chunked.units[-1], add_special_tokens=False)["input_ids"]
+    assert len(tail) + 2 >= 16 - 2  # the last chunk is a full window (less a word that would not fit), not a scrap
+
+
+def test_the_last_chunk_reaches_back_to_a_full_window_rather_than_a_scrap(minilm_tokenizer):
+    chunker = Chunker(minilm_tokenizer, 16, 0)
+    text = " ".join(WORDS[:20] + WORDS[:10])  # 30 one-token words: windows of 14 end to end leave a scrap of 2
+    [chunked] = chunker.split([text])
+    words = [unit.split() for unit in chunked.units]
+    assert [len(unit) for unit in words] == [14, 14, 14]
+    assert words[:2] == [text.split()[:14], text.split()[14:28]] and words[2] == text.split()[16:]
 
 
 def test_a_word_longer_than_a_chunk_is_cut_inside_it(minilm_tokenizer):
