@@ -15,7 +15,7 @@ and truncated to their first chunk; the figures that matter are on the queries w
     EMBEDFORGE_MIRROR=../shared/data .venv/bin/python benchmarks/bench_documents.py
 
 prints one JSON object: the four-way table (training x search) and the teacher, recall@10 and nDCG@10, each
-student's figure the mean over ``--train-seeds`` seeds (the seed orders batches and seeds the losses), and each
+student's figure the mean over its ``--train-seeds`` (the seed orders batches and seeds the losses), and each
 seed's margin of every-chunk over first-chunk training, so that a margin can be told from noise.
 """
 
@@ -114,8 +114,8 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=None, help="documents to build (default: all it can)")
     parser.add_argument("--limit", type=int, default=None, help="download.limit (default: every row)")
     parser.add_argument("--sentences", type=int, nargs=2, default=(5, 40), help="premises a document, min max")
-    parser.add_argument("--seed", type=int, default=0, help="builds the document sets; the first training seed")
-    parser.add_argument("--train-seeds", type=int, default=1, help="seeds each student trains with, from --seed on")
+    parser.add_argument("--seed", type=int, default=0, help="builds the document sets")
+    parser.add_argument("--train-seeds", type=int, nargs="+", default=None, help="seeds each student trains with")
     parser.add_argument("--poolings", nargs="+", choices=POOLINGS, default=list(POOLINGS))
     parser.add_argument("--workdir", type=Path, default=Path("bench-documents"))
     add_set_argument(parser)
@@ -159,7 +159,7 @@ def main() -> None:
             if key.startswith("tokenize.docs.train.")
         },
     }
-    seeds = range(args.seed, args.seed + args.train_seeds)
+    seeds = args.train_seeds or [args.seed]
     runs: dict = {}
     for seed in seeds:
         for training, setting in TRAININGS.items():
@@ -174,7 +174,7 @@ def main() -> None:
             for pooling in args.poolings:
                 STAGES["evaluate"].module().run(params(setting, f"seed={seed}", f"evaluate.document_pooling={pooling}"))
                 runs[training, pooling, seed] = json.loads(Path("metrics/eval.json").read_text(encoding="utf-8"))
-    first = runs["every_chunk", args.poolings[0], args.seed]["student"]["documents"][spec]
+    first = runs["every_chunk", args.poolings[0], seeds[0]]["student"]["documents"][spec]
     report["train_seeds"] = list(seeds)
     report["queries"] = {key: first[key] for key in ("queries", "long_queries", "documents", "units")}
     for subset, name in (("long", "long_documents"), ("all", "all_queries")):
@@ -184,7 +184,7 @@ def main() -> None:
                     f"student_{t}": seed_mean([table(runs[t, pooling, s], spec, subset)["student"] for s in seeds])
                     for t in TRAININGS
                 },
-                "teacher": table(runs["every_chunk", pooling, args.seed], spec, subset)["teacher"],
+                "teacher": table(runs["every_chunk", pooling, seeds[0]], spec, subset)["teacher"],
             }
             for pooling in args.poolings
         }

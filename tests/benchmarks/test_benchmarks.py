@@ -152,7 +152,7 @@ def test_bench_documents(small_mirror: Path, tiny_teacher: Path, tmp_path: Path)
         REPO_ROOT / "benchmarks/bench_documents.py",
         [
             *("--steps", "2", "--limit", "60", "--sentences", "5", "8", "--workdir", str(tmp_path / "work")),
-            *("--train-seeds", "2"),
+            *("--train-seeds", "0", "1"),
             *sets(*overrides, "tokenize.max_length=48"),
         ],
         tmp_path,
