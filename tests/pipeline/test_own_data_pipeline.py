@@ -51,7 +51,7 @@ def test_the_whole_pipeline_distils_on_a_corpus_and_documents_and_scores_own_pai
     assert searched["queries"] == min(queries, 60) > 0 and searched["units"] > searched["documents"] > 0
     assert 0 < searched["all"]["chunked"]["ndcg@10"] <= 1 and 0 < searched["all"]["first_chunk"]["ndcg@10"] <= 1
     page = (repo / "reports/index.html").read_text()
-    assert "my_pairs/validation" in page and "Document retrieval: questions/test (mean pooling of chunks)" in page
+    assert "my_pairs/validation" in page and "Document retrieval: questions/test (max_sim pooling of chunks)" in page
     assert "<td>manuals/train</td>" in page and "Texts by their length in tokens" in page
 
     with (repo / "data/external/tickets/b.jsonl").open("a") as handle:
