@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from embedforge.errors import UserError
 
+READ_BUFFER_BYTES = 1 << 20  # a column chunk is read this much at a time, page by page
 BATCH_BYTES = 32 << 20  # a parquet batch's data at most, uncompressed: long documents are fewer rows a batch
 NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # a full disk, a quota, a read-only mount
 AT_FDCWD, RENAME_EXCHANGE = -100, 2  # Linux's renameat2(2)
@@ -54,8 +55,10 @@ def no_room_named(destination: Path) -> Iterator[None]:
 
 def stream_parquet(path: Path) -> pq.ParquetFile:
     """A parquet file to read a batch at a time. Arrow's pre-buffering would keep every row group it read
-    cached until the file is closed: about 400 MB over a 6-million-row split, growing with the file."""
-    return pq.ParquetFile(path, pre_buffer=False)
+    cached until the file is closed: about 400 MB over a 6-million-row split, growing with the file. Without a
+    read buffer, Arrow reads a whole column chunk at once: a file written as one row group of long documents
+    would be held whole, whatever the batch."""
+    return pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
 
 
 def parquet_batches(
