@@ -79,9 +79,14 @@ def rows_per_batch(metadata: pq.FileMetaData, max_rows: int, columns: list[str] 
         for index in range(group.num_columns)
         if columns is None or group.column(index).path_in_schema.split(".")[0] in columns
     )
-    if not metadata.num_rows or not data:
+    return rows_within(max_rows, metadata.num_rows, data)
+
+
+def rows_within(max_rows: int, rows: int, size: int) -> int:
+    """``max_rows``, or as many rows of a mean ``size / rows`` bytes as fit ``BATCH_BYTES`` (at least one)."""
+    if not rows or not size:
         return max_rows
-    return max(1, min(max_rows, BATCH_BYTES * metadata.num_rows // data))
+    return max(1, min(max_rows, BATCH_BYTES * rows // size))
 
 
 def _umask() -> int:

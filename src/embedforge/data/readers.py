@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from embedforge.errors import DataError, UserError
-from embedforge.files import BATCH_BYTES, parquet_batches, stream_parquet
+from embedforge.files import BATCH_BYTES, parquet_batches, rows_within, stream_parquet
 
 BATCH_ROWS = 65_536
 SUFFIX_FORMATS = {
@@ -131,8 +131,7 @@ def rows_fitting(path: Path) -> int:
     (pandas reads CSV in chunks of a fixed number of rows)."""
     with open_binary(path) as handle:
         sample = handle.read(SAMPLE_BYTES)
-    lines = max(1, sample.count(b"\n"))
-    return max(1, min(BATCH_ROWS, BATCH_BYTES * lines // max(1, len(sample))))
+    return rows_within(BATCH_ROWS, sample.count(b"\n"), len(sample))
 
 
 def _jsonl(path: Path, fmt: str) -> Iterator[RawBatch]:

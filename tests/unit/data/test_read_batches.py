@@ -72,7 +72,7 @@ def test_a_hub_split_of_long_records_comes_fewer_a_batch(monkeypatch):
     import datasets
 
     split = datasets.Dataset.from_dict({"text": LONG})
-    monkeypatch.setattr(hub, "BATCH_BYTES", split.data.nbytes // 10)
+    monkeypatch.setattr(files, "BATCH_BYTES", split.data.nbytes // 10)
     frames = [batch.frame for batch in hub._decoded_batches(split, "hub")]
     assert pd.concat(frames)["text"].tolist() == LONG and max(len(frame) for frame in frames) <= 4
 

@@ -13,7 +13,7 @@ from embedforge.config.builtin_datasets import BUILTINS, alternatives
 from embedforge.data.readers import BATCH_ROWS, RawBatch
 from embedforge.data.sources.base import LoadedSplit, SplitNotFound
 from embedforge.errors import DataError, UserError
-from embedforge.files import BATCH_BYTES
+from embedforge.files import rows_within
 
 
 class HubSource:
@@ -103,9 +103,8 @@ def _decoded_batches(split_data: Any, origin: str) -> Iterator[RawBatch]:
         name: feature.names for name, feature in split_data.features.items() if isinstance(feature, datasets.ClassLabel)
     }
     first = 0
-    rows = split_data.num_rows
-    size = max(1, split_data.data.nbytes)  # the arrow table's bytes, memory-mapped: long documents, fewer rows a batch
-    batch_rows = max(1, min(BATCH_ROWS, BATCH_BYTES * rows // size))
+    # the arrow table's bytes, memory-mapped: long documents, fewer rows a batch
+    batch_rows = rows_within(BATCH_ROWS, split_data.num_rows, split_data.data.nbytes)
     for frame in split_data.to_pandas(batch_size=batch_rows, batched=True):
         for name, names in class_labels.items():
             frame[name] = frame[name].map(lambda index, names=names: names[index] if index >= 0 else "-")
