@@ -1,7 +1,8 @@
 """Everything embedforge knows about its three built-in datasets, SNLI, STS-B and SICK, in one table.
 
-A built-in needs no ``kind``, ``score_range`` or ``columns`` in params.yaml: they are known here, as are its hub
-id, its official archive's layout and the native columns that hub, mirror and archive each spell their own way.
+A built-in needs no ``kind``, ``score_range``, ``license`` or ``columns`` in params.yaml: they are known here, as are
+its hub id, its official archive's layout and the native columns that hub, mirror and archive each spell their own
+way.
 What the hub ids were verified against is in README "Your own data". Pure data: the download backends
 (``data.sources``) and the params schema both read it.
 """
@@ -42,6 +43,8 @@ class BuiltinDataset:
     hub_id: str
     archive: ArchiveLayout
     native_columns: dict[str, tuple[str, ...]]  # each common column's native names, in order of preference
+    license: str  # the Hub's licence id, which the model card lists; "other" where its parts differ (license_note)
+    license_note: str = ""
     score_range: tuple[float, float] | None = None
     hub_revision: str | None = None
     splits: tuple[str, ...] = ("train", "validation", "test")
@@ -58,9 +61,13 @@ class BuiltinDataset:
         revision = {"hub_revision": self.hub_revision} if self.hub_revision else {}
         return {"hub_id": self.hub_id, **revision, "splits": list(self.splits)}
 
+    def licence_entry(self) -> dict[str, Any]:
+        """The built-in's licence, for an entry that reads the built-in's own data."""
+        return {"license": self.license}
+
     def default_entry(self) -> dict[str, Any]:
         """The built-in's download.datasets entry when params.yaml gives none."""
-        return {**self.known_entry(), **self.source_entry()}
+        return {**self.known_entry(), **self.source_entry(), **self.licence_entry()}
 
 
 OFFICIAL_DEV = {"validation": "dev"}
@@ -82,6 +89,7 @@ BUILTINS: dict[str, BuiltinDataset] = {
             "label": ("label", "gold_label"),
             "pair_id": ("pairID", "pair_id"),
         },
+        license="cc-by-sa-4.0",
     ),
     "stsb": BuiltinDataset(
         kind="pairs_score",
@@ -101,6 +109,12 @@ BUILTINS: dict[str, BuiltinDataset] = {
             "genre": ("genre",),
             "pair_id": ("pair_id", "id"),
         },
+        license="other",
+        license_note=(
+            "the similarity scores are CC BY-SA 4.0; the sentences keep their sources' terms (MSR paraphrase and "
+            "video corpora: Microsoft Research's; headlines: Europe Media Monitor's; image captions, SNLI and Stack "
+            "Exchange answers and forums: CC BY-SA)"
+        ),
         # STS-B numbers its pairs per file and year (1,244 distinct ids in 5,749 train rows), so its pair_id is
         # these columns and the id, joined with "-" (e.g. MSRpar-2012train-0012).
         id_scope=("source", "year"),
@@ -124,6 +138,7 @@ BUILTINS: dict[str, BuiltinDataset] = {
             "score": ("relatedness_score", "score"),
             "pair_id": ("pair_ID", "id"),
         },
+        license="cc-by-nc-sa-3.0",
         other_sources=(
             "hub_id mteb/sickr-sts, which has the test split only, scored and unlabelled: declare it as "
             "{kind: pairs_score, hub_id: mteb/sickr-sts, score_range: [1, 5], splits: [test]} under another name"
@@ -150,12 +165,14 @@ def with_builtin_defaults(name: str, given: dict[str, Any]) -> dict[str, Any]:
     """A built-in's entry with what params.yaml leaves out filled in.
 
     Its kind and score range always; and where the entry names no source of its own (neither hub_id nor files),
-    its whole default entry, so ``archive: snli_1.0.zip`` alone changes that one key. A built-in declared with
-    its own ``kind`` is a user dataset under a familiar name: nothing is filled in.
+    its whole default entry, so ``archive: snli_1.0.zip`` alone changes that one key. Its licence goes with its
+    data: an entry naming another hub id or local files may hold anything, so declaring that licence is the
+    user's. A built-in declared with its own ``kind`` is a user dataset under a familiar name: nothing is filled in.
     """
     builtin = BUILTINS.get(name)
     if builtin is None or "kind" in given:
         return given
     if "hub_id" in given or "files" in given:
-        return {**builtin.known_entry(), **given}
+        licence = builtin.licence_entry() if given.get("hub_id") == builtin.hub_id else {}
+        return {**builtin.known_entry(), **licence, **given}
     return {**builtin.default_entry(), **given}

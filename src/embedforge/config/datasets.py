@@ -69,6 +69,8 @@ class DatasetSource(Section):
     split_column: str | None = Field(default=None, min_length=1)
     validation_fraction: float | None = Field(default=None, gt=0, lt=1)
     documents: DatasetName | None = None  # queries only: the documents dataset their relevant ids refer to
+    # The Hub's licence id (cc-by-4.0, apache-2.0, other), which the model card lists; a built-in's is known
+    license: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.+-]*$")] | None = None
 
     @field_validator("labels", mode="before")
     @classmethod
