@@ -34,6 +34,14 @@ class EvaluateParams(Section):
     speed_rounds: int = Field(default=3, gt=0)
     batch_size: int = Field(default=64, gt=0)
     map_sentences: int = Field(default=600, ge=10)
+    agreement_sentences: int = Field(
+        default=1000,
+        ge=0,
+        le=5000,
+        description="Held-out training texts (train.held_out_share) on which the student's nearest neighbours and "
+        "pairwise cosines are compared with the teacher's, one unit each; 0: no agreement check. Memory grows with "
+        "its square (every pair's cosine, about 1 GB at 5000).",
+    )
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
     @model_validator(mode="after")

@@ -83,6 +83,14 @@ class TrainParams(Section):
         "chunk, 1: the first chunk only.",
     )
     datasets: list[DatasetName] = Field(default=["snli", "stsb"], min_length=1)
+    held_out_share: float = Field(
+        default=0.02,
+        ge=0,
+        le=0.5,
+        description="Share of the texts of train.datasets' train splits kept out of training (chosen by their ids and "
+        "seed, a long text with all its chunks), on which evaluate measures how closely the student reproduces the "
+        "teacher (evaluate.agreement_sentences); 0: none.",
+    )
     similar_min_score: float = Field(default=4.0, ge=0, le=5)
     validation_split: SplitName = "validation"
     sts_validation: str | None = "stsb/validation"

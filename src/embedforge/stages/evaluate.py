@@ -7,7 +7,8 @@ model encodes every distinct sentence it needs once. Writes:
 - ``metrics/eval.json``: per model STS (Spearman, Pearson per split), separation,
   retrieval, document retrieval (each ``evaluate.document_retrieval`` split, documents
   from their chunks and from their first chunk alone), speed and size, plus the
-  student/teacher speed and size ratios;
+  student/teacher speed and size ratios and their agreement on held-out training text
+  (``agreement``: ``train.held_out_share``, ``evaluate.agreement_sentences``);
 - ``plots/eval/sts.csv`` (gold vs predicted), ``separation.csv`` (cosine by pair kind),
   ``embedding_map.csv`` (a t-SNE map of student embeddings), for ``dvc plots`` and the report.
 """
@@ -23,11 +24,13 @@ import pandas as pd
 
 from embedforge import devices, tracking
 from embedforge.api import load_sentence_transformer
-from embedforge.config import DatasetSource, EvaluateParams, Params, flatten, threshold
+from embedforge.config import TRAIN_SPLIT, DatasetSource, EvaluateParams, Params, flatten, threshold
 from embedforge.data.chunks import Chunker
 from embedforge.data.gate import require_passed
 from embedforge.data.schema import downloaded_split
+from embedforge.data.sentences import split_files
 from embedforge.errors import DataError
+from embedforge.evaluation.agreement import held_out_units, not_measured, teacher_agreement
 from embedforge.evaluation.document_sets import read_document_set, score_document_set
 from embedforge.evaluation.retrieval import retrieval
 from embedforge.evaluation.separation import DISSIMILAR, SIMILAR, pair_kinds, separation
@@ -90,9 +93,15 @@ class Evaluation:
     """The evaluation data of one run, and the scores of one model on it."""
 
     def __init__(
-        self, params: EvaluateParams, datasets: dict[str, DatasetSource], seed: int, chunker: Chunker | None = None
+        self,
+        params: EvaluateParams,
+        datasets: dict[str, DatasetSource],
+        seed: int,
+        chunker: Chunker | None = None,
+        agreement_units: list[str] | None = None,
     ):
         self.params = params
+        self.agreement_units = agreement_units or []
         self.sts = {spec: read_split(spec, "evaluate.sts_splits") for spec in params.sts_splits}
         parts = []
         for spec in params.separation_splits:
@@ -121,6 +130,7 @@ class Evaluation:
         parts += [self.separation_pairs["sentence1"], self.separation_pairs["sentence2"]]
         parts += [self.queries, self.corpus, list(self.map_sentences["text"])]
         parts += [texts for documents in self.document_sets for texts in (documents.queries, documents.units)]
+        parts.append(self.agreement_units)
         return [text for part in parts for text in part]
 
     def score(self, name: str, encoded: EncodedTexts) -> tuple[dict[str, Any], list[pd.DataFrame]]:
@@ -183,6 +193,21 @@ def embedding_map(vectors: np.ndarray, seed: int) -> np.ndarray:
     return TSNE(2, perplexity=perplexity, metric="cosine", init="pca", random_state=seed).fit_transform(vectors)
 
 
+def agreement_off(cfg: Params) -> str | None:
+    """Why this run measures no teacher agreement, if it does not."""
+    if not cfg.train.held_out_share:
+        return "train.held_out_share is 0: training held no text out"
+    if not cfg.evaluate.agreement_sentences:
+        return "evaluate.agreement_sentences is 0"
+    return None
+
+
+def read_agreement_units(cfg: Params, chunker: Chunker) -> list[str]:
+    """The held-out units of the train splits of train.datasets that the student and the teacher are compared on."""
+    files = split_files(cfg.train.datasets, [TRAIN_SPLIT])
+    return held_out_units(files, chunker, cfg.train.held_out_share, cfg.seed, cfg.evaluate.agreement_sentences)
+
+
 def disk_bytes(path: Path) -> int:
     return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
 
@@ -199,18 +224,22 @@ def run(cfg: Params) -> dict[str, float | str]:
     teacher = teachers.resolve(cfg.precompute.teacher)
     paths = {"student": STUDENT_DIR, "teacher": teacher.path}
     models = {name: load_sentence_transformer(path, device) for name, path in paths.items()}
-    chunker = teachers.chunker(cfg) if params.document_retrieval else None
-    data = Evaluation(params, cfg.download.datasets, cfg.seed, chunker)
+    off = agreement_off(cfg)
+    chunker = teachers.chunker(cfg) if params.document_retrieval or not off else None
+    agreement_units = [] if off else read_agreement_units(cfg, chunker)
+    data = Evaluation(params, cfg.download.datasets, cfg.seed, chunker, agreement_units)
     texts = data.texts()
 
     report: dict[str, Any] = {}
     plot_rows: list[list[pd.DataFrame]] = []
     student_vectors = None
+    held_out_vectors: dict[str, np.ndarray] = {}
     for name, model in models.items():
         encoded = EncodedTexts(model, texts, params.batch_size)
         report[name], rows = data.score(name, encoded)
         plot_rows.append(rows)
         report[name]["size"] = {"parameters": count_parameters(model), "disk_bytes": disk_bytes(paths[name])}
+        held_out_vectors[name] = encoded(data.agreement_units)
         if name == "student":
             student_vectors = encoded(data.map_sentences["text"])
 
@@ -221,6 +250,9 @@ def run(cfg: Params) -> dict[str, float | str]:
     report["speed_ratio"] = speeds["student"].sentences_per_s / speeds["teacher"].sentences_per_s
     report["size_ratio"] = report["student"]["size"]["parameters"] / report["teacher"]["size"]["parameters"]
     report["targets"] = {key: getattr(params, key) for key in ("similar_min", "dissimilar_max", "min_gap")}
+    report["agreement"] = (
+        not_measured(0, off) if off else teacher_agreement(held_out_vectors["student"], held_out_vectors["teacher"])
+    )
 
     coordinates = embedding_map(student_vectors, cfg.seed)
     write_csv(pd.concat([rows[0] for rows in plot_rows]), "sts.csv")

@@ -149,6 +149,7 @@ def plan_memory(cfg: Params, model: torch.nn.Module, data: TrainingData, device:
             "memory.available_mb": memory["available_bytes"] / 2**20,
             "model.parameters": count_parameters(model),
             "data.examples": len(data.everything),
+            "data.held_out_examples": data.held_out_examples,
             "data.padding_ratio": batches.padding_ratio(0),
         }
     )

@@ -18,7 +18,7 @@ from embedforge.embeddings import EmbeddingCache
 from embedforge.errors import DataError
 from embedforge.paths import CHECKPOINTS_DIR, EMBEDDINGS_DIR, TOKENS_DIR
 from embedforge.training.batches import LengthBucketedBatches
-from embedforge.training.examples import Examples, pair_examples, sentence_examples
+from embedforge.training.examples import Examples, HeldOut, pair_examples, sentence_examples
 from embedforge.training.memory_plan import available_memory
 from embedforge.training.phases import Phase, training_phases
 from embedforge.training.token_files import NO_ROW, TokenStore
@@ -34,6 +34,7 @@ class TrainingData:
     store: TokenStore
     phases: list[Phase]
     everything: Examples
+    held_out_examples: int  # training examples dropped for naming a held-out text (train.held_out_share)
     all_batches: LengthBucketedBatches
     validation_batches: LengthBucketedBatches | None
     teacher_vectors: torch.Tensor | None
@@ -61,7 +62,9 @@ def load_training_data(cfg: Params, pad_id: int, teacher_name: str) -> TrainingD
     ]
     sts_file = STSValidation.path_of(params.sts_validation) if params.sts_validation else None
     store = TokenStore.load(TOKENS_DIR, train_files + validation_files + ([sts_file] if sts_file else []))
-    phases = training_phases(params, examples_of(cfg, store, TRAIN_SPLIT, train_files), cfg.seed, CHECKPOINTS_DIR)
+    held = HeldOut(params.held_out_share, cfg.seed)
+    phases = training_phases(params, examples_of(cfg, store, train_files, held), cfg.seed, CHECKPOINTS_DIR)
+    log.info("%d training examples name a held-out text (train.held_out_share %g): left out", held.dropped, held.share)
     everything = (
         phases[-1].examples
         if params.schedule == "single"
@@ -70,7 +73,7 @@ def load_training_data(cfg: Params, pad_id: int, teacher_name: str) -> TrainingD
     all_batches = LengthBucketedBatches(everything, store, params.batch_size, pad_id, cfg.seed, params.bucket_batches)
     validation_batches = None
     if validation_files:
-        examples = examples_of(cfg, store, params.validation_split, validation_files)
+        examples = examples_of(cfg, store, validation_files)
         pooled = Examples.joined(list(examples.values()))
         validation_batches = LengthBucketedBatches(pooled, store, params.batch_size, pad_id, cfg.seed)
     teacher_vectors, teacher_dim = None, None
@@ -83,6 +86,7 @@ def load_training_data(cfg: Params, pad_id: int, teacher_name: str) -> TrainingD
         store=store,
         phases=phases,
         everything=everything,
+        held_out_examples=held.dropped,
         all_batches=all_batches,
         validation_batches=validation_batches,
         teacher_vectors=teacher_vectors,
@@ -94,9 +98,9 @@ def load_training_data(cfg: Params, pad_id: int, teacher_name: str) -> TrainingD
     )
 
 
-def examples_of(cfg: Params, store: TokenStore, split: str, files: list[Path]) -> dict[str, Examples]:
+def examples_of(cfg: Params, store: TokenStore, files: list[Path], held: HeldOut | None = None) -> dict[str, Examples]:
     """Each dataset's examples: pairs (with hard negatives unless train.hard_negatives is off) when InfoNCE is on,
-    else every distinct sentence: distillation and the causal LM need no pairs.
+    else every distinct sentence: distillation and the causal LM need no pairs. No example names a ``held`` out text.
 
     Labelled pairs give their entailments; scored pairs those at or above the dataset's similar_min_score
     (else train.similar_min_score).
@@ -106,11 +110,11 @@ def examples_of(cfg: Params, store: TokenStore, split: str, files: list[Path]) -
     for path in files:
         dataset = path.parent.name
         if not params.uses_pairs:
-            by_dataset[dataset] = sentence_examples(TOKENS_DIR, [path], store, params.max_chunks_per_text)
+            by_dataset[dataset] = sentence_examples(TOKENS_DIR, [path], store, params.max_chunks_per_text, held)
             continue
         source = cfg.download.datasets[dataset]
         min_score = threshold(source, "similar_min_score", params.similar_min_score)
-        examples = pair_examples(path, source.has_labels, min_score, store)
+        examples = pair_examples(path, source.has_labels, min_score, store, held)
         by_dataset[dataset] = examples if params.hard_negatives else examples.without_negatives()
     return by_dataset
 

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from embedforge.data.sentences import normalize_text, sentence_id
+from embedforge.data.held_out import held_out
+from embedforge.data.sentences import fixed_ids, normalize_text, sentence_id
 from embedforge.errors import DataError
 from embedforge.training.token_files import (
     NO_ROW,
@@ -89,6 +91,31 @@ class Examples:
         return f"(anchor {anchor}, positive {positive}, negative {negative})"
 
 
+@dataclass
+class HeldOut:
+    """The texts training leaves out (``train.held_out_share`` of them, by ``seed``) for evaluate's teacher agreement,
+    and how many examples that has dropped: each example builder adds the ones it drops."""
+
+    share: float
+    seed: int
+    dropped: int = 0
+
+    def pairs_kept(self, pairs: pd.DataFrame) -> pd.DataFrame:
+        """The pairs none of whose texts (anchor, positive, hard negative) is held out."""
+        touched = np.zeros(len(pairs), bool)
+        for column in ("anchor", "positive", "negative"):
+            given = pairs[column].notna().to_numpy()
+            touched[given] |= held_out(pairs[column].to_numpy()[given], self.share, self.seed)
+        self.dropped += int(touched.sum())
+        return pairs[~touched]
+
+    def units_kept(self, batch: pa.RecordBatch) -> np.ndarray:
+        """The unit ids of a token batch whose text is not held out: a long text's chunks go with it."""
+        touched = held_out(fixed_ids(batch["sentence_id"]), self.share, self.seed)
+        self.dropped += int(touched.sum())
+        return unit_ids(batch)[~touched]
+
+
 def text_ids(texts: pd.Series) -> pd.Series:
     """The sentence id of every text, hashing each distinct text once (SNLI premises repeat)."""
     return texts.map({text: sentence_id(normalize_text(text)) for text in texts.unique()})
@@ -122,24 +149,28 @@ def scored_pairs(frame: pd.DataFrame, min_score: float) -> pd.DataFrame:
     return pairs[pairs["anchor"] != pairs["positive"]].assign(negative=None)
 
 
-def pair_examples(path: Path, labelled: bool, min_score: float, store: TokenStore) -> Examples:
+def pair_examples(
+    path: Path, labelled: bool, min_score: float, store: TokenStore, held: HeldOut | None = None
+) -> Examples:
     """The training examples of one raw pairs split: entailment pairs when it is labelled, else pairs scoring at
-    least ``min_score``. Duplicates are kept once; the order is sorted, so it does not depend on the file's row order.
+    least ``min_score``, less those naming a ``held`` out text. Duplicates are kept once; the order is sorted, so it
+    does not depend on the file's row order.
     """
     if not path.is_file():
         raise DataError(f"{path}: missing; run `embedforge download` first")
     frame = pd.read_parquet(path, columns=["sentence1", "sentence2", "label", "score"])
     pairs = nli_pairs(frame) if labelled else scored_pairs(frame, min_score)
-    return Examples.of_ids(store, pairs).in_order()
+    return Examples.of_ids(store, held.pairs_kept(pairs) if held else pairs).in_order()
 
 
 def sentence_examples(
-    tokens_dir: Path, files: list[Path], store: TokenStore, max_chunks: int | None = None
+    tokens_dir: Path, files: list[Path], store: TokenStore, max_chunks: int | None = None, held: HeldOut | None = None
 ) -> Examples:
-    """Every distinct unit of the splits named by ``files``, alone: what distillation trains on. A long text gives
-    each of its chunks, or its first ``max_chunks`` (``train.max_chunks_per_text``)."""
+    """Every distinct unit of the splits named by ``files``, alone, but those of ``held`` out texts: what
+    distillation trains on. A long text gives each of its chunks, or its first ``max_chunks``
+    (``train.max_chunks_per_text``)."""
     rows = [
-        store.rows(unit_ids(batch))
+        store.rows(held.units_kept(batch) if held else unit_ids(batch))
         for path in files
         for batch in token_batches(token_file_of(tokens_dir, path), [], max_chunks)
     ]

@@ -168,7 +168,7 @@ def test_scored_pairs_train_infonce_above_their_own_threshold(own_files, mirror_
     texts = pd.concat([pairs["sentence1"], pairs["sentence2"]])
     ids = np.unique(text_ids(texts).to_numpy(dtype="S32"))  # a store of one token a sentence: only ids matter
     store = TokenStore(ids, np.zeros(len(ids), np.int64), np.ones(len(ids), np.int32), np.ones(1, np.int32))
-    examples = training_data.examples_of(cfg, store, "validation", [path])["my_pairs"]
+    examples = training_data.examples_of(cfg, store, [path])["my_pairs"]
     assert len(examples) == (pairs["score"] >= 0.8).sum() > 0
 
 

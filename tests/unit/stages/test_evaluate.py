@@ -73,15 +73,35 @@ def test_evaluate_scores_student_and_teacher_and_writes_plot_files(project, read
     assert set(points["label"]) <= {"main-news", "main-captions", "main-forums", "main-forum", "sick", "stsb"}
     assert results["eval.student.retrieval.recall_at_10"] == report["student"]["retrieval"]["recall@10"]
     assert results["eval.student.separation.passed"] in (0.0, 1.0)
+    few = report["agreement"]  # 2% of 60-row train splits: too few held-out texts to have 10 neighbours each
+    assert few["units"] < 11 and few["knn@10_overlap"] is None and few["pairwise_spearman"] is None
+    assert few["reason"] == f"{few['units']} held-out units: 10 nearest neighbours need at least 11"
+
+
+def test_agreement_with_the_teacher_on_held_out_training_text(project, ready):
+    results = evaluate.run(ready("train.held_out_share=0.5", "evaluate.agreement_sentences=30"))
+
+    agreement = json.loads((project / "metrics/eval.json").read_text())["agreement"]
+    assert agreement["units"] == 30 and agreement["reason"] is None
+    assert 0 <= agreement["knn@10_overlap"] < 1 and -1 <= agreement["pairwise_spearman"] < 1
+    assert results["eval.agreement.knn_at_10_overlap"] == agreement["knn@10_overlap"]
+    assert results["eval.agreement.pairwise_spearman"] == agreement["pairwise_spearman"]
+    assert (
+        evaluate.agreement_off(ready("train.held_out_share=0"))
+        == "train.held_out_share is 0: training held no text out"
+    )
+    assert evaluate.agreement_off(ready("evaluate.agreement_sentences=0")) == "evaluate.agreement_sentences is 0"
 
 
 def test_the_teacher_as_student_scores_exactly_like_the_teacher(project, ready, tiny_teacher):
     shutil.rmtree(project / "models/student")
     shutil.copytree(tiny_teacher, project / "models/student")
-    evaluate.run(ready())
+    evaluate.run(ready("train.held_out_share=0.3"))
     report = json.loads((project / "metrics/eval.json").read_text())
     for section in ("sts", "separation", "retrieval"):
         assert flatten(report["student"][section]) == pytest.approx(flatten(report["teacher"][section])), section
+    assert report["agreement"]["units"] > 11 and report["agreement"]["knn@10_overlap"] == 1.0
+    assert report["agreement"]["pairwise_spearman"] == pytest.approx(1.0)
 
 
 def test_a_missing_or_foreign_model_directory_is_a_clear_error(project, ready):

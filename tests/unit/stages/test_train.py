@@ -1,16 +1,19 @@
 """The train stage's checks before and around training, each on a run of a step or two: refusals that name the
-param, the memory plan, hard negatives, teacher vectors memory-mapped.
+param, the memory plan, hard negatives, teacher vectors memory-mapped, the held-out texts left out.
 
 Full runs: tests/pipeline/test_training_runs.py."""
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from embedforge.data.held_out import held_out
 from embedforge.data.sentences import normalize_text, sentence_id
 from embedforge.errors import UserError
+from embedforge.models import teacher as teachers
 from embedforge.models.encoder import build_encoder
 from embedforge.stages import tokenize, train
 from embedforge.training import data as training_data
@@ -62,9 +65,9 @@ def test_hard_negatives_can_be_left_out(ready):
     cfg = ready("train.datasets=[snli]")
     tokenize.run(cfg)
     store = TokenStore.load(Path("data/tokens"), files)
-    with_negatives = training_data.examples_of(cfg, store, "train", files)["snli"]
+    with_negatives = training_data.examples_of(cfg, store, files)["snli"]
     plain = ready("train.datasets=[snli]", "train.hard_negatives=false")
-    without = training_data.examples_of(plain, store, "train", files)
+    without = training_data.examples_of(plain, store, files)
     assert with_negatives.negatives.tolist() == store.rows([sentence_id(normalize_text("A man runs."))]).tolist()
     assert without["snli"].negatives.tolist() == [-1]
     assert with_negatives.positives.tolist() == without["snli"].positives.tolist()
@@ -86,3 +89,16 @@ def test_teacher_vectors_beyond_the_memory_budget_are_memory_mapped(ready, caplo
     assert "memory-mapped (budget 0 MB)" in caplog.text
     assert torch.equal(mapped, in_memory) and mapped.dtype == torch.float16
     assert list(Path("checkpoints").iterdir()) == []  # the backing file was unlinked when it was made
+
+
+def test_training_leaves_out_every_example_naming_a_held_out_text(ready):
+    def training_data_of(share: float) -> training_data.TrainingData:
+        cfg = ready(f"train.held_out_share={share}")
+        return training_data.load_training_data(cfg, 0, teachers.resolve(cfg.precompute.teacher).name)
+
+    every, data = training_data_of(0.0), training_data_of(0.3)
+    examples = data.everything
+    rows = np.concatenate([examples.anchors, examples.positives, examples.negatives])
+    named = data.store.ids(np.unique(rows[rows >= 0]))  # the mirror's sentences fit: a unit's id is its text's
+    assert not held_out(named, 0.3, ready().seed).any()
+    assert every.held_out_examples == 0 and len(every.everything) - len(examples) == data.held_out_examples > 0

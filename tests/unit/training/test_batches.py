@@ -10,12 +10,13 @@ import pytest
 from helpers import write_raw_split
 from transformers import AutoTokenizer
 
+from embedforge.data.held_out import held_out
 from embedforge.data.sentences import normalize_text, sentence_id
 from embedforge.errors import DataError
 from embedforge.stages import tokenize
 from embedforge.training import batches as batches_module
 from embedforge.training.batches import LengthBucketedBatches
-from embedforge.training.examples import Examples, pair_examples
+from embedforge.training.examples import Examples, HeldOut, pair_examples
 from embedforge.training.loader import EpochBatches
 from embedforge.training.token_files import TokenStore
 
@@ -142,6 +143,32 @@ def test_hard_negatives_are_contradictions_of_the_same_premise_taken_in_turn(tmp
     expected = [(sid("A man plays."), positive, turns[i % 2]) for i, positive in enumerate(man)]
     expected.append((sid("A dog runs."), sid("An animal runs."), None))
     assert triples(store, examples) == sorted(expected, key=lambda e: (e[0], e[1]))
+
+
+def test_pairs_naming_a_held_out_text_are_left_out_and_counted(tmp_path):
+    rows = [(f"Premise {p}.", f"Hypothesis {p}.{h}.", label) for p in range(40) for h, label in enumerate(LABELS)]
+    frame = pd.DataFrame(rows, columns=["sentence1", "sentence2", "label"]).assign(
+        pair_id=lambda f: f.index.astype(str), score=None, genre=None
+    )
+    write_raw_split(frame, tmp_path / "snli/train.parquet")
+    texts = pd.concat([frame["sentence1"], frame["sentence2"]])
+    write_token_file(tmp_path / "tokens/snli/train.parquet", {sid(text): [1, 2] for text in texts})
+    store = TokenStore.load(tmp_path / "tokens", [Path("snli/train.parquet")])
+    path = tmp_path / "snli/train.parquet"
+
+    every = triples(store, pair_examples(path, labelled=True, min_score=4.0, store=store))
+    held = HeldOut(0.2, seed=5)
+    kept = triples(store, pair_examples(path, labelled=True, min_score=4.0, store=store, held=held))
+
+    def names_held_out(example: tuple[str, str | None, str | None]) -> bool:
+        named = [text for text in example if text is not None]
+        return bool(held_out(named, held.share, held.seed).any())
+
+    assert kept == [example for example in every if not names_held_out(example)]
+    assert 0 < held.dropped == len(every) - len(kept) < len(every)
+
+
+LABELS = ("entailment", "entailment", "contradiction")
 
 
 def test_token_store_returns_the_tokenizer_ids(tokenized):

@@ -4,9 +4,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from embedforge.data.held_out import held_out
 from embedforge.data.sentences import sentence_id
 from embedforge.stages import tokenize
-from embedforge.training.examples import sentence_examples
+from embedforge.training.examples import HeldOut, sentence_examples
 from embedforge.training.token_files import TokenStore
 
 SHORT = "a short sentence"
@@ -55,3 +56,17 @@ def test_distillation_trains_on_every_chunk_or_the_first_max_chunks(tmp_path):
     assert sorted(store.ids(every.anchors)) == sorted(units)
     assert sorted(store.ids(first_only.anchors)) == sorted(units[:2])
     assert sorted(store.ids(two.anchors)) == sorted(units[:3])
+
+
+def test_a_held_out_text_leaves_training_with_every_one_of_its_chunks(tmp_path):
+    write_units(tmp_path / "docs/train.parquet")
+    files = [Path("docs/train.parquet")]
+    store = TokenStore.load(tmp_path, files)
+    texts = [sentence_id(DOCUMENT), sentence_id(SHORT)]
+    seed = next(seed for seed in range(100) if held_out(texts, 0.5, seed).tolist() == [True, False])
+
+    held = HeldOut(0.5, seed)
+    kept = sentence_examples(tmp_path, files, store, held=held)
+    assert store.ids(kept.anchors) == [sentence_id(SHORT)]
+    assert held.dropped == len(CHUNKS)
+    assert len(sentence_examples(tmp_path, files, store, held=HeldOut(0.0, seed))) == 1 + len(CHUNKS)
