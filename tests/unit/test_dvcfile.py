@@ -4,8 +4,9 @@ import pytest
 from helpers import REPO_ROOT
 
 from embedforge import dvcfile
-from embedforge.config import load_params
+from embedforge.config import Params, load_params
 from embedforge.errors import UserError
+from embedforge.evaluation.verdict import verdict
 from embedforge.report.markdown import evaluation_summary
 
 
@@ -47,16 +48,23 @@ def test_outputs_present_and_unknown_stages(repo):
         dvcfile.stage_spec("deploy")
 
 
-def test_evaluation_summary_is_a_markdown_table_with_undefined_values():
+def test_evaluation_summary_leads_with_the_verdict_then_a_markdown_table_with_undefined_values():
     scored = {
         "sts": {"stsb/test": {"spearman": None}},
         "separation": {"gap": 0.3, "passed": False},
         "retrieval": {"recall@1": 0.5, "mrr": 0.6, "queries": 10},
         "speed": {"sentences_per_s": 100.0},
     }
-    text = evaluation_summary({"student": scored, "teacher": scored, "speed_ratio": 2.5}, "run abc")
+    evaluation = {"student": scored, "teacher": scored, "speed_ratio": 2.5, "size_ratio": 0.7}
+    text = evaluation_summary({**evaluation, "verdict": verdict(evaluation, Params())}, "run abc")
+    assert text.startswith(
+        "**Goals missed:** The student keeps an undefined share of the teacher's STS Spearman on stsb/test, at 2.50× "
+        "the teacher's speed and 0.70× its parameters: it misses the run's goals."
+    )
+    assert "| share of the teacher's STS Spearman kept, stsb/test | undefined | ≥ 0.95 | no |" in text
+    assert "| speed, student ÷ teacher | 2.5000 | ≥ 2 | yes |" in text and "- stsb/test: test split" in text
     assert "| STS Spearman, stsb/test | undefined | undefined |" in text
-    assert "| Separation targets | FAIL | FAIL |" in text and "| recall @ 1 | 0.5000 | 0.5000 |" in text
+    assert "| Separation targets (absolute) | missed | missed |" in text and "| recall @ 1 | 0.5000 | 0.5000 |" in text
     assert "queries" not in text and "**2.50x**" in text and text.endswith("MLflow run: run abc")
 
 

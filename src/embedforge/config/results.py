@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from embedforge.config.base import Section
+from embedforge.config.goals import Goals
 
 
 class EvaluateParams(Section):
@@ -43,6 +44,7 @@ class EvaluateParams(Section):
         "its square (every pair's cosine, about 1 GB at 5000).",
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    goals: Goals = Goals()
 
     @model_validator(mode="after")
     def _scores_ordered(self) -> EvaluateParams:

@@ -59,9 +59,12 @@ class Group:
 
 @dataclass(frozen=True)
 class Verdict:
+    """The run's goals met or missed: the headline, each goal's check, and what each STS split was to the run."""
+
     passed: bool
     headline: str
-    detail: str
+    checks: list[Row]
+    scored_on: str
 
 
 @dataclass(frozen=True)
@@ -146,10 +149,11 @@ def sts_rows(evaluation: dict[str, Any]) -> list[Row]:
 def separation_rows(evaluation: dict[str, Any]) -> list[Row]:
     targets = evaluation["targets"]
     sides = [evaluation[model]["separation"] for model in MODELS]
-    rows = [
-        Row(label, *(checked(side[key], sign, targets[target]) for side in sides), f"{sign} {targets[target]:g}")
-        for label, key, target, sign in SEPARATION_CHECKS
-    ]
+    rows = []
+    for label, key, target, sign in SEPARATION_CHECKS:
+        cells = [checked(side[key], sign, targets[target]) for side in sides]
+        shared = " (the teacher misses it too)" if all(cell.passed is False for cell in cells) else ""
+        rows.append(Row(label, *cells, f"{sign} {targets[target]:g}{shared}"))
     rows.append(
         Row(
             "Separation targets",
@@ -241,25 +245,24 @@ def summary(evaluation: dict[str, Any]) -> list[Group]:
 
 
 def verdict(evaluation: dict[str, Any]) -> Verdict:
-    """PASS when the student meets the separation targets; the detail puts its quality beside its cost."""
-    separated = evaluation["student"]["separation"]
-    targets = evaluation["targets"]
-    means = (
-        f"similar-pair mean {number(separated['similar_mean'])} (target ≥ {targets['similar_min']:g}), "
-        f"dissimilar-pair mean {number(separated['dissimilar_mean'])} (target ≤ {targets['dissimilar_max']:g}), "
-        f"gap {number(separated['gap'])} (target ≥ {targets['min_gap']:g})"
-    )
-    passed = bool(separated["passed"])
-    headline = f"the student {'meets' if passed else 'misses'} the separation targets: {means}."
-    detail = (
-        f"It encodes {number(evaluation['speed_ratio'], 2)}× as many sentences per second as the teacher with "
-        f"{number(evaluation['size_ratio'], 2)}× its parameters."
-    )
-    split = next(iter(evaluation["student"]["sts"]), None)
-    if split is not None:
-        spearman = [evaluation[model]["sts"].get(split, {}).get("spearman") for model in MODELS]
-        detail += f" STS Spearman on {split}: student {number(spearman[0])}, teacher {number(spearman[1])}."
-    return Verdict(passed, headline, detail)
+    """evaluate's verdict (eval.json): the goals relative to the teacher, each check and what each split was."""
+    found = evaluation["verdict"]
+    checks = [
+        Row(item["goal"], Cell(number(item["value"]), bool(item["met"])), Cell(""), item["target"])
+        for item in found["checks"]
+    ]
+    return Verdict(bool(found["passed"]), found["headline"], checks, scored_on(found["split_roles"]))
+
+
+def scored_on(roles: dict[str, str]) -> str:
+    """Which splits the verdict stands on, and what each was to the run: a validation split that early stopping
+    read chose the student, so it is not held-out data."""
+    if not roles:
+        return ""
+    sentence = "Scored on " + "; ".join(f"{spec}, {role}" for spec, role in roles.items()) + "."
+    if any("early stopping" in role for role in roles.values()):
+        sentence += " The student was chosen by the split early stopping read: it is not held-out data."
+    return sentence
 
 
 def manifest_view(manifest: dict[str, Any]) -> dict[str, Any]:
