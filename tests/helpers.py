@@ -267,6 +267,26 @@ def log_evaluation(
     return tags.get("mlflow.parentRunId", child)
 
 
+def log_export(uri: str, parent: str, variants: dict[str, tuple[float, float]], started_s: int) -> None:
+    """A hand-made export run under pipeline run ``parent``: each variant's STS Spearman on stsb/validation and
+    speed ratio, under the names the export stage logs them."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name("embedforge").experiment_id
+    started_ms = 1_700_000_000_000 + started_s * 1000
+    tags = {"mlflow.parentRunId": parent}
+    child = client.create_run(experiment_id, start_time=started_ms, tags=tags, run_name="export").info.run_id
+    metrics = [
+        Metric(f"export.variants.{name}.{key}", value, started_ms, 0)
+        for name, (spearman, speed) in variants.items()
+        for key, value in (("sts.stsb/validation.spearman", spearman), ("speed_ratio", speed))
+    ]
+    client.log_batch(child, metrics=metrics)
+    client.set_terminated(child)
+
+
 def built_once(shared: Path, name: str, build: Callable[[Path], None]) -> Path:
     """``shared/name`` made by ``build`` once per test run: pytest-xdist's workers share ``shared`` and a lock, so
     the first worker to ask builds it and the others wait and reuse it. A build that fails leaves no marker, and

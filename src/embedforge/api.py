@@ -2,6 +2,7 @@
 
     from embedforge import load_model
     model = load_model("models/student")
+    model = load_model("models/export", backend="onnx")                     # ONNX Runtime alone, no torch
     model.similarity("A man plays a guitar.", "Someone is playing music.")   # cosine, -1..1
     model.search("a dog in the snow", candidates, top_k=3)                  # [(text, score), ...]
     model.search("refund for a late order", tickets)                        # long texts: by their best chunk
@@ -111,13 +112,30 @@ class Embedder:
             raise UserError(f"search: pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         if not candidates:
             return []
-        from embedforge.evaluation.retrieval import pooled_scores  # torch: loaded with the model, not the package
-
-        vectors, owner = self.chunk_vectors(candidates)
-        scores = pooled_scores(self.embed([query]), vectors, owner, len(candidates), pooling)[0]
+        query_vector = self.embed([query])[0]
+        if pooling == "mean":
+            scores = self.embed(candidates) @ query_vector
+        else:
+            vectors, owner = self.chunk_vectors(candidates)
+            scores = np.full(len(candidates), -np.inf, dtype=np.float32)
+            np.maximum.at(scores, owner, vectors @ query_vector)
         best = np.argsort(-scores, kind="stable")[:top_k]
         return [Match(candidates[i], float(scores[i])) for i in best]
 
 
-def load_model(path: str | Path = "models/student", device: str = "cpu") -> Embedder:
+BACKENDS = ("torch", "onnx")
+
+
+def load_model(
+    path: str | Path = "models/student", device: str = "cpu", backend: str = "torch", variant: str = "onnx_fp32"
+) -> Embedder:
+    """A student to embed and search with: ``backend="torch"`` loads a SentenceTransformer directory (train's
+    ``models/student``); ``backend="onnx"`` loads export's ``models/export`` with ONNX Runtime alone, as the
+    ``serve`` extra installs it (``variant``: ``onnx_fp32`` or ``onnx_int8``), and never imports torch."""
+    if backend == "onnx":
+        from embedforge.models.onnx_student import OnnxStudent
+
+        return Embedder(OnnxStudent(path, variant))
+    if backend != "torch":
+        raise UserError(f"load_model: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     return Embedder(load_sentence_transformer(path, device))

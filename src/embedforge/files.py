@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedforge.errors import UserError
+from embedforge.errors import DataError, UserError
 
 READ_BUFFER_BYTES = 1 << 20  # a column chunk is read this much at a time, page by page
 BATCH_BYTES = 32 << 20  # a parquet batch's data at most, uncompressed: long documents are fewer rows a batch
@@ -182,6 +182,34 @@ def atomic_dir(destination: Path) -> Iterator[Path]:
 def write_json(path: Path, payload: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def read_json(path: Path, command: str) -> Any:
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run `{command}` first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: unreadable ({exc}); run `{command}` again") from None
+
+
+def lacks(tree: Any, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return True
+        tree = tree[part]
+    return False
+
+
+def read_object(path: Path, command: str, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A JSON object holding every dotted key in ``keys``, else a DataError naming what is not there."""
+    payload = read_json(path, command)
+    if not isinstance(payload, dict):
+        raise DataError(f"{path}: not a JSON object; run `{command}` again")
+    absent = [key for key in keys if lacks(payload, key)]
+    if absent:
+        raise DataError(f"{path}: no {', '.join(absent)}; run `{command}` again")
+    return payload
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:

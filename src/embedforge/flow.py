@@ -163,7 +163,7 @@ def pipeline(
     overrides: list[str] | None = None,
     dask_address: str | None = None,
 ) -> dict:
-    """All seven stages; returns every stage's results by stage name. With ``dask_address`` (a Dask scheduler,
+    """Every stage, in order; returns every stage's results by stage name. With ``dask_address`` (a Dask scheduler,
     e.g. tcp://10.0.0.5:8786) the stage tasks run on that cluster's workers."""
     settings = [*([f"preset={preset}"] if preset else []), *(overrides or [])]
     cfg = load_params(params, settings)
@@ -185,7 +185,7 @@ def pipeline(
         results["validate"] = submit(runner, "validate", params, settings).result()
         side_by_side = {name: submit(runner, name, params, settings) for name in ("precompute", "tokenize")}
         results.update({name: future.result() for name, future in side_by_side.items()})
-        for name in ("train", "evaluate", "report"):
+        for name in ("train", "evaluate", "export", "report"):
             results[name] = submit(runner, name, params, settings).result()
         evaluation = json.loads(EVAL_METRICS_PATH.read_text(encoding="utf-8"))
         create_markdown_artifact(

@@ -24,5 +24,7 @@ TRAIN_METRICS_PATH = Path("metrics/train.json")
 TRAIN_PLOTS_DIR = Path("plots/train")
 EVAL_METRICS_PATH = Path("metrics/eval.json")
 EVAL_PLOTS_DIR = Path("plots/eval")
+EXPORT_DIR = Path("models/export")
+EXPORT_METRICS_PATH = Path("metrics/export.json")
 REPORT_DIR = Path("reports")
 FLOW_CACHE_DIR = Path(".flow-cache")  # the Prefect flow's stage results, kept in the project as .dvc/cache is

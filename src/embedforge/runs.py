@@ -6,9 +6,9 @@ student's numbers from its evaluate child run, the highest peak memory of its
 stage runs, and its duration. A pipeline run in which DVC skipped evaluate has no
 new numbers, shown as "-".
 
-The frontier puts each evaluate run's student, and the teacher once, on two axes: STS Spearman on the
-first of ``evaluate.sts_splits`` and speed relative to the teacher (the teacher is 1). A student worth
-keeping is on the Pareto frontier: no other point is at least as good on both and better on one.
+The frontier puts each evaluate run's student, each export run's ONNX variants, and the teacher once, on two
+axes: STS Spearman on the first of ``evaluate.sts_splits`` and speed relative to the teacher (the teacher is 1).
+A student worth keeping is on the Pareto frontier: no other point is at least as good on both and better on one.
 """
 
 from __future__ import annotations
@@ -47,6 +47,12 @@ TEACHER = "teacher"  # the teacher point's run and family: no run id or model.ki
 PARENT_TAG = "mlflow.parentRunId"
 PIPELINE_RUNS = "tags.mlflow.runName = 'pipeline'"
 EVALUATE_RUNS = "tags.mlflow.runName = 'evaluate'"
+EXPORT_RUNS = "tags.mlflow.runName = 'export'"
+EXPORT_METRICS = {  # a variant's numbers in an export run ({variant}: onnx_fp32, onnx_int8)
+    "sts_spearman": "export.variants.{variant}.sts.{split}.spearman",
+    "speed_ratio": "export.variants.{variant}.speed_ratio",
+}
+EXPORT_VARIANTS = ("onnx_fp32", "onnx_int8")
 NEWEST_FIRST = ["attributes.start_time DESC"]
 PAGE_SIZE = 1000  # the most runs MLflow answers with at once
 RUN_ID_SHOWN = 8
@@ -236,6 +242,24 @@ def student_point(evaluation: Any, parent: Any | None, split: str) -> Point:
     )
 
 
+def export_points(export: Any, parent: Any | None, split: str) -> list[Point]:
+    """An export run's variants, each a point of its own beside the student it was exported from ("encoder,
+    onnx_int8"): a quantized graph trades quality for speed as a smaller student does."""
+    named = parent or export
+    kind = named.data.params.get("model.kind") or export.data.params.get("model.kind", "-")
+    metrics = export.data.metrics
+    return [
+        Point(
+            named.info.run_id[:RUN_ID_SHOWN],
+            f"{kind}, {variant}",
+            metrics.get(EXPORT_METRICS["sts_spearman"].format(variant=variant, split=split)),
+            metrics.get(EXPORT_METRICS["speed_ratio"].format(variant=variant)),
+        )
+        for variant in EXPORT_VARIANTS
+        if EXPORT_METRICS["speed_ratio"].format(variant=variant) in metrics
+    ]
+
+
 def teacher_point(evaluations: Sequence[Any], split: str) -> Point | None:
     """The teacher once, as the newest of ``evaluations`` that scored it on ``split`` measured it: every evaluate
     run scores the teacher again, and one model is one point."""
@@ -245,12 +269,18 @@ def teacher_point(evaluations: Sequence[Any], split: str) -> Point | None:
 
 
 def logged_points(log: RunLog, split: str) -> list[Point]:
-    """The student of every evaluate run in the experiment, newest first, then the teacher."""
+    """The student of every evaluate run in the experiment, newest first, then every export run's variants, then
+    the teacher."""
     parents = {run.info.run_id: run for run in log.every(PIPELINE_RUNS)}
     evaluations = log.every(EVALUATE_RUNS)
     students = [student_point(run, parents.get(run.data.tags.get(PARENT_TAG, "")), split) for run in evaluations]
+    exported = [
+        point
+        for run in log.every(EXPORT_RUNS)
+        for point in export_points(run, parents.get(run.data.tags.get(PARENT_TAG, "")), split)
+    ]
     teacher = teacher_point(evaluations, split)
-    return [*students, *([teacher] if teacher else [])]
+    return [*students, *exported, *([teacher] if teacher else [])]
 
 
 def is_teacher(point: Point) -> bool:

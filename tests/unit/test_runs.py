@@ -2,7 +2,7 @@
 they come from in a real MLflow store."""
 
 import numpy as np
-from helpers import log_evaluation
+from helpers import log_evaluation, log_export
 
 from embedforge import runs
 from embedforge.config import EvaluateParams
@@ -83,6 +83,24 @@ def test_every_evaluated_student_comes_from_the_store_labelled_and_the_teacher_o
         static[:8],
     ]
     assert names(found.left_out) == [no_speed[:8]]
+
+
+def test_each_exported_variant_is_a_point_of_its_own_beside_its_student(project):
+    uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    encoder = log_evaluation(uri, "encoder", 0.84, 2.5, started_s=0, teacher=0.860)
+    log_export(uri, encoder, {"onnx_fp32": (0.84, 3.4), "onnx_int8": (0.835, 5.9)}, started_s=1)
+
+    points = logged_points(RunLog(uri, "embedforge"), SPLIT)
+
+    assert points == [
+        Point(encoder[:8], "encoder", 0.84, 2.5),
+        Point(encoder[:8], "encoder, onnx_fp32", 0.84, 3.4),
+        Point(encoder[:8], "encoder, onnx_int8", 0.835, 5.9),
+        Point("teacher", "teacher", 0.860, 1.0),
+    ]
+    found = frontier(points)
+    on_it = [point.family for point, on in zip(found.points, found.optimal, strict=True) if on]
+    assert on_it == ["teacher", "encoder, onnx_fp32", "encoder, onnx_int8"]  # the fp32 graph beats its student
 
 
 def test_a_row_reads_its_sts_split_from_the_logged_list_else_from_the_schema_default():

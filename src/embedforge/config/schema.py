@@ -14,6 +14,7 @@ from pydantic import ConfigDict, Field, model_validator
 from embedforge.config.base import Section
 from embedforge.config.data_sections import DownloadParams, PrecomputeParams, TokenizeParams, ValidateParams
 from embedforge.config.datasets import check_dataset_uses
+from embedforge.config.export import ExportParams
 from embedforge.config.model import ModelParams, families
 from embedforge.config.results import EvaluateParams, ReportParams, TrackingParams
 from embedforge.config.train import TrainParams
@@ -45,6 +46,7 @@ class Params(Section):
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
     report: ReportParams = ReportParams()
     tracking: TrackingParams = TrackingParams()
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from embedforge.data.sentences import id_prefix, iter_sentences, sentence_id, text_batches
+from embedforge.data.text_ids import id_prefix, sentence_id
 
 BATCH_TEXTS = 1024  # texts read at a time; only the long ones among them are tokenized, in one call
 
@@ -103,6 +103,8 @@ class Chunker:
 def iter_units(files: list[Path], chunker: Chunker) -> Iterator[tuple[str, str]]:
     """``(unit_id, unit text)`` of every unit of every text of ``files`` (as ``iter_sentences`` reads them), in file
     order: what the teacher embeds. Texts are cut ``BATCH_TEXTS`` (or ``BATCH_CHARS`` of text) at a time."""
+    from embedforge.data.sentences import iter_sentences, text_batches  # pyarrow: a serving process cuts without it
+
     for batch in text_batches(iter_sentences(files), BATCH_TEXTS):
         yield from units_of(chunker.split(batch))
 

@@ -7,8 +7,6 @@ embeddings, token ids) uses ``sentence_id`` so the teacher sees each text once.
 
 from __future__ import annotations
 
-import hashlib
-import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from embedforge.data.schema import TEXT_COLUMNS, TITLE_COLUMN, raw_split_path
+from embedforge.data.text_ids import id_prefix, normalize_text, sentence_id
 from embedforge.errors import DataError
 from embedforge.files import parquet_batches, stream_parquet
 from embedforge.paths import RAW_DIR
@@ -23,11 +22,6 @@ from embedforge.paths import RAW_DIR
 READ_BATCH_ROWS = 65_536
 ID_DTYPE = "S32"  # a sentence id is 32 hex characters
 BATCH_CHARS = 1 << 21  # of text a batch of texts holds at most: documents are cut and tokenized a few at a time
-
-
-def normalize_text(text: str) -> str:
-    """NFC, surrounding whitespace stripped, inner runs of whitespace collapsed; case is kept for cased teachers."""
-    return " ".join(unicodedata.normalize("NFC", text).split())
 
 
 def document_text(title: str | None, text: str) -> str:
@@ -38,16 +32,6 @@ def document_text(title: str | None, text: str) -> str:
     ``iter_sentences``, which folds titles in with this; evaluation embeds documents the same way.
     """
     return f"{title} {text}" if isinstance(title, str) and title.strip() else text
-
-
-def sentence_id(normalized: str) -> str:
-    """128-bit blake2b of the normalised text, as hex: stable across runs, machines and datasets."""
-    return hashlib.blake2b(normalized.encode("utf-8"), digest_size=16).hexdigest()
-
-
-def id_prefix(identifier: str) -> int:
-    """The first 64 bits of an id: enough to count distinct sentences and to partition them."""
-    return int(identifier[:16], 16)
 
 
 def partition_of(identifier: str, partitions: int) -> int:

@@ -281,13 +281,3 @@ def retrieval(
     Each corpus row is a one-chunk document (any pooling scores it alike; ``max_sim`` reads the rows as slices).
     """
     return document_retrieval(queries, corpus, np.arange(len(corpus)), len(corpus), relevant, "max_sim", ks)
-
-
-def pooled_scores(
-    queries: np.ndarray, chunks: np.ndarray, chunk_document: np.ndarray, documents: int, pooling: Pooling = "mean"
-) -> np.ndarray:
-    """The whole queries x documents score matrix of ``pooling`` (documents laid out as ``document_retrieval``
-    takes them): for a search over a list a caller holds, not a corpus."""
-    layout = chunk_layout(chunks, chunk_document, documents, pooling)
-    blocks = [scores for _, scores in document_scores(unit_rows(queries), layout, POOLERS[pooling])]
-    return torch.cat(blocks, dim=1).numpy()

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from embedforge.data.schema import downloaded_split
 from embedforge.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,15 @@ class STSResult:
     pearson: float | None
     pairs: int
     warning: str | None = None
+
+
+def read_split(spec: str, key: str) -> pd.DataFrame:
+    """A raw split named ``<dataset>/<split>``; missing or empty is an error naming the param."""
+    dataset, path = downloaded_split(spec, key)
+    frame = pd.read_parquet(path, columns=["sentence1", "sentence2", "label", "score", "genre"])
+    if frame.empty:
+        raise DataError(f"{key}: {path} has no rows, so it cannot be evaluated")
+    return frame.assign(dataset=dataset)
 
 
 def cosine_scores(first: np.ndarray, second: np.ndarray) -> np.ndarray:

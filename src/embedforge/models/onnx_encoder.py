@@ -9,16 +9,15 @@ the PyTorch model before use, so the vectors are the teacher's own.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from embedforge.errors import UserError
-from embedforge.files import atomic_path
+from embedforge.models import padded_inputs
+from embedforge.models.onnx_export import CHECK_SENTENCES, INPUT_NAMES, export_onnx
 
-CHECK_SENTENCES = ["A man is playing a guitar on the stage.", "Two dogs run across a snowy field."]
 MIN_EXPORT_COSINE = 0.9999
 
 
@@ -48,42 +47,9 @@ def _pooling_mode(model: Any) -> tuple[str, bool]:
     return core[1].pooling_mode, normalized
 
 
-def _export(model: Any, path: Path, pooling: str, normalized: bool) -> None:
-    import torch
-
-    backbone = model[0].auto_model
-    backbone.set_attn_implementation("eager")
-    input_names = list(model.tokenizer.model_input_names)
-
-    class Pooled(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.backbone = backbone
-
-        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-            feeds = dict(zip(input_names, inputs, strict=True))
-            hidden = self.backbone(**feeds).last_hidden_state
-            if pooling == "cls":
-                pooled = hidden[:, 0]
-            else:
-                mask = feeds["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, dim=-1) if normalized else pooled
-
+def _export(model: Any, path: Path) -> None:
     example = model.tokenizer(CHECK_SENTENCES, padding=True, return_tensors="pt")
-    axes = {name: {0: "batch", 1: "tokens"} for name in input_names}
-    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer notes on shape checks that are constant for encoder inference
-        torch.onnx.export(
-            Pooled().eval(),
-            tuple(example[name] for name in input_names),
-            str(tmp),
-            input_names=input_names,
-            output_names=["embedding"],
-            dynamic_axes={**axes, "embedding": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
+    export_onnx(model, padded_inputs, example, path)
 
 
 class OnnxSentenceEncoder:
@@ -95,13 +61,12 @@ class OnnxSentenceEncoder:
         pooling, normalized = _pooling_mode(model)
         self.tokenizer = model.tokenizer
         self.max_seq_length = model.max_seq_length
-        self.input_names = list(model.tokenizer.model_input_names)
         self._dimension = model.get_embedding_dimension()
         reference = model.encode(CHECK_SENTENCES, convert_to_numpy=True)
-        path = export_cache_dir() / f"{fingerprint[:32]}-{pooling}{'-norm' if normalized else ''}.onnx"
+        path = export_cache_dir() / f"{fingerprint[:32]}-{pooling}{'-norm' if normalized else ''}-ids-mask.onnx"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            _export(model, path, pooling, normalized)
+            _export(model, path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.log_severity_level = 3
@@ -130,7 +95,7 @@ class OnnxSentenceEncoder:
                 max_length=self.max_seq_length,
                 return_tensors="np",
             )
-            feeds = {name: batch[name].astype(np.int64) for name in self.input_names}
+            feeds = {name: batch[name].astype(np.int64) for name in INPUT_NAMES}
             chunks.append(self.session.run(None, feeds)[0])
         vectors = np.concatenate(chunks) if chunks else np.empty((0, self._dimension), dtype=np.float32)
         if normalize_embeddings:

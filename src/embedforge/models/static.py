@@ -171,7 +171,8 @@ def bag_inputs(model: SentenceTransformer) -> Any:
     left_out = torch.tensor(special_ids(model[0].tokenizer), dtype=torch.long)
 
     def inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        kept = attention_mask.bool() & ~torch.isin(input_ids, left_out.to(input_ids.device))
+        special = (input_ids.unsqueeze(-1) == left_out.to(input_ids.device)).any(dim=-1)  # isin, as ONNX can trace it
+        kept = attention_mask.bool() & ~special
         lengths = kept.sum(dim=1)
         offsets = torch.cumsum(lengths, dim=0) - lengths
         return {"input_ids": input_ids[kept], "offsets": offsets}

@@ -222,8 +222,9 @@ def frontier(points: pd.DataFrame, split: str) -> Drawing:
     """STS Spearman against speed ratio (log scale: twice as fast is one step wherever it starts) of every run and
     the teacher; the Pareto-optimal ones joined by the frontier line and labelled, this run a star.
 
-    ``points`` has one row a point, slowest first: ``speed_ratio``, ``sts_spearman``, ``pareto`` and
-    ``this_run`` (booleans) and ``label``. One point alone has no frontier to show, so is said in words.
+    ``points`` has one row a point, slowest first: ``speed_ratio``, ``sts_spearman``, ``pareto``, ``this_run`` and
+    ``exported`` (booleans: this run's student, and its ONNX variants) and ``label``. One point alone has no
+    frontier to show, so is said in words.
     """
     if len(points) < MIN_CURVE_POINTS:
         return Drawing(
@@ -251,6 +252,26 @@ def frontier(points: pd.DataFrame, split: str) -> Drawing:
         axes.annotate(
             row.label, (row.speed_ratio, row.sts_spearman), xytext=(6, 6), textcoords="offset points", fontsize="small"
         )
+    exported = points[points["exported"]]
+    if not exported.empty:
+        axes.scatter(
+            exported["speed_ratio"],
+            exported["sts_spearman"],
+            s=90,
+            marker="D",
+            color=THIS_RUN_COLOUR,
+            edgecolors="black",
+            zorder=3,
+            label="this run, exported (ONNX)",
+        )
+        for row in exported[~exported["pareto"]].itertuples():  # the frontier's are labelled already
+            axes.annotate(
+                row.label,
+                (row.speed_ratio, row.sts_spearman),
+                xytext=(6, -12),
+                textcoords="offset points",
+                fontsize="small",
+            )
     this = points[points["this_run"]]
     if not this.empty:
         axes.scatter(

@@ -47,6 +47,11 @@ STAGES: dict[str, Stage] = {
             (RAW_DIR, Path("models/student")),
         ),
         Stage(
+            "export",
+            "Write models/export: the student as ONNX (fp32 and int8), checked against PyTorch, and its model card.",
+            (RAW_DIR, Path("models/student"), Path("metrics")),
+        ),
+        Stage(
             "report",
             "Write reports/index.html: the student against the teacher, curves and figures, in one file.",
             (Path("metrics"), Path("plots")),

@@ -27,7 +27,6 @@ from embedforge.api import load_sentence_transformer
 from embedforge.config import TRAIN_SPLIT, DatasetSource, EvaluateParams, Params, flatten, threshold
 from embedforge.data.chunks import Chunker
 from embedforge.data.gate import require_passed
-from embedforge.data.schema import downloaded_split
 from embedforge.data.sentences import split_files
 from embedforge.errors import DataError
 from embedforge.evaluation.agreement import held_out_units, not_measured, teacher_agreement
@@ -35,7 +34,8 @@ from embedforge.evaluation.document_sets import read_document_set, score_documen
 from embedforge.evaluation.retrieval import retrieval
 from embedforge.evaluation.separation import DISSIMILAR, SIMILAR, pair_kinds, separation
 from embedforge.evaluation.speed import encode_speed
-from embedforge.evaluation.sts import cosine_scores, sts_correlation
+from embedforge.evaluation.sts import cosine_scores, read_split, sts_correlation
+from embedforge.evaluation.verdict import verdict
 from embedforge.files import atomic_path, sha256_tree, write_json
 from embedforge.models import count_parameters
 from embedforge.models import teacher as teachers
@@ -44,15 +44,6 @@ from embedforge.paths import EVAL_METRICS_PATH, EVAL_PLOTS_DIR, STUDENT_DIR
 log = logging.getLogger(__name__)
 
 MODELS = ("student", "teacher")
-
-
-def read_split(spec: str, key: str) -> pd.DataFrame:
-    """A raw split named ``<dataset>/<split>``; missing or empty is an error naming the param."""
-    dataset, path = downloaded_split(spec, key)
-    frame = pd.read_parquet(path, columns=["sentence1", "sentence2", "label", "score", "genre"])
-    if frame.empty:
-        raise DataError(f"{key}: {path} has no rows, so it cannot be evaluated")
-    return frame.assign(dataset=dataset)
 
 
 class EncodedTexts:
@@ -253,6 +244,7 @@ def run(cfg: Params) -> dict[str, float | str]:
     report["agreement"] = (
         not_measured(0, off) if off else teacher_agreement(held_out_vectors["student"], held_out_vectors["teacher"])
     )
+    report["verdict"] = verdict(report, cfg)
 
     coordinates = embedding_map(student_vectors, cfg.seed)
     write_csv(pd.concat([rows[0] for rows in plot_rows]), "sts.csv")
@@ -263,7 +255,7 @@ def run(cfg: Params) -> dict[str, float | str]:
     run = tracking.current()
     run.log_artifacts(EVAL_METRICS_PATH)
     run.tag_model_version(cfg.tracking.registered_model, sha256_tree(STUDENT_DIR), headline(report))
-    log.info("%s", summary_line(report, params.sts_splits[0]))
+    log.info("%s", report["verdict"]["headline"])
     results: dict[str, float | str] = {
         f"eval.{metric_name(key)}": float(value)
         for key, value in flatten(report).items()
@@ -280,22 +272,10 @@ def headline(report: dict[str, Any]) -> dict[str, str]:
     numbers.update({f"eval.separation.{key}": student["separation"][key] for key in ("gap", "passed")})
     numbers.update({f"eval.retrieval.{key}": value for key, value in student["retrieval"].items()})
     numbers["eval.speed_ratio"] = report["speed_ratio"]
+    numbers["eval.verdict.passed"] = report["verdict"]["passed"]
     return {metric_name(key): "undefined" if value is None else str(value) for key, value in numbers.items()}
 
 
 def metric_name(key: str) -> str:
     """MLflow refuses '@' in metric names: ``retrieval.recall@10`` is logged as ``retrieval.recall_at_10``."""
     return key.replace("@", "_at_")
-
-
-def summary_line(report: dict[str, Any], split: str) -> str:
-    def spearman(name: str) -> str:
-        value = report[name]["sts"][split]["spearman"]
-        return "undefined" if value is None else f"{value:.4f}"
-
-    student = report["student"]
-    return (
-        f"{split} Spearman student {spearman('student')} vs teacher {spearman('teacher')}; separation gap "
-        f"{student['separation']['gap']:.3f} ({'pass' if student['separation']['passed'] else 'FAIL'}); "
-        f"encodes {report['speed_ratio']:.2f}x the teacher's speed"
-    )

@@ -19,7 +19,6 @@ cannot be read, the figure shows this run and the teacher, and says why.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -31,10 +30,11 @@ from embedforge import runs, tracking
 from embedforge.config import Params, flatten
 from embedforge.dvcfile import DVC_LOCK
 from embedforge.errors import DataError
-from embedforge.files import atomic_dir
+from embedforge.files import atomic_dir, read_object
 from embedforge.paths import (
     EVAL_METRICS_PATH,
     EVAL_PLOTS_DIR,
+    EXPORT_METRICS_PATH,
     MANIFEST_PATH,
     REPORT_DIR,
     TOKEN_STATS_PATH,
@@ -54,21 +54,13 @@ EVAL_KEYS = (  # what the summary reads
     "speed_ratio",
     "size_ratio",
     *(f"targets.{target}" for target in ("similar_min", "dissimilar_max", "min_gap")),
+    *(f"verdict.{key}" for key in ("passed", "headline", "checks", "split_roles")),
 )
 GENERATION_COLUMNS = ("epoch", "prompt", "continuation")
 EXAMPLES_PER_LABEL = 2
 EXAMPLE_CHARS = 160
 THIS_RUN = "this run"  # this run's point where MLflow does not hold its evaluation
 CAUSE_CHARS = 200
-
-
-def read_json(path: Path, command: str) -> Any:
-    if not path.is_file():
-        raise DataError(f"{path}: missing; run `{command}` first")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: unreadable ({exc}); run `{command}` again") from None
 
 
 def read_csv(
@@ -93,25 +85,6 @@ def read_csv(
     if frame.empty:
         raise DataError(f"{path}: no rows; run `{command}` again")
     return frame
-
-
-def lacks(tree: Any, dotted: str) -> bool:
-    for part in dotted.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return True
-        tree = tree[part]
-    return False
-
-
-def read_object(path: Path, command: str, keys: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A JSON object holding every dotted key in ``keys``, else a DataError naming what is not there."""
-    payload = read_json(path, command)
-    if not isinstance(payload, dict):
-        raise DataError(f"{path}: not a JSON object; run `{command}` again")
-    absent = [key for key in keys if lacks(payload, key)]
-    if absent:
-        raise DataError(f"{path}: no {', '.join(absent)}; run `{command}` again")
-    return payload
 
 
 def dvc_outs(lock: dict[str, Any]) -> list[html.DvcOut]:
@@ -205,11 +178,28 @@ def earlier_students(cfg: Params, split: str) -> tuple[list[runs.Point], str | N
 
 
 def place_this_run(this: runs.Point, students: list[runs.Point]) -> tuple[list[runs.Point], runs.Point]:
-    """The students with this run among them, and this run's point. The logged evaluation with this run's very
-    numbers is this run's own (evaluate logged them), so it stands for it, named by its pipeline run."""
+    """The students with this run's point among them, and that point. A logged point with this very point's
+    numbers is its own (evaluate or export logged them), so it stands for it, named by its pipeline run."""
     numbers = (this.sts_spearman, this.speed_ratio)
     logged = next((point for point in students if (point.sts_spearman, point.speed_ratio) == numbers), None)
     return (students, logged) if logged else ([*students, this], this)
+
+
+def exported_points(cfg: Params, split: str) -> list[runs.Point]:
+    """This run's ONNX variants (metrics/export.json), where export ran and exported the student."""
+    if not EXPORT_METRICS_PATH.is_file():
+        return []
+    variants = read_object(EXPORT_METRICS_PATH, "embedforge export").get("variants", {})
+    return [
+        runs.Point(
+            THIS_RUN,
+            f"{cfg.model.kind}, {name}",
+            figures_of["sts"].get(split, {}).get("spearman"),
+            figures_of["speed_ratio"],
+        )
+        for name, figures_of in variants.items()
+        if name in runs.EXPORT_VARIANTS
+    ]
 
 
 def point_label(point: runs.Point) -> str:
@@ -253,13 +243,20 @@ def frontier_view(cfg: Params, evaluation: dict[str, Any]) -> tuple[figures.Draw
         THIS_RUN, cfg.model.kind, evaluation["student"]["sts"][split].get("spearman"), evaluation["speed_ratio"]
     )
     points, this = place_this_run(this, students)
+    variants = []
+    for point in exported_points(cfg, split):
+        points, placed = place_this_run(point, points)
+        variants.append(placed)
     teacher = evaluation["teacher"]["sts"].get(split, {}).get("spearman")
     found = runs.frontier([*points, runs.Point(runs.TEACHER, runs.TEACHER, teacher, 1.0)])
     plotted = found.table().assign(
-        label=[point_label(point) for point in found.points], this_run=[point == this for point in found.points]
+        label=[point_label(point) for point in found.points],
+        this_run=[point == this for point in found.points],
+        exported=[point in variants for point in found.points],
     )
-    others = [point for point in found.points if point != this and not runs.is_teacher(point)]
-    sentences = [placement(found, this, split), company(len(others), unavailable)]
+    others = [point for point in found.points if point not in (this, *variants) and not runs.is_teacher(point)]
+    sentences = [placement(found, this, split), *(placement(found, point, split) for point in variants)]
+    sentences.append(company(len(others), unavailable))
     left_out = [point for point in found.left_out if point != this]
     if left_out:
         sentences.append(runs.missing_numbers(left_out, split) + ".")

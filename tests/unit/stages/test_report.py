@@ -14,8 +14,9 @@ from helpers import leftovers, log_evaluation
 from mlflow.tracking import MlflowClient
 
 from embedforge import tracking
-from embedforge.config import load_params
+from embedforge.config import Params, load_params
 from embedforge.errors import DataError
+from embedforge.evaluation.verdict import verdict
 from embedforge.stages import report, run_stage
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -44,14 +45,16 @@ def model_metrics(spearman: float, gap: float, passed: bool, speed: float, param
     }
 
 
-def eval_metrics(passed: bool = True) -> dict:
-    return {
+def eval_metrics(passed: bool = True, speed_ratio: float = 2.8, teacher_passed: bool = True) -> dict:
+    """eval.json as evaluate writes it, its verdict by the real rule (the schema's goals) on these numbers."""
+    evaluation = {
         "student": model_metrics(0.85, 0.59 if passed else 0.1, passed, 650.0, 15_615_360),
-        "teacher": model_metrics(0.87, 0.62, True, 232.0, 22_713_216),
-        "speed_ratio": 2.8,
+        "teacher": model_metrics(0.87, 0.62 if teacher_passed else 0.15, teacher_passed, 232.0, 22_713_216),
+        "speed_ratio": speed_ratio,
         "size_ratio": 0.69,
         "targets": {"similar_min": 0.7, "dissimilar_max": 0.5, "min_gap": 0.2},
     }
+    return {**evaluation, "verdict": verdict(evaluation, Params())}
 
 
 def write_json(path: Path, payload) -> None:
@@ -204,12 +207,26 @@ def test_report_is_one_self_contained_page_embedding_every_figure(project):
     assert embedded == sorted(path.read_bytes() for path in written)
     assert all(png.startswith(PNG_MAGIC) for png in embedded)
     assert 'src="http' not in page and "<script" not in page and "<link" not in page
-    assert "embedforge report" in page and "PASS" in verdict_of(page) and "2.80×" in page
+    assert "embedforge report" in page and "Goals met" in verdict_of(page) and "2.80×" in page
     assert frontier_sentences(page) == [
         ON_THE_FRONTIER,
         "MLflow tracking is off (tracking.enabled: false), so no other run is shown.",
     ]
     assert leftovers(project) == []
+
+
+def test_the_frontier_shows_this_runs_onnx_exports_as_points_of_their_own(project):
+    write_inputs(project)
+    variant = {"sts": {"stsb/validation": {"spearman": 0.849}}, "cosine_min": 0.99, "file": "model_int8.onnx"}
+    write_json(project / "metrics/export.json", {"variants": {"onnx_int8": {**variant, "speed_ratio": 5.6}}})
+    report.run(params(project))
+    assert frontier_sentences(page_of(project)) == [
+        "This run (encoder: STS Spearman 0.850 at 2.80× the teacher's speed) is on the frontier: no other point is "
+        "at least as good on both and better on one.",
+        "This run (encoder, onnx_int8: STS Spearman 0.849 at 5.60× the teacher's speed) is on the frontier: no "
+        "other point is at least as good on both and better on one.",
+        "MLflow tracking is off (tracking.enabled: false), so no other run is shown.",
+    ]
 
 
 def test_the_frontier_places_this_run_among_the_students_mlflow_holds(project):
@@ -252,15 +269,41 @@ def test_the_frontier_shows_this_run_and_the_teacher_when_mlflow_adds_nothing(pr
     assert results["report.figures"] == 5 and (project / "reports/figures/frontier.png").exists()
 
 
-@pytest.mark.parametrize("passed", [True, False])
-def test_verdict_follows_the_students_separation(project, passed):
-    write_inputs(project, eval_metrics(passed=passed))
+def goal_rows(page: str) -> list[tuple[str, str]]:
+    """(goal, met badge) of each row of the verdict's goals table."""
+    table = html.unescape(page.split("Goal (evaluate.goals)")[1].split("</table>")[0])
+    return re.findall(r"<tr><td>([^<]*)</td>.*?(PASS|FAIL)</span>", table, re.DOTALL)
+
+
+@pytest.mark.parametrize("speed_ratio, met", [(2.8, True), (1.5, False)])
+def test_the_verdict_is_the_goals_relative_to_the_teacher_not_the_separation_targets(project, speed_ratio, met):
+    """A student that misses the absolute separation targets, as its teacher does, but keeps 97.7% of the
+    teacher's Spearman at 2.8x its speed meets the run's goals; at 1.5x it misses the speed goal alone."""
+    write_inputs(project, eval_metrics(passed=False, speed_ratio=speed_ratio, teacher_passed=False))
     report.run(params(project))
     page = page_of(project)
-    verdict = verdict_of(page)
-    assert ("PASS" in verdict) is passed and ("FAIL" in verdict) is not passed
+    verdict_text = html.unescape(verdict_of(page))
+    assert ("Goals met" in verdict_text) is met and ("Goals missed" in verdict_text) is not met
+    assert "keeps 97.7% of the teacher's STS Spearman on stsb/validation" in verdict_text
+    assert goal_rows(page) == [
+        ("share of the teacher's STS Spearman kept, stsb/validation", "PASS"),
+        ("share of the teacher's STS Spearman kept, sick/validation", "PASS"),
+        ("speed, student ÷ teacher", "PASS" if met else "FAIL"),
+    ]
     gap_row = re.search(r"<tr><td>Gap \(similar − dissimilar\)</td>.*?</tr>", page, re.DOTALL).group(0)
-    assert re.findall(r"(PASS|FAIL)</span>", gap_row) == ["PASS" if passed else "FAIL", "PASS"]
+    assert re.findall(r"(PASS|FAIL)</span>", gap_row) == ["FAIL", "FAIL"]
+    assert "≥ 0.2 (the teacher misses it too)" in html.unescape(gap_row)
+
+
+def test_the_page_says_what_each_scored_split_was_to_the_run(project):
+    write_inputs(project)
+    report.run(params(project))
+    page = html.unescape(page_of(project))
+    assert (
+        "Scored on stsb/validation, validation split (used for early stopping); sick/validation, validation split "
+        "(not used in training). The student was chosen by the split early stopping read: it is not held-out data."
+    ) in page
+    assert "same held-out data" not in page
 
 
 def test_an_undefined_correlation_shows_as_undefined(project):
