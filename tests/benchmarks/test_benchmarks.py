@@ -124,6 +124,23 @@ def test_bench_student(small_mirror: Path, tiny_teacher: Path, tmp_path: Path) -
     assert {"sts_spearman", "sentences_per_s", "parameters"} <= report["student"].keys()
 
 
+def test_bench_export(small_mirror: Path, tiny_teacher: Path, tmp_path: Path) -> None:
+    model, sts = str(tiny_teacher), str(small_mirror / "stsb/validation.parquet")
+    report = run_benchmark(
+        REPO_ROOT / "benchmarks/bench_export.py",
+        ["--student", model, "--kind", "encoder", "--sts", sts, "--rounds", "1"],
+        tmp_path,
+    )
+    assert {"pytorch", "onnx_fp32", "onnx_int8", "targets"} <= report.keys()
+    assert report["onnx_fp32"]["cosine_min"] >= 0.9999 and report["pytorch"]["speed_vs_pytorch"] == 1.0
+    assert report["onnx_int8"]["disk_bytes"] < report["onnx_fp32"]["disk_bytes"]
+    assert set(report["targets"]) == {
+        "onnx_fp32 cosine_min >= 0.9999",
+        "onnx_int8 |spearman - pytorch| <= 0.01",
+        "onnx_int8 speed_vs_pytorch >= 1.5",
+    }
+
+
 def test_bench_families(small_mirror: Path, tiny_teacher: Path, tmp_path: Path) -> None:
     overrides = [
         f"precompute.teacher={tiny_teacher}",

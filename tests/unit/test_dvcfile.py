@@ -59,7 +59,8 @@ def test_evaluation_summary_leads_with_the_verdict_then_a_markdown_table_with_un
     text = evaluation_summary({**evaluation, "verdict": verdict(evaluation, Params())}, "run abc")
     assert text.startswith(
         "**Goals missed:** The student keeps an undefined share of the teacher's STS Spearman on stsb/test, at 2.50× "
-        "the teacher's speed and 0.70× its parameters: it misses the run's goals."
+        "the teacher's speed and 0.70× its parameters: it misses the run's goals: share of the teacher's STS "
+        "Spearman kept, stsb/test, undefined (target ≥ 0.95)."
     )
     assert "| share of the teacher's STS Spearman kept, stsb/test | undefined | ≥ 0.95 | no |" in text
     assert "| speed, student ÷ teacher | 2.5000 | ≥ 2 | yes |" in text and "- stsb/test: test split" in text

@@ -86,7 +86,7 @@ def verdict(evaluation: dict[str, Any], cfg: Params) -> dict[str, Any]:
         "split": order[0] if order else None,
         "split_roles": {spec: split_role(spec, cfg) for spec in order},
         "checks": checks,
-        "headline": headline(evaluation, checks[0], order, passed),
+        "headline": headline(evaluation, checks, order, passed),
     }
 
 
@@ -94,17 +94,25 @@ def percent(value: float | None) -> str:
     return "an undefined share" if value is None else f"{value:.1%}"
 
 
-def headline(evaluation: dict[str, Any], quality: dict[str, Any], order: list[str], passed: bool) -> str:
-    """One sentence: quality kept on the headline split, speed and size, and whether the goals hold."""
+def figure(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
+
+
+def headline(evaluation: dict[str, Any], checks: list[dict[str, Any]], order: list[str], passed: bool) -> str:
+    """One sentence: the quality kept on each STS split (the headline split first), speed and size, and whether the
+    goals hold, naming each goal missed."""
     if order:
-        spec = order[0]
-        kept = f"keeps {percent(quality['value'])} of the teacher's STS Spearman on {spec}"
-    else:
-        value = quality["value"]
-        kept = "reproduces the teacher's pairwise cosines on held-out training text with Spearman " + (
-            "undefined" if value is None else f"{value:.3f}"
+        kept = f"keeps {percent(checks[0]['value'])} of the teacher's STS Spearman on {order[0]}" + "".join(
+            f" and {percent(check['value'])} on {spec}" for spec, check in zip(order[1:], checks[1:], strict=False)
         )
+    else:
+        agreement = figure(checks[0]["value"])
+        kept = f"reproduces the teacher's pairwise cosines on held-out training text with Spearman {agreement}"
+    missed = [
+        f"{check['goal']}, {figure(check['value'])} (target {check['target']})" for check in checks if not check["met"]
+    ]
+    outcome = "it meets the run's goals" if passed else "it misses the run's goals: " + "; ".join(missed)
     return (
         f"The student {kept}, at {evaluation['speed_ratio']:.2f}× the teacher's speed and "
-        f"{evaluation['size_ratio']:.2f}× its parameters: it {'meets' if passed else 'misses'} the run's goals."
+        f"{evaluation['size_ratio']:.2f}× its parameters: {outcome}."
     )

@@ -106,12 +106,15 @@ class OnnxStudent:
     def encode(
         self, sentences: list[str], batch_size: int = 32, normalize_embeddings: bool = False, **_: Any
     ) -> np.ndarray:
-        """Vectors for ``sentences`` in order, as ``SentenceTransformer.encode(..., convert_to_numpy=True)``."""
-        parts = []
-        for start in range(0, len(sentences), batch_size):
-            feeds = padded_batch(self.serving, sentences[start : start + batch_size])
-            parts.append(self.session.run(None, feeds)[0])
-        vectors = np.concatenate(parts) if parts else np.empty((0, self.dimension), dtype=np.float32)
+        """Vectors for ``sentences`` in order, as ``SentenceTransformer.encode(..., convert_to_numpy=True)``.
+
+        Batches are formed longest first, as sentence-transformers does, so a batch pads to a length close to its
+        texts' own rather than to the longest of a random few."""
+        order = sorted(range(len(sentences)), key=lambda index: -len(sentences[index]))
+        vectors = np.empty((len(sentences), self.dimension), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            vectors[rows] = self.session.run(None, padded_batch(self.serving, [sentences[i] for i in rows]))[0]
         if normalize_embeddings:
             vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors

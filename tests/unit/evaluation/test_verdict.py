@@ -35,8 +35,9 @@ def test_the_headline_prefers_a_test_split_and_every_split_must_keep_the_share()
     assert [check["met"] for check in found["checks"]] == [False, True, True]
     assert found["passed"] is False
     assert found["headline"] == (
-        "The student keeps 92.0% of the teacher's STS Spearman on stsb/test, at 3.00× the teacher's speed and 0.70× "
-        "its parameters: it misses the run's goals."
+        "The student keeps 92.0% of the teacher's STS Spearman on stsb/test and 98.9% on stsb/validation, at 3.00× "
+        "the teacher's speed and 0.70× its parameters: it misses the run's goals: share of the teacher's STS Spearman "
+        "kept, stsb/test, 0.920 (target ≥ 0.95)."
     )
     assert found["split_roles"] == {
         "stsb/test": "test split",

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 from common import build_tiny_sentence_model
+from helpers import DYNAMIC, LATTICE, TINY_STUDENT
 
 from embedforge import load_model
 from embedforge.api import load_sentence_transformer
@@ -146,38 +147,11 @@ def test_load_model_refuses_an_unknown_backend_or_a_missing_export(tmp_path):
         load_model(tmp_path, backend="onnx")
 
 
-FAMILIES = {
-    "encoder": [
-        "model.hidden_size=64",
-        "model.num_heads=2",
-        "model.intermediate_size=128",
-        "model.num_layers=2",
-        "model.teacher_layers=[1, 0]",
-        "model.max_positions=128",
-    ],
+FAMILIES = {  # a tiny student of each family
+    "encoder": TINY_STUDENT,
     "static": ["model.kind=static", "model.init=scratch", "model.static.dim=32"],
-    "lattice": [
-        "model.kind=lattice",
-        "model.lattice.mode=null",
-        "model.lattice.size=[4, 3, 3]",
-        "model.lattice.channels=4",
-        "model.hidden_size=64",
-        "model.num_heads=2",
-        "model.intermediate_size=128",
-        "model.num_layers=2",
-        "model.teacher_layers=[1, 0]",
-        "model.max_positions=128",
-    ],
-    "dynamic": [
-        "model.kind=dynamic",
-        "model.dynamic.embedding_dim=16",
-        "model.hidden_size=64",
-        "model.num_heads=2",
-        "model.intermediate_size=128",
-        "model.num_layers=2",
-        "model.teacher_layers=[1, 0]",
-        "model.max_positions=128",
-    ],
+    "lattice": [*TINY_STUDENT, *LATTICE],
+    "dynamic": [*TINY_STUDENT, *DYNAMIC],
 }
 
 
