@@ -154,11 +154,12 @@ def separation_rows(evaluation: dict[str, Any]) -> list[Row]:
         cells = [checked(side[key], sign, targets[target]) for side in sides]
         shared = " (the teacher misses it too)" if all(cell.passed is False for cell in cells) else ""
         rows.append(Row(label, *cells, f"{sign} {targets[target]:g}{shared}"))
+    both_missed = not any(side["passed"] for side in sides)
     rows.append(
         Row(
             "Separation targets",
             *(Cell("all met" if side["passed"] else "missed", bool(side["passed"])) for side in sides),
-            "all three",
+            "all three" + (" (the teacher misses them too)" if both_missed else ""),
         )
     )
     rows.append(
@@ -168,6 +169,22 @@ def separation_rows(evaluation: dict[str, Any]) -> list[Row]:
         )
     )
     return rows
+
+
+def agreement_rows(evaluation: dict[str, Any]) -> list[Row]:
+    """How closely the student reproduces the teacher on text training never saw (the teacher agrees with itself)."""
+    agreement = evaluation.get("agreement") or {}
+    if agreement.get("reason"):
+        return [Row("Not measured", Cell(agreement["reason"]), Cell(""))]
+    return [
+        Row("10 nearest neighbours shared with the teacher", Cell(number(agreement.get("knn@10_overlap"))), Cell("1")),
+        Row(
+            "Spearman of pairwise cosines, student vs teacher",
+            Cell(number(agreement.get("pairwise_spearman"))),
+            Cell("1"),
+        ),
+        Row("Held-out texts", Cell(number(agreement.get("units"))), Cell(number(agreement.get("units")))),
+    ]
 
 
 def measure_name(key: str) -> str:
@@ -233,6 +250,11 @@ def summary(evaluation: dict[str, Any]) -> list[Group]:
         Group("STS: agreement with human similarity scores", sts_rows(evaluation)),
         Group("Separation of similar from dissimilar pairs", separation_rows(evaluation)),
         Group("Retrieval: premise to entailed hypothesis", retrieval_rows(evaluation)),
+        *(
+            [Group("Agreement with the teacher on held-out training text", agreement_rows(evaluation))]
+            if "agreement" in evaluation
+            else []
+        ),
         *(
             Group(
                 f"Document retrieval: {spec} ({sets['pooling']} pooling of chunks)",

@@ -189,9 +189,10 @@ def finalize(
         summary = staged_summary(results, memory, summary)
     initial = results[0].trainer.history.get("initial", {})
     summary["initial_sts_spearman"] = initial.get("sts_spearman")  # train.sts_validation before the first step
+    summary["device"] = device  # what the model card says it trained on
     write_json(TRAIN_METRICS_PATH, summary)
     flat = {f"result.{key}": value for key, value in flatten(summary).items() if value is not None}
-    flat["result.device_used"] = device
+    flat["result.device_used"] = flat.pop("result.device")
     flat["result.world_size"] = world.size
     return flat
 

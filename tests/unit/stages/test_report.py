@@ -293,6 +293,28 @@ def test_the_verdict_is_the_goals_relative_to_the_teacher_not_the_separation_tar
     gap_row = re.search(r"<tr><td>Gap \(similar − dissimilar\)</td>.*?</tr>", page, re.DOTALL).group(0)
     assert re.findall(r"(PASS|FAIL)</span>", gap_row) == ["FAIL", "FAIL"]
     assert "≥ 0.2 (the teacher misses it too)" in html.unescape(gap_row)
+    assert "all three (the teacher misses them too)" in page
+
+
+@pytest.mark.parametrize(
+    "agreement, shown",
+    [
+        (
+            {"units": 322, "knn@10_overlap": 0.5512, "pairwise_spearman": 0.6352, "reason": None},
+            ["0.551", "0.635", "322"],
+        ),
+        ({"units": 4, "knn@10_overlap": None, "pairwise_spearman": None, "reason": "4 held-out units: too few"}, []),
+    ],
+)
+def test_the_agreement_with_the_teacher_is_a_group_of_its_own(project, agreement, shown):
+    write_inputs(project, {**eval_metrics(), "agreement": agreement})
+    report.run(params(project))
+    page = page_of(project)
+    group = page.split("Agreement with the teacher on held-out training text")[1].split('class="group"')[0]
+    if shown:
+        assert re.findall(r'<td class="num">([^<]*)', group)[::2] == shown
+    else:
+        assert "4 held-out units: too few" in group
 
 
 def test_the_page_says_what_each_scored_split_was_to_the_run(project):
