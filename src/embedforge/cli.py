@@ -341,6 +341,8 @@ def show_runs(
         cfg = load_params(params_path, overrides)
         log = runs.RunLog(tracking.tracking_uri(cfg), cfg.tracking.experiment)
         if frontier:
+            if not cfg.evaluate.sts_splits:
+                raise UserError("runs --frontier places students by STS Spearman, and evaluate.sts_splits is empty")
             show_frontier(log, cfg.evaluate.sts_splits[0])
             return
         frame = runs.diff(log, *diff) if diff else runs.table(log, last)

@@ -58,6 +58,7 @@ def test_a_killed_two_process_run_resumes_on_one_process_and_retraces_an_uninter
         "train.epochs=5",
         "train.checkpoint_every_steps=3",
         "train.resume_warmup.enabled=false",
+        "train.held_out_share=0",
     ]
     train.run(ready(*overrides))
     uninterrupted_curve, uninterrupted_weights = curve_and_weights(project)

@@ -21,7 +21,7 @@ from embedforge.runs import diff as runs_diff
 from embedforge.runs import table as runs_table
 from embedforge.stages.precompute import local_cluster
 
-STAGES = ["download", "validate", "precompute", "tokenize", "train", "evaluate", "report"]
+STAGES = ["download", "validate", "precompute", "tokenize", "train", "evaluate", "export", "report"]
 
 
 @pytest.fixture(scope="module")
@@ -42,25 +42,26 @@ def ran(runs: dict) -> set[str]:
     return {name for name, run in runs.items() if run.state.name != "Cached"}
 
 
-def test_second_run_skips_everything_and_a_train_param_reruns_train_evaluate_report(harness, flowed):
+def test_second_run_skips_everything_and_a_train_param_reruns_train_evaluate_export_report(harness, flowed):
     """In a copy of a project where the flow has run once (its first run: tests/servers/test_prefect_server.py)."""
     second = pipeline(return_state=True)
     assert second.is_completed() and ran(task_runs(second)) == set()
 
     third = pipeline(overrides=["train.lr=1e-3"], return_state=True)
-    assert third.is_completed() and ran(task_runs(third)) == {"train", "evaluate", "report"}
+    assert third.is_completed() and ran(task_runs(third)) == {"train", "evaluate", "export", "report"}
     with get_client(sync_client=True) as client:
         flow_run_filter = ArtifactFilterFlowRunId(any_=[third.state_details.flow_run_id])
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=flow_run_filter))
     assert [artifact.key for artifact in artifacts] == ["evaluation-summary"]
     summary = artifacts[0].data
+    assert summary.startswith(("**Goals met:** The student keeps ", "**Goals missed:** The student keeps "))
     assert "| STS Spearman, stsb/validation |" in summary and "MLflow run: run " in summary
 
     client = MlflowClient(f"sqlite:///{flowed / 'mlruns' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("embedforge").experiment_id])
     parents = {run.info.run_id for run in runs if run.info.run_name == "pipeline"}
     stage_runs = [run for run in runs if run.info.run_name in STAGES]
-    assert len(parents) == 3 and len(stage_runs) == 7 + 3
+    assert len(parents) == 3 and len(stage_runs) == 8 + 4
     assert {run.data.tags["mlflow.parentRunId"] for run in stage_runs} <= parents
     flow_run_ids = {run.data.tags["prefect.flow_run_id"] for run in runs}
     assert len(flow_run_ids) == 3 and {str(state.state_details.flow_run_id) for state in (second, third)} < flow_run_ids
@@ -72,7 +73,7 @@ def test_second_run_skips_everything_and_a_train_param_reruns_train_evaluate_rep
 
     log = RunLog(f"sqlite:///{flowed / 'mlruns' / 'mlflow.db'}", "embedforge")
     table = runs_table(log, last=10)
-    assert table["stages_run"].tolist() == [3, 0, 7]  # newest first: the lr change re-ran 3 stages, the repeat none
+    assert table["stages_run"].tolist() == [4, 0, 8]  # newest first: the lr change re-ran 4 stages, the repeat none
     assert isinstance(table["sts_spearman"][0], float) and table["sts_spearman"][1] == "-"
     assert table["peak_rss_mb"][0] > 0 and table["minutes"][2] > 0
     changes = runs_diff(log, table["run"][2], table["run"][0]).set_index("")
@@ -105,7 +106,7 @@ def test_a_changed_preset_default_reruns_exactly_the_stages_that_read_it(harness
     presets.write_text(edited)
     monkeypatch.syspath_prepend(str(source))
     again = pipeline(return_state=True)
-    assert again.is_completed() and ran(task_runs(again)) == {"train", "evaluate", "report"}
+    assert again.is_completed() and ran(task_runs(again)) == {"train", "evaluate", "export", "report"}
 
 
 def test_the_flow_on_a_dask_cluster_runs_every_stage_there_and_trains_on_two_processes(harness, project, tiny):

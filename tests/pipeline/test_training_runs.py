@@ -5,12 +5,14 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from helpers import Killed
 from sentence_transformers import SentenceTransformer
 
+from embedforge.data.held_out import held_out
 from embedforge.files import sha256_file
 from embedforge.stages import train
 from embedforge.training.divergence import TrainingDiverged
@@ -153,13 +155,16 @@ def test_nan_loss_stops_naming_step_and_batch_and_leaves_best_intact(ready):
     assert json.loads(Path("checkpoints/last/state.json").read_text())["step"] == seen["step"] - 1
 
 
-def test_distillation_alone_trains_on_every_distinct_training_sentence(ready):
-    results = train.run(ready("train.objectives={infonce: 0.0, distill: 1.0}", "train.epochs=1"))
+def test_distillation_alone_trains_on_every_distinct_training_sentence_but_the_held_out_ones(ready):
+    cfg = ready("train.objectives={infonce: 0.0, distill: 1.0}", "train.epochs=1")
+    results = train.run(cfg)
     token_ids = set()
     for dataset in ("snli", "stsb"):
         table = pd.read_parquet(f"data/tokens/{dataset}/train.parquet", columns=["sentence_id", "chunk"])
         token_ids |= set(table.loc[table["chunk"] == 0, "sentence_id"])
-    assert results["result.steps"] == -(-len(token_ids) // 8)
+    ids = np.array(sorted(token_ids))
+    kept = int((~held_out(ids, cfg.train.held_out_share, cfg.seed)).sum())
+    assert 0 < kept < len(ids) and results["result.steps"] == -(-kept // 8)
     assert results["result.val_loss"] > 0
 
 

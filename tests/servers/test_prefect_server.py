@@ -19,6 +19,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from embedforge.flow import api_server
+from embedforge.stages import STAGES
 
 
 def start_with_ctrl_c_deliverable(command: list[str], cwd: Path, env: dict[str, str], log) -> subprocess.Popen:
@@ -100,7 +101,7 @@ def test_the_flow_completes_its_first_run_in_a_fresh_process(flowed_pipeline, tm
     [parent] = pipeline_runs(project)
     assert (project / "reports/index.html").is_file() and (project / ".flow-cache").is_dir()
     stages = {run.info.run_name: run.info for run in stage_runs_under(project, parent.info.run_id)}
-    assert len(stages) == 7
+    assert len(stages) == len(STAGES) == 8
     precompute, tokenize = stages["precompute"], stages["tokenize"]
     assert tokenize.start_time < precompute.end_time and precompute.start_time < tokenize.end_time, "side by side"
 

@@ -27,7 +27,7 @@ pytestmark = [
     ),
     pytest.mark.xdist_group("team"),  # one worker runs them all, so its session fixtures below start once
 ]
-STAGES = ("download", "validate", "precompute", "tokenize", "train", "evaluate", "report")
+STAGES = ("download", "validate", "precompute", "tokenize", "train", "evaluate", "export", "report")
 SENTENCES = ["A man is playing a guitar.", "Two dogs run through the snow.", "The stock market fell today."]
 
 

@@ -11,7 +11,11 @@ from embedforge.config.goals import Goals
 
 
 class EvaluateParams(Section):
-    sts_splits: list[str] = Field(default=["stsb/validation", "sick/validation"], min_length=1)
+    sts_splits: list[str] = Field(
+        default=["stsb/validation", "sick/validation"],
+        description="<dataset>/<split> of each STS split scored; [] for a corpus without scored pairs: the verdict "
+        "then rests on the agreement with the teacher on held-out training text.",
+    )
     separation_splits: list[str] = Field(default=["stsb/validation", "snli/validation"], min_length=1)
     similar_min_score: float = Field(default=4.0, ge=0)
     dissimilar_max_score: float = Field(default=1.0, ge=0)

@@ -267,7 +267,10 @@ def lineage_section(lineage: CardLineage) -> str:
         ("Git commit", f"`{lineage.git_commit}`{dirty}" if lineage.git_commit else None),
         ("MLflow training run", f"`{lineage.training_run_id}`" if lineage.training_run_id else None),
         ("MLflow pipeline run", f"`{lineage.pipeline_run_id}`" if lineage.pipeline_run_id else None),
-        ("DVC params hash (md5 of params.resolved.yaml)", f"`{lineage.params_md5}`" if lineage.params_md5 else None),
+        (
+            "Params hash (md5 of the resolved params behind it)",
+            f"`{lineage.params_md5}`" if lineage.params_md5 else None,
+        ),
     ]
     sources = "Generated from metrics/eval.json, metrics/train.json, metrics/export.json and the resolved params."
     return "\n\n".join(part for part in ("## Lineage", bullets(facts), sources) if part)

@@ -176,6 +176,8 @@ def sts_scatter(pairs: pd.DataFrame) -> Drawing:
 
     A split without one pair that has both numbers gets no panel, but a sentence.
     """
+    if pairs.empty:
+        return Drawing(None, ("No STS split was scored (evaluate.sts_splits is empty): no scatter to draw.",))
     scored = pairs.dropna(subset=["gold", "predicted"])
     shown, notes = groups_with_data(
         pairs["split"],

@@ -16,21 +16,19 @@ no single licence then covers the model; none when no dataset declares one.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
 
 from embedforge import tracking
 from embedforge.config import DatasetSource, Params, documents_split, split_reference
 from embedforge.config.builtin_datasets import BUILTINS
 from embedforge.config.datasets import split_references
-from embedforge.dvcfile import DVC_LOCK
 from embedforge.errors import UserError
 from embedforge.files import sha256_tree
 from embedforge.models import teacher as teachers
-from embedforge.paths import RESOLVED_PARAMS_PATH, STUDENT_DIR
+from embedforge.paths import STUDENT_DIR
 
 PACKAGED_HUB_IDS = {"all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2"}  # the model each bundle holds
 TRAINING, EVALUATION = "training", "evaluation"
@@ -44,7 +42,7 @@ class CardLineage:
     git_dirty: bool | None = None
     training_run_id: str | None = None  # the MLflow run that trained and registered models/student
     pipeline_run_id: str | None = None  # the MLflow parent run of the invocation that wrote the card
-    params_md5: str | None = None  # DVC's md5 of params.resolved.yaml
+    params_md5: str | None = None  # md5 of the resolved params that shape the student (CARD_PARAMS)
     teacher_hub_id: str | None = None
     teacher_fingerprint: str | None = None
 
@@ -61,7 +59,7 @@ def card_lineage(cfg: Params) -> CardLineage:
         git_dirty={"true": True, "false": False}.get(tags["git.dirty"]),
         training_run_id=training_run_id(cfg),
         pipeline_run_id=os.environ.get(tracking.PARENT_RUN_ENV) or None,
-        params_md5=params_md5(),
+        params_md5=params_md5(cfg),
         teacher_hub_id=teacher_hub_id(teacher) if teacher else None,
         teacher_fingerprint=teacher.fingerprint if teacher else None,
     )
@@ -95,19 +93,16 @@ def training_run_id(cfg: Params) -> str | None:
     return next((found.run_id for found in versions if found.tags.get(tracking.MODEL_HASH_TAG) == model_hash), None)
 
 
-def params_md5() -> str | None:
-    """The md5 dvc.lock records for params.resolved.yaml, else the file's own (DVC 3 hashes a file's bytes)."""
-    try:
-        stages = (yaml.safe_load(DVC_LOCK.read_text(encoding="utf-8")) or {}).get("stages") or {}
-    except (OSError, yaml.YAMLError):  # no pipeline run by DVC here: the file itself says the same
-        stages = {}
-    for entry in stages.values():
-        for out in entry.get("outs", []):
-            if out.get("path") == str(RESOLVED_PARAMS_PATH) and out.get("md5"):
-                return str(out["md5"])
-    if RESOLVED_PARAMS_PATH.is_file():
-        return hashlib.md5(RESOLVED_PARAMS_PATH.read_bytes()).hexdigest()
-    return None
+CARD_PARAMS = ("preset", "seed", "download", "precompute", "tokenize", "model", "train", "evaluate", "export")
+
+
+def params_md5(cfg: Params) -> str:
+    """md5 of the resolved params that made, scored and exported the student: the sections the export stage declares
+    in dvc.yaml (all but validate, report and tracking, which change neither the model nor its numbers), so the
+    card changes exactly when DVC re-runs export."""
+    resolved = cfg.to_dict()
+    chosen = {section: resolved[section] for section in CARD_PARAMS}
+    return hashlib.md5(json.dumps(chosen, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)

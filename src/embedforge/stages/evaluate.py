@@ -111,7 +111,8 @@ class Evaluation:
 
     def sample_map(self, seed: int) -> pd.DataFrame:
         """Distinct first sentences of the STS splits, labelled by genre where the data has one."""
-        frame = pd.concat(self.sts.values(), ignore_index=True).drop_duplicates("sentence1")
+        scored = self.sts.values() if self.sts else [self.separation_pairs]  # no STS split: the pairs separated
+        frame = pd.concat(scored, ignore_index=True).drop_duplicates("sentence1")
         labels = frame["genre"].where(frame["genre"].notna() & (frame["genre"] != ""), frame["dataset"])
         frame = pd.DataFrame({"text": frame["sentence1"], "label": labels})
         return frame.sample(n=min(self.params.map_sentences, len(frame)), random_state=seed)
@@ -173,7 +174,8 @@ class Evaluation:
             )
             for documents in self.document_sets
         }
-        return metrics, [pd.concat(sts_rows), pd.concat(separation_rows)]
+        sts_frame = pd.concat(sts_rows) if sts_rows else pd.DataFrame(columns=["split", "model", "gold", "predicted"])
+        return metrics, [sts_frame, pd.concat(separation_rows)]
 
 
 def embedding_map(vectors: np.ndarray, seed: int) -> np.ndarray:

@@ -263,12 +263,15 @@ def frontier_view(cfg: Params, evaluation: dict[str, Any]) -> tuple[figures.Draw
     return figures.frontier(plotted, split), tuple(sentences)
 
 
-def read_plots() -> dict[str, pd.DataFrame | None]:
-    """The plot CSVs: the evaluation's are required, the training curves optional."""
+def read_plots(scored_sts: bool) -> dict[str, pd.DataFrame | None]:
+    """The plot CSVs: the evaluation's are required (sts.csv with rows where an STS split was scored), the training
+    curves optional."""
     steps, epochs = TRAIN_PLOTS_DIR / "steps.csv", TRAIN_PLOTS_DIR / "epochs.csv"
     generations = TRAIN_PLOTS_DIR / "generations.csv"  # the causal LM's; header only for the other objectives
     plots = {
-        "sts": read_csv(EVAL_PLOTS_DIR / "sts.csv", EVALUATE, ("split", "model", "gold", "predicted")),
+        "sts": read_csv(
+            EVAL_PLOTS_DIR / "sts.csv", EVALUATE, ("split", "model", "gold", "predicted"), empty_ok=not scored_sts
+        ),
         "separation": read_csv(EVAL_PLOTS_DIR / "separation.csv", EVALUATE, ("model", "kind", "cosine")),
         "embedding_map": read_csv(EVAL_PLOTS_DIR / "embedding_map.csv", EVALUATE, ("x", "y", "label", "text")),
         "steps": (
@@ -283,7 +286,7 @@ def read_plots() -> dict[str, pd.DataFrame | None]:
             else None
         ),
     }
-    if not (plots["sts"]["model"] == "student").any():
+    if scored_sts and not (plots["sts"]["model"] == "student").any():
         raise DataError(f"{EVAL_PLOTS_DIR / 'sts.csv'}: no student rows; run `{EVALUATE}` again")
     return plots
 
@@ -306,7 +309,7 @@ def generation_notes(cfg: Params, rows: list[tuple[int, str, str]]) -> dict[str,
 def run(cfg: Params) -> dict[str, float | str]:
     evaluation = read_object(EVAL_METRICS_PATH, EVALUATE, EVAL_KEYS)
     training = read_object(TRAIN_METRICS_PATH, TRAIN)
-    plots = read_plots()
+    plots = read_plots(bool(evaluation["student"]["sts"]))
     frontier, frontier_sentences = frontier_view(cfg, evaluation)
     tokens = read_object(TOKEN_STATS_PATH, "embedforge tokenize") if TOKEN_STATS_PATH.is_file() else None
     drawn, notes = draw(evaluation, plots, frontier, tokens)

@@ -1,7 +1,6 @@
 """The model card: front matter a hub reads (the teacher, the datasets, their licence, the evaluated metrics), a body
 built only from what the metrics and params hold, and the lineage read from the project."""
 
-import hashlib
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ from embedforge.config import load_params
 from embedforge.files import sha256_tree
 from embedforge.models import teacher as teachers
 from embedforge.report.card import CardLineage, card_lineage, model_card
+from embedforge.report.provenance import CARD_PARAMS
 
 PARAMS_YAML = REPO_ROOT / "params.yaml"
 STS_SPLITS = ("stsb/validation", "sick/validation")
@@ -246,21 +246,27 @@ def local_teacher(tmp_path, monkeypatch) -> str:
 
 def test_card_lineage_reads_git_dvc_lock_the_parent_run_and_the_teacher(tmp_path, local_teacher, monkeypatch):
     monkeypatch.setenv(tracking.PARENT_RUN_ENV, "parent-run")
-    (tmp_path / "params.resolved.yaml").write_text("seed: 42\n")
+    (tmp_path / "notes.txt").write_text("first")
     for command in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
         subprocess.run(["git", *command], check=True)
     cfg = load_params(PARAMS_YAML, [local_teacher, "tracking.enabled=false"])
     found = card_lineage(cfg)
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     assert (found.git_commit, found.git_dirty, found.pipeline_run_id) == (head, False, "parent-run")
-    assert found.params_md5 == hashlib.md5(b"seed: 42\n").hexdigest()  # no dvc.lock: the file's own md5
+    assert (
+        found.params_md5 == card_lineage(load_params(PARAMS_YAML, [local_teacher, "tracking.uri=elsewhere"])).params_md5
+    )
+    assert found.params_md5 != card_lineage(load_params(PARAMS_YAML, [local_teacher, "train.lr=0.1"])).params_md5
     assert found.training_run_id is None  # tracking off
     assert (found.teacher_hub_id, found.teacher_fingerprint) == (None, sha256_tree(tmp_path / "teacher"))
-    lock = {"stages": {"params": {"outs": [{"path": "params.resolved.yaml", "md5": "from-the-lock"}]}}}
-    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
-    (tmp_path / "params.resolved.yaml").write_text("seed: 7\n")
-    changed = card_lineage(cfg)
-    assert (changed.params_md5, changed.git_dirty) == ("from-the-lock", True)
+    (tmp_path / "notes.txt").write_text("edited")
+    assert card_lineage(cfg).git_dirty is True
+
+
+def test_the_params_hash_covers_exactly_the_params_dvc_reruns_export_for():
+    """The card's params hash and export's params in dvc.yaml are one list, so the card is never stale."""
+    [declared] = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["export"]["params"]
+    assert tuple(declared["params.resolved.yaml"]) == CARD_PARAMS
 
 
 def test_the_packaged_teacher_is_the_hub_model_it_bundles_and_a_missing_teacher_has_no_fingerprint(tmp_path):

@@ -22,7 +22,7 @@ from embedforge.families import family as family_of
 from embedforge.models import teacher as teachers
 from embedforge.models.onnx_student import OnnxStudent
 from embedforge.paths import TOKENS_DIR
-from embedforge.stages import evaluate, export
+from embedforge.stages import evaluate, export, report
 from embedforge.stages.export import GRAPH_FILES, write_graphs
 
 QUICK = ["evaluate.speed_sentences=60", "evaluate.speed_rounds=1", "evaluate.map_sentences=40"]
@@ -36,13 +36,24 @@ def tiny_student(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def evaluated(project: Path, validated_data: Path, tiny_teacher: Path, tiny_student: Path):
-    """A project whose tiny student was trained (train.json) and evaluated: what export starts from."""
+def trained(project: Path, validated_data: Path, tiny_teacher: Path, tiny_student: Path):
+    """A project whose tiny student was trained (train.json); returns a params builder."""
     shutil.copytree(validated_data, project / "data")
     shutil.copytree(tiny_student, project / "models/student")
     (project / "metrics").mkdir()
     (project / "metrics/train.json").write_text(json.dumps(TRAINING))
-    cfg = load_params(project / "params.yaml", ["tracking.enabled=false", f"precompute.teacher={tiny_teacher}", *QUICK])
+
+    def params(*overrides: str):
+        settings = ["tracking.enabled=false", f"precompute.teacher={tiny_teacher}", *QUICK, *overrides]
+        return load_params(project / "params.yaml", settings)
+
+    return params
+
+
+@pytest.fixture
+def evaluated(trained):
+    """The trained project, evaluated: what export starts from."""
+    cfg = trained()
     evaluate.run(cfg)
     return cfg
 
@@ -72,7 +83,10 @@ def test_export_writes_checked_graphs_the_tokenizer_and_the_card(project, evalua
     pytorch = figures["pytorch"]["sts"]["stsb/validation"]["spearman"]
     assert pytorch == pytest.approx(evaluation["student"]["sts"]["stsb/validation"]["spearman"], abs=1e-6)
     assert figures["onnx_fp32"]["sts"]["stsb/validation"]["spearman"] == pytest.approx(pytorch, abs=1e-3)
-    assert all(figures[name]["speed_ratio"] > 0 for name in ("pytorch", "onnx_fp32", "onnx_int8"))
+    for name in ("onnx_fp32", "onnx_int8"):  # beside the PyTorch student here, times its ratio to the teacher
+        assert figures[name]["speed_ratio"] == pytest.approx(
+            figures[name]["speed_vs_pytorch"] * evaluation["speed_ratio"]
+        )
     assert results["export.variants.onnx_int8.speed_ratio"] == figures["onnx_int8"]["speed_ratio"]
 
     card = (exported / "README.md").read_text()
@@ -190,3 +204,21 @@ def test_a_student_that_does_not_trace_is_not_exported_and_says_why_in_one_line(
     assert "aten::isin" in reason and results["export.not_exported"] == reason
     assert sorted(path.name for path in (project / "models/export").iterdir()) == ["README.md"]
     assert f"Not exported to ONNX: {reason}" in (project / "models/export/README.md").read_text()
+
+
+def test_a_corpus_without_sts_splits_is_judged_by_its_agreement_with_the_teacher(project, trained):
+    cfg = trained("evaluate.sts_splits=[]", "train.held_out_share=0.5", "evaluate.agreement_sentences=30")
+    evaluate.run(cfg)
+    export.run(cfg)
+    report.run(cfg)
+
+    evaluation = json.loads((project / "metrics/eval.json").read_text())
+    [quality, speed] = evaluation["verdict"]["checks"]
+    assert quality["goal"] == "Spearman of pairwise cosines, student vs teacher, held-out training text"
+    assert quality["value"] == evaluation["agreement"]["pairwise_spearman"] and evaluation["agreement"]["units"] == 30
+    assert evaluation["verdict"]["split"] is None and speed["goal"] == "speed, student ÷ teacher"
+    exported = json.loads((project / "metrics/export.json").read_text())
+    assert exported["variants"]["onnx_fp32"]["sts"] == {} and exported["variants"]["onnx_fp32"]["cosine_min"] >= 0.9999
+    page = (project / "reports/index.html").read_text()
+    assert "reproduces the teacher&#39;s pairwise cosines on held-out training text" in page
+    assert "No STS split was scored (evaluate.sts_splits is empty): no scatter to draw." in page
