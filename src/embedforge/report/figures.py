@@ -220,6 +220,40 @@ def embedding_map(points: pd.DataFrame) -> Drawing:
     return Drawing(png(figure), ())
 
 
+THIS_RUN_MARKS = (  # column of points, marker, size, legend label, whether a point off the frontier is labelled
+    ("exported", "D", 90, "this run, exported (ONNX)", True),
+    ("this_run", "*", 260, "this run", False),
+)
+
+
+def mark_this_run(axes: Axes, points: pd.DataFrame) -> None:
+    """This run's student as a star and its ONNX variants as diamonds, each variant off the frontier labelled (the
+    frontier's points are labelled already)."""
+    for column, marker, size, label, labelled in THIS_RUN_MARKS:
+        marked = points[points[column]]
+        if marked.empty:
+            continue
+        axes.scatter(
+            marked["speed_ratio"],
+            marked["sts_spearman"],
+            s=size,
+            marker=marker,
+            color=THIS_RUN_COLOUR,
+            edgecolors="black",
+            zorder=3,
+            label=label,
+        )
+        if labelled:
+            for row in marked[~marked["pareto"]].itertuples():
+                axes.annotate(
+                    row.label,
+                    (row.speed_ratio, row.sts_spearman),
+                    xytext=(6, -12),
+                    textcoords="offset points",
+                    fontsize="small",
+                )
+
+
 def frontier(points: pd.DataFrame, split: str) -> Drawing:
     """STS Spearman against speed ratio (log scale: twice as fast is one step wherever it starts) of every run and
     the teacher; the Pareto-optimal ones joined by the frontier line and labelled, this run a star.
@@ -254,38 +288,7 @@ def frontier(points: pd.DataFrame, split: str) -> Drawing:
         axes.annotate(
             row.label, (row.speed_ratio, row.sts_spearman), xytext=(6, 6), textcoords="offset points", fontsize="small"
         )
-    exported = points[points["exported"]]
-    if not exported.empty:
-        axes.scatter(
-            exported["speed_ratio"],
-            exported["sts_spearman"],
-            s=90,
-            marker="D",
-            color=THIS_RUN_COLOUR,
-            edgecolors="black",
-            zorder=3,
-            label="this run, exported (ONNX)",
-        )
-        for row in exported[~exported["pareto"]].itertuples():  # the frontier's are labelled already
-            axes.annotate(
-                row.label,
-                (row.speed_ratio, row.sts_spearman),
-                xytext=(6, -12),
-                textcoords="offset points",
-                fontsize="small",
-            )
-    this = points[points["this_run"]]
-    if not this.empty:
-        axes.scatter(
-            this["speed_ratio"],
-            this["sts_spearman"],
-            s=260,
-            marker="*",
-            color=THIS_RUN_COLOUR,
-            edgecolors="black",
-            zorder=3,
-            label="this run",
-        )
+    mark_this_run(axes, points)
     axes.set_xscale("log")
     axes.margins(FRONTIER_MARGIN)  # room for the labels of the points at the edges
     axes.xaxis.set_major_locator(LogLocator(subs=SPEED_TICKS))
